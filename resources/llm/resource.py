@@ -1,0 +1,228 @@
+"""LLMResource: the Dagster resource asset code uses to run many prompts and get per-item results + usage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from resources.llm.budget import BudgetCaps, caps_by_scope, scope_keys
+from resources.llm.prices import ModelPrice, PriceTable
+from resources.llm.providers import adapter_for
+from resources.llm.ratelimit import AdmissionController, limit_spec
+from resources.llm.runner import EngineSettings, PromptRun
+from resources.llm.state_store import SQLiteStateStore
+from resources.llm.types import BudgetScope, CallOutcome, ItemResult, LLMRequest
+
+STATE_FILE = "llm_state.sqlite"
+_STRUCTURED_MODES = ("json_schema", "json_object", "prompt")
+
+
+def default_state_dir(instance_storage_dir: str | None = None) -> Path:
+    """<instance storage>/chunkwise under Dagster, else $CHUNKWISE_HOME/state (default ~/.chunkwise/state)."""
+    if instance_storage_dir:
+        return Path(instance_storage_dir) / "chunkwise"
+    home = os.environ.get("CHUNKWISE_HOME") or str(Path.home() / ".chunkwise")
+    return Path(home) / "state"
+
+
+class LLMResource(dg.ConfigurableResource):
+    """Runs prompts against an OpenAI-compatible Chat Completions server or Anthropic Messages with shared rate
+    limits, hard budgets, exact cost and a clear failure taxonomy. Rates are per minute, money in USD."""
+
+    provider: str = Field(
+        default="openai", description="'openai' (any OpenAI-compatible server) or 'anthropic'"
+    )
+    base_url: str = Field(
+        default="http://127.0.0.1:8765/v1",
+        description="OpenAI: the URL ending in /v1. Anthropic: the server root (/v1/messages is appended).",
+    )
+    api_key: str = Field(repr=False, description="Secret; give it as dg.EnvVar('CHUNKWISE_LLM_API_KEY').")
+    model: str
+    max_output_tokens: int = 256
+    timeout_s: float = 60.0
+    max_concurrency: int = 32
+    max_attempts: int = Field(default=6, description="Per item, on retryable errors only.")
+    structured_output: str = Field(
+        default="json_schema", description="'json_schema' | 'json_object' | 'prompt'"
+    )
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    input_tokens_per_minute: float | None = Field(default=None, description="Anthropic ITPM")
+    output_tokens_per_minute: float | None = Field(default=None, description="Anthropic OTPM")
+    rate_limit_burst_s: float = Field(
+        default=1.0,
+        description="Bucket size, in seconds of the configured rate, until the provider's headers state its limit.",
+    )
+    budget_run_usd: float | None = None
+    budget_dataset_usd: float | None = None
+    budget_day_usd: float | None = None
+    budget_run_tokens: int | None = None
+    budget_dataset_tokens: int | None = None
+    budget_day_tokens: int | None = None
+    price_table_path: str | None = Field(
+        default=None, description="JSON rows merged over the shipped prices."
+    )
+    allow_unpriced_model: bool = Field(default=False, description="Price a model without a row at zero.")
+    state_dir: str | None = Field(
+        default=None, description="Where the shared limit/budget SQLite file lives."
+    )
+    progress_interval_s: float = 10.0
+    circuit_breaker_failures: int = Field(
+        default=25, description="Consecutive retryable failures (no success between) that fail the chunk."
+    )
+
+    _price: ModelPrice | None = PrivateAttr(default=None)
+    _store: SQLiteStateStore | None = PrivateAttr(default=None)
+    _instance_storage: str | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Fail at start-up (unknown model price, bad settings), not at the first request."""
+        instance = context.instance
+        if instance is not None and self.state_dir is None:
+            self._instance_storage = instance.storage_directory()
+        self._validate()
+        self.price()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- public ------------------------------------------------------------------------------------------
+    def price(self) -> ModelPrice:
+        """The price row for `model` (raises UnknownModelPriceError with what to do)."""
+        if self._price is None:
+            table = PriceTable(self.price_table_path)
+            self._price = table.lookup(
+                self.model, provider=self.provider, allow_unpriced=self.allow_unpriced_model
+            )
+        return self._price
+
+    def state_path(self) -> Path:
+        base = Path(self.state_dir) if self.state_dir else default_state_dir(self._instance_storage)
+        return base / STATE_FILE
+
+    def run_prompts(
+        self,
+        requests: Sequence[LLMRequest],
+        *,
+        system_prompt: str,
+        schema: dict | None,
+        schema_name: str,
+        scope: BudgetScope,
+        stage: str,
+        on_result: Callable[[ItemResult], None] | None = None,
+        log: logging.Logger | Any | None = None,
+        mode: str = "online",
+    ) -> CallOutcome:
+        """Send every request (system_prompt first, byte-identical, so provider caching hits) and return per-item
+        results and a usage summary. `on_result` is called once per item that finished for good, never
+        concurrently. Raises JobFatalError (auth, quota, budget: no automatic retry) or ChunkRetryableError
+        (items left after retryable failures); both carry `.outcome` with what finished."""
+        if mode != "online":
+            raise ValueError(
+                f"mode={mode!r} is not implemented yet; only 'online' is (the batch path is a later issue)"
+            )
+        self._validate()
+        adapter = adapter_for(self.provider)
+        settings = EngineSettings(
+            adapter=adapter,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            model=self.model,
+            price=self.price(),
+            max_output_tokens=self.max_output_tokens,
+            timeout_s=self.timeout_s,
+            max_concurrency=self.max_concurrency,
+            max_attempts=self.max_attempts,
+            structured_output=self.structured_output,
+            progress_interval_s=self.progress_interval_s,
+            breaker_consecutive_failures=self.circuit_breaker_failures,
+        )
+        caps = BudgetCaps(
+            self.budget_run_usd,
+            self.budget_dataset_usd,
+            self.budget_day_usd,
+            self.budget_run_tokens,
+            self.budget_dataset_tokens,
+            self.budget_day_tokens,
+        )
+        keys = scope_keys(scope)
+        spec = limit_spec(
+            f"{self.provider}|{self.base_url.rstrip('/')}|{self.model}",
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+            input_tokens_per_minute=self.input_tokens_per_minute,
+            output_tokens_per_minute=self.output_tokens_per_minute,
+            burst_s=self.rate_limit_burst_s,
+        )
+        store = self._shared_store() if (spec is not None or caps.any) else None
+
+        async def main() -> CallOutcome:
+            admission = AdmissionController(store, spec, caps_by_scope(caps, keys))
+            run = PromptRun(
+                settings,
+                admission,
+                budget_scopes=keys if caps.any else None,
+                system_prompt=system_prompt,
+                schema=schema,
+                schema_name=schema_name,
+                stage=stage,
+                on_result=on_result,
+                log=log,
+                mode=mode,
+            )
+            return await run.run(list(requests))
+
+        return _run_coroutine(main)
+
+    # -- internals ---------------------------------------------------------------------------------------
+    def _validate(self) -> None:
+        adapter_for(self.provider)
+        if self.structured_output not in _STRUCTURED_MODES:
+            raise ValueError(
+                f"structured_output={self.structured_output!r}; use one of {', '.join(_STRUCTURED_MODES)}"
+            )
+        if self.provider == "anthropic" and self.structured_output == "json_object":
+            raise ValueError(
+                "structured_output='json_object' is an OpenAI-compatible setting; use json_schema or prompt"
+            )
+        if self.max_concurrency < 1 or self.max_attempts < 1 or self.max_output_tokens < 1:
+            raise ValueError("max_concurrency, max_attempts and max_output_tokens must be at least 1")
+
+    def _shared_store(self) -> SQLiteStateStore:
+        with self._lock:
+            if self._store is None:
+                self._store = SQLiteStateStore(self.state_path())
+            return self._store
+
+
+def _run_coroutine(factory: Callable[[], Any]) -> Any:
+    """asyncio.run in the calling thread; if that thread already runs a loop, in a helper thread instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(factory())
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="llm-run-prompts")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

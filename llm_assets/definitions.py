@@ -1,8 +1,93 @@
 """The code location: the one place where assets, resources, IO managers and sensors meet.
 
-Read it as a table of contents. Until the pipeline lands it holds only what exists.
+Read it as a table of contents. Provider settings come from the environment so the same code runs against
+the local simulator (the demo), a real provider, or an OpenAI-compatible server:
+- `CHUNKWISE_LLM_PROVIDER` (`openai` | `anthropic`, default `openai`)
+- `CHUNKWISE_LLM_BASE_URL` (default the simulator at `http://127.0.0.1:8765/v1`)
+- `CHUNKWISE_LLM_API_KEY` (read by Dagster at run time through `EnvVar`; never shown in the UI)
+- `CHUNKWISE_CLASSIFY_MODEL` / `CHUNKWISE_ENRICH_MODEL` (defaults `gpt-6-luna` / `gpt-6.2-sol`)
+- `CHUNKWISE_HOME` (local state, default `./.chunkwise`)
 """
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-defs = dg.Definitions()
+from io_managers.chunk_parquet import ChunkParquetIOManager
+from llm_assets.assets import classified, enriched, items
+from llm_assets.checks import QualityGateSettings, stage_checks
+from llm_assets.completion import CompletionSettings, ledger_assets
+from llm_assets.hooks import remove_checkpoints_on_success
+from llm_assets.settings import PipelineSettings, chunkwise_home
+from resources.llm import LLMResource
+from sensors.alerts import check_alert_sensor
+from sensors.recovery import recovery_sensors
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "banking77"
+DEFAULT_BASE_URL = "http://127.0.0.1:8765/v1"
+
+stage_assets = [a.with_hooks({remove_checkpoints_on_success}) for a in (items, classified, enriched)]
+
+
+def build_defs(
+    *,
+    base_url: str,
+    api_key: str | dg.EnvVar,
+    home: Path,
+    provider: str = "openai",
+    classify_model: str = "gpt-6-luna",
+    enrich_model: str = "gpt-6.2-sol",
+    judge_model: str | None = None,
+    settings: dict[str, Any] | None = None,
+    llm: dict[str, Any] | None = None,
+    quality_gates: dict[str, Any] | None = None,
+    completion: dict[str, Any] | None = None,
+    sensors: list[dg.SensorDefinition] | None = None,
+) -> dg.Definitions:
+    """The pipeline wired to one provider endpoint.
+
+    `settings`, `llm`, `quality_gates`, `completion` override fields of PipelineSettings, LLMResource (both
+    models), QualityGateSettings and CompletionSettings; `sensors` replaces the default sensors.
+    """
+
+    def _llm(model: str) -> LLMResource:
+        return LLMResource(provider=provider, base_url=base_url, api_key=api_key, model=model, **(llm or {}))
+
+    return dg.Definitions(
+        # What is computed: chunk stages, then per dataset the cost ledger and the completion report.
+        assets=[*stage_assets, *ledger_assets],
+        # Quality gates on every chunk of classified and enriched.
+        asset_checks=stage_checks,
+        # What happens on its own: new datasets, backfills of failed chunks, completion, check alerts.
+        sensors=sensors if sensors is not None else [*recovery_sensors, check_alert_sensor],
+        resources={
+            "settings": PipelineSettings(
+                home=str(home), **{"few_shot_path": str(DATA / "few_shot.csv"), **(settings or {})}
+            ),
+            "classifier_llm": _llm(classify_model),
+            "enricher_llm": _llm(enrich_model),
+            "judge_llm": _llm(judge_model or enrich_model),  # scores sampled items that have no gold label
+            "quality_gates": QualityGateSettings(**(quality_gates or {})),
+            "completion": CompletionSettings(**(completion or {})),
+            "io_manager": ChunkParquetIOManager(base_uri=str(home / "outputs")),
+        },
+    )
+
+
+def defs_from_env(home: Path | None = None) -> dg.Definitions:
+    """The pipeline configured from the CHUNKWISE_* environment variables (see the module docstring)."""
+    return build_defs(
+        provider=os.environ.get("CHUNKWISE_LLM_PROVIDER", "openai"),
+        base_url=os.environ.get("CHUNKWISE_LLM_BASE_URL", DEFAULT_BASE_URL),
+        api_key=dg.EnvVar("CHUNKWISE_LLM_API_KEY"),
+        classify_model=os.environ.get("CHUNKWISE_CLASSIFY_MODEL", "gpt-6-luna"),
+        enrich_model=os.environ.get("CHUNKWISE_ENRICH_MODEL", "gpt-6.2-sol"),
+        home=home or chunkwise_home(),
+    )
+
+
+defs = defs_from_env()

@@ -1,0 +1,707 @@
+"""Quality gates: partition-aware asset checks on `classified` and `enriched`, run with every chunk.
+
+| check            | on                    | blocking | severity            | fails when                                     |
+| ---------------- | --------------------- | -------- | ------------------- | ---------------------------------------------- |
+| outputs_valid    | classified, enriched  | yes      | ERROR               | a row breaks its stage schema or the taxonomy  |
+| success_rate     | classified, enriched  | yes      | ERROR               | output rows / chunk items < min_success_rate   |
+| sampled_quality  | classified            | yes      | WARN (config ERROR) | Wilson lower bound of sampled accuracy < min   |
+| label_drift      | classified            | no       | WARN                | permutation chi-square vs recent chunks, p<max |
+| cost_per_item    | classified, enriched  | no       | WARN                | cost per item > ceiling, or top 10% of items   |
+|                  |                       |          |                     | take more than max_top_decile_token_share      |
+
+A blocking check that fails with ERROR severity stops `enriched` (and anything downstream) for that chunk in
+the same run, and tags the run `chunkwise/failure_class=quality_gate` (see llm_assets/failure_class.py) so
+the backfill sensor never retries it. Thresholds live in the `QualityGateSettings` resource (`quality_gates`);
+the demo's defaults and the measurement behind them are in docs/quality_gates.md.
+"""
+
+import json
+import warnings
+from collections import Counter
+from statistics import NormalDist
+from typing import Any, Literal
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from llm_assets.datasets import RegisteredDataset
+from llm_assets.failure_class import mark_quality_gate_failure
+from llm_assets.judge import judge_items, judge_prompt
+from llm_assets.partitions import chunk_partitions, parse_chunk_key
+from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
+from llm_assets.quality_stats import label_drift, sample_item_ids, top_decile_share, wilson_interval
+from llm_assets.settings import PipelineSettings
+from resources.dead_letters import DeadLetterStore
+from resources.llm import LLMResource
+from resources.llm.structured import validate
+
+# Partitioned checks (`partitions_def=` on @asset_check) are a preview feature in dagster 1.13; we rely on it knowingly.
+warnings.filterwarnings(
+    "ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning
+)
+
+CLASSIFIED = dg.AssetKey("classified")
+ENRICHED = dg.AssetKey("enriched")
+STAGE_ASSETS = (CLASSIFIED, ENRICHED)
+DRIFT_HISTORY_LIMIT = 500  # drift evaluations scanned for a dataset's recent chunks
+_MAX_EXAMPLES = 10  # offending rows/items listed in metadata
+
+
+class QualityGateSettings(dg.ConfigurableResource):
+    """Thresholds of the quality gates (resource key `quality_gates`). Defaults are the demo's, measured
+    against the local simulator (docs/quality_gates.md); with a real model raise `min_sampled_accuracy`."""
+
+    min_success_rate: float = Field(
+        default=0.95,
+        description="Output rows / chunk items (invalid inputs and dead letters count as failed).",
+    )
+    sample_size: int = Field(default=50, description="Items scored per chunk by sampled_quality.")
+    min_sampled_accuracy: float = Field(
+        default=0.10,
+        description="sampled_quality passes when the Wilson lower bound of sampled accuracy reaches this. "
+        "Demo value from the simulator's measured accuracy; a real model deserves far more (e.g. 0.8).",
+    )
+    confidence: float = Field(default=0.95, description="One-sided confidence of the Wilson lower bound.")
+    sampled_quality_severity: Literal["WARN", "ERROR"] = Field(
+        default="WARN", description="ERROR makes a failed sampled_quality block `enriched` for the chunk."
+    )
+    judge_enabled: bool = Field(
+        default=True, description="Score items without a gold label with the `judge_llm` model (costs money)."
+    )
+    drift_max_p_value: float = Field(
+        default=0.001,
+        description="label_drift warns when the permutation p-value is below this (min ~0.0005).",
+    )
+    drift_reference_chunks: int = Field(
+        default=5, description="Recent chunks of the dataset pooled as reference."
+    )
+    drift_min_reference_items: int = Field(
+        default=100, description="Below this many reference items label_drift passes with 'no baseline yet'."
+    )
+    classified_max_cost_per_item_usd: float | None = Field(
+        default=0.0005,
+        description="cost_per_item ceiling for `classified` (USD per item sent); None: no ceiling.",
+    )
+    enriched_max_cost_per_item_usd: float | None = Field(
+        default=0.005,
+        description="cost_per_item ceiling for `enriched` (USD per routed item); None: no ceiling.",
+    )
+    max_top_decile_token_share: float = Field(
+        default=0.3,
+        description="cost_per_item warns when the 10% largest items take more of the chunk's tokens.",
+    )
+
+    def z(self) -> float:
+        return NormalDist().inv_cdf(self.confidence)
+
+    def cost_ceiling(self, asset: dg.AssetKey) -> float | None:
+        return (
+            self.classified_max_cost_per_item_usd
+            if asset == CLASSIFIED
+            else self.enriched_max_cost_per_item_usd
+        )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dict[str, Any]:
+    """Metadata values of the latest materialization of `asset` for `partition` ({} when none)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    return {k: v.value for k, v in (materialization.metadata if materialization else {}).items()}
+
+
+def _result(
+    context: dg.AssetCheckExecutionContext,
+    asset: dg.AssetKey,
+    check_name: str,
+    *,
+    passed: bool,
+    severity: dg.AssetCheckSeverity,
+    blocking: bool,
+    description: str,
+    metadata: dict[str, Any],
+) -> dg.AssetCheckResult:
+    """The check result; a blocking ERROR failure also tags the run as a quality-gate failure."""
+    if not passed and blocking and severity == dg.AssetCheckSeverity.ERROR:
+        mark_quality_gate_failure(
+            context.instance, context.run.run_id, f"{asset.to_user_string()}:{check_name}"
+        )
+        metadata = {**metadata, "failure_class": dg.MetadataValue.text("quality_gate")}
+    return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
+
+
+def _as_python(value: Any) -> Any:
+    """numpy scalars -> Python scalars, NaN -> None (the schema validator checks Python types)."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- outputs_valid
+
+
+def _classified_row_errors(frame: pd.DataFrame, schema: dict) -> list[tuple[str, str]]:
+    errors = []
+    for item_id, label, confidence in zip(frame["item_id"], frame["label"], frame["confidence"], strict=True):
+        problems = validate({"label": _as_python(label), "confidence": _as_python(confidence)}, schema)
+        errors += [(str(item_id), p) for p in problems]
+    return errors
+
+
+def _enriched_row_errors(frame: pd.DataFrame, schema: dict, taxonomy: set[str]) -> list[tuple[str, str]]:
+    errors = []
+    for row in frame.itertuples(index=False):
+        item_id = str(row.item_id)
+        if _as_python(row.label) not in taxonomy:
+            errors.append((item_id, f"$.label: {row.label!r} is not in the taxonomy"))
+        if not bool(row.routed):
+            continue
+        try:
+            entities = json.loads(row.entities) if isinstance(row.entities, str) else row.entities
+        except json.JSONDecodeError:
+            errors.append((item_id, "$.entities: not a JSON list"))
+            continue
+        value = {"summary": _as_python(row.summary), "entities": entities, "urgency": _as_python(row.urgency)}
+        errors += [(item_id, p) for p in validate(value, schema)]
+    return errors
+
+
+def _key_errors(frame: pd.DataFrame, dataset_id: str) -> list[tuple[str, str]]:
+    errors = []
+    for column in ("idempotency_key", "item_id", "dataset_id"):
+        for item_id in frame.loc[frame[column].isna(), "item_id"]:
+            errors.append((str(item_id), f"{column} is missing"))
+    for item_id in frame.loc[frame["item_id"].duplicated(), "item_id"]:
+        errors.append((str(item_id), "item appears more than once"))
+    for item_id in frame.loc[frame["dataset_id"].notna() & (frame["dataset_id"] != dataset_id), "item_id"]:
+        errors.append((str(item_id), f"dataset_id is not {dataset_id}"))
+    return errors
+
+
+def _outputs_valid_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
+    stage = asset.path[-1]
+
+    @dg.asset_check(
+        asset=asset,
+        name="outputs_valid",
+        partitions_def=chunk_partitions,
+        blocking=True,
+        description=(
+            f"Every `{stage}` row conforms to the stage's output schema and its label is in the taxonomy; "
+            "keys are present and unique. Blocking: a chunk with any invalid row does not feed downstream. "
+            "Metadata lists the offending items and what is wrong with them."
+        ),
+    )
+    def _check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings, frame: pd.DataFrame):
+        dataset_id, _ = parse_chunk_key(context.partition_key)
+        taxonomy = load_taxonomy(settings.taxonomy_path)
+        if frame.empty:
+            errors: list[tuple[str, str]] = []
+        elif asset == CLASSIFIED:
+            schema = classify_prompt(taxonomy, []).schema
+            errors = _key_errors(frame, dataset_id) + _classified_row_errors(frame, schema)
+        else:
+            errors = _key_errors(frame, dataset_id) + _enriched_row_errors(
+                frame, enrich_prompt().schema, set(taxonomy)
+            )
+        bad_items = sorted({item for item, _ in errors})
+        passed = not errors
+        description = (
+            f"all {len(frame)} rows valid"
+            if passed
+            else f"{len(bad_items)} of {len(frame)} rows invalid; first: {errors[0][0]}: {errors[0][1]}. "
+            "Look at the prompt/schema version and the model; fix, then re-materialize the chunk."
+        )
+        return _result(
+            context,
+            asset,
+            "outputs_valid",
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            blocking=True,
+            description=description,
+            metadata={
+                "rows_checked": dg.MetadataValue.int(len(frame)),
+                "rows_invalid": dg.MetadataValue.int(len(bad_items)),
+                "problems": dg.MetadataValue.json(
+                    [{"item_id": i, "problem": p} for i, p in errors[:_MAX_EXAMPLES]]
+                ),
+            },
+        )
+
+    return _check
+
+
+# ---------------------------------------------------------------------------------------------- success_rate
+
+
+def _success_rate_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
+    stage = asset.path[-1]
+
+    @dg.asset_check(
+        asset=asset,
+        name="success_rate",
+        partitions_def=chunk_partitions,
+        blocking=True,
+        description=(
+            f"`{stage}` rows / items in the chunk is at least `quality_gates.min_success_rate` (default 0.95). "
+            "Invalid inputs and dead-lettered items count as failed. Blocking. Metadata says how many failed, "
+            "at which stage and why, and where their dead letters are."
+        ),
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext,
+        settings: PipelineSettings,
+        quality_gates: QualityGateSettings,
+        frame: pd.DataFrame,
+    ):
+        partition = context.partition_key
+        dataset_id, _ = parse_chunk_key(partition)
+        items_meta = _latest_metadata(context.instance, dg.AssetKey("items"), partition)
+        attempted = int(items_meta.get("items_total", len(frame)))
+        succeeded = len(frame)
+        failed = max(0, attempted - succeeded)
+        rate = succeeded / attempted if attempted else 1.0
+        threshold = quality_gates.min_success_rate
+        store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
+        dead = store.query(dataset_id, partition)
+        upstream = ("items", "classified") if asset == CLASSIFIED else ("items", "classified", "enriched")
+        dead = dead[dead["stage"].isin(upstream)]
+        by_stage = {str(k): int(v) for k, v in dead["stage"].value_counts().items()}
+        by_class = {str(k): int(v) for k, v in dead["error_class"].value_counts().items()}
+        passed = rate >= threshold
+        description = (
+            f"{succeeded:,} of {attempted:,} items succeeded ({rate:.1%}), {failed:,} failed; "
+            f"threshold {threshold:.1%}."
+        )
+        if not passed:
+            description += (
+                f" Failures by class: {by_class or 'none recorded'}. Read the dead letters at "
+                f"{store.uri_for(dataset_id)}; fix the cause (prompt, inputs, provider), then re-materialize."
+            )
+        return _result(
+            context,
+            asset,
+            "success_rate",
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            blocking=True,
+            description=description,
+            metadata={
+                "success_rate": dg.MetadataValue.float(rate),
+                "threshold": dg.MetadataValue.float(threshold),
+                "items_attempted": dg.MetadataValue.int(attempted),
+                "items_succeeded": dg.MetadataValue.int(succeeded),
+                "items_failed": dg.MetadataValue.int(failed),
+                "failed_by_stage": dg.MetadataValue.json(by_stage),
+                "failed_by_error_class": dg.MetadataValue.json(by_class),
+                "failed_item_ids": dg.MetadataValue.json(sorted(dead["item_id"].astype(str))[:_MAX_EXAMPLES]),
+                "dead_letters_uri": dg.MetadataValue.path(store.uri_for(dataset_id)),
+            },
+        )
+
+    return _check
+
+
+# ---------------------------------------------------------------------------------------------- sampled_quality
+
+
+@dg.asset_check(
+    asset=CLASSIFIED,
+    name="sampled_quality",
+    partitions_def=chunk_partitions,
+    blocking=True,
+    additional_ins={"items": dg.AssetIn("items")},
+    description=(
+        "A random sample of the chunk (size `quality_gates.sample_size`, default 50; seeded by the partition key "
+        "so a re-run scores the same items) is scored against the input's gold `label`, or by the `judge_llm` "
+        "model where there is none. Passes when the Wilson lower bound of the sample accuracy reaches "
+        "`min_sampled_accuracy`: a small unlucky sample is not mistaken for a bad chunk, nor a lucky one for a "
+        "good chunk. Severity WARN by default; ERROR blocks `enriched`. The judge's cost is `cost_usd`."
+    ),
+)
+def classified_sampled_quality(
+    context: dg.AssetCheckExecutionContext,
+    settings: PipelineSettings,
+    quality_gates: QualityGateSettings,
+    judge_llm: LLMResource,
+    classified: pd.DataFrame,
+    items: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    partition = context.partition_key
+    dataset_id, _ = parse_chunk_key(partition)
+    severity = dg.AssetCheckSeverity(quality_gates.sampled_quality_severity)
+    ids = [] if classified.empty else classified["item_id"].astype(str).tolist()
+    sample = sample_item_ids(ids, partition, quality_gates.sample_size)
+    rows = classified.set_index(classified["item_id"].astype(str)) if ids else classified
+    gold = {i: rows.at[i, "gold_label"] for i in sample if _as_python(rows.at[i, "gold_label"]) is not None}
+    unlabelled = [i for i in sample if i not in gold]
+
+    judged: dict[str, str] = {}
+    judge_cost = 0.0
+    judge_failed = 0
+    if unlabelled and quality_gates.judge_enabled:
+        taxonomy = load_taxonomy(settings.taxonomy_path)
+        prompt = judge_prompt(taxonomy, load_few_shot(settings.few_shot_path, taxonomy))
+        texts = items.set_index(items["item_id"].astype(str))["text"]
+        verdicts = judge_items(
+            judge_llm,
+            prompt,
+            {i: str(texts[i]) for i in unlabelled if i in texts.index},
+            dataset_id=dataset_id,
+            run_id=context.run.run_id,
+            log=context.log,
+        )
+        judged, judge_cost, judge_failed = verdicts.labels, verdicts.cost_usd, verdicts.failed
+
+    expected = {**gold, **judged}
+    scored = [i for i in sample if i in expected]
+    correct = [i for i in scored if rows.at[i, "label"] == expected[i]]
+    n, k = len(scored), len(correct)
+    low, high = wilson_interval(k, n, quality_gates.z())
+    threshold = quality_gates.min_sampled_accuracy
+    scorer = "+".join(name for name, used in (("gold", gold), ("judge", judged)) if used) or "none"
+    if n == 0:
+        passed = True
+        description = (
+            "not scored: the sampled items have no gold label and the judge is off (or failed on every item); "
+            "turn on `quality_gates.judge_enabled` or supply a `label` column to gate quality."
+        )
+    else:
+        passed = low >= threshold
+        description = (
+            f"sample accuracy {k}/{n} = {k / n:.3f} ({scorer}); {quality_gates.confidence:.0%} lower bound "
+            f"{low:.3f} {'>=' if passed else '<'} threshold {threshold:.3f}."
+        )
+        if not passed:
+            description += (
+                " The model's labels disagree with the reference on this chunk: read `wrong_examples`, compare "
+                "the prompt version and model with a good chunk; re-running alone will not change the answers."
+            )
+    wrong = [
+        {"item_id": i, "label": str(rows.at[i, "label"]), "expected": str(expected[i])}
+        for i in scored
+        if i not in set(correct)
+    ]
+    return _result(
+        context,
+        CLASSIFIED,
+        "sampled_quality",
+        passed=passed,
+        severity=severity,
+        blocking=True,
+        description=description,
+        metadata={
+            "sample_accuracy": dg.MetadataValue.float(k / n if n else 0.0),
+            "accuracy_lower_bound": dg.MetadataValue.float(low),
+            "accuracy_upper_bound": dg.MetadataValue.float(high),
+            "threshold": dg.MetadataValue.float(threshold),
+            "sample_size": dg.MetadataValue.int(n),
+            "sample_correct": dg.MetadataValue.int(k),
+            "scored_by_gold": dg.MetadataValue.int(len([i for i in scored if i in gold])),
+            "scored_by_judge": dg.MetadataValue.int(len([i for i in scored if i in judged])),
+            "judge_failed": dg.MetadataValue.int(judge_failed),
+            "cost_usd": dg.MetadataValue.float(judge_cost),
+            "scorer": dg.MetadataValue.text(scorer),
+            "sampled_item_ids": dg.MetadataValue.json(sample),
+            "wrong_examples": dg.MetadataValue.json(wrong[:_MAX_EXAMPLES]),
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------- label_drift
+
+
+def _recent_label_counts(
+    instance: dg.DagsterInstance, dataset_id: str, partition: str, chunks: int
+) -> dict[str, dict[str, int]]:
+    """Label counts recorded by the latest label_drift evaluations of up to `chunks` other chunks of the dataset,
+    most recent first (each chunk's own evaluation stores its counts, so no other chunk's file is read)."""
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(CLASSIFIED, "label_drift"), limit=DRIFT_HISTORY_LIMIT
+    )
+    prefix = f"{dataset_id}__c"
+    found: dict[str, dict[str, int]] = {}
+    for record in history:
+        key = record.partition
+        if not key or not key.startswith(prefix) or key == partition or key in found:
+            continue
+        evaluation = (
+            record.event.dagster_event.event_specific_data
+            if record.event and record.event.dagster_event
+            else None
+        )
+        counts = getattr(evaluation, "metadata", {}).get("label_counts") if evaluation is not None else None
+        if counts is None:
+            continue
+        found[key] = {str(k): int(v) for k, v in counts.value.items()}
+        if len(found) >= chunks:
+            break
+    return found
+
+
+@dg.asset_check(
+    asset=CLASSIFIED,
+    name="label_drift",
+    partitions_def=chunk_partitions,
+    blocking=False,
+    description=(
+        "The chunk's label mix against the pooled mix of the dataset's most recently checked chunks "
+        "(`drift_reference_chunks`, default 5): permutation test of the chi-square statistic, warns when "
+        "p < `drift_max_p_value`. PSI is reported too. WARN only: a real shift in the input is not an error, "
+        "but a person should look (a new kind of ticket, or a prompt change). Input files sorted by label drift "
+        "by construction."
+    ),
+)
+def classified_label_drift(
+    context: dg.AssetCheckExecutionContext, quality_gates: QualityGateSettings, classified: pd.DataFrame
+) -> dg.AssetCheckResult:
+    partition = context.partition_key
+    dataset_id, _ = parse_chunk_key(partition)
+    counts = (
+        {} if classified.empty else {str(k): int(v) for k, v in classified["label"].value_counts().items()}
+    )
+    recent = _recent_label_counts(
+        context.instance, dataset_id, partition, quality_gates.drift_reference_chunks
+    )
+    reference: Counter = Counter()
+    for chunk_counts in recent.values():
+        reference.update(chunk_counts)
+    metadata: dict[str, Any] = {
+        "label_counts": dg.MetadataValue.json(counts),
+        "reference_chunks": dg.MetadataValue.int(len(recent)),
+        "reference_items": dg.MetadataValue.int(sum(reference.values())),
+        "reference_partitions": dg.MetadataValue.json(sorted(recent)),
+        "max_p_value": dg.MetadataValue.float(quality_gates.drift_max_p_value),
+    }
+    if sum(reference.values()) < quality_gates.drift_min_reference_items or not counts:
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                f"no baseline yet: {sum(reference.values())} reference items from {len(recent)} earlier chunks "
+                f"(need {quality_gates.drift_min_reference_items})"
+            ),
+            metadata=metadata,
+        )
+    drift = label_drift(counts, dict(reference), seed=partition)
+    passed = drift.p_value >= quality_gates.drift_max_p_value
+    shifts = [
+        {"label": lab, "chunk_share": round(p, 4), "reference_share": round(q, 4)}
+        for lab, p, q in drift.top_shifts
+    ]
+    description = (
+        f"label mix vs {len(recent)} recent chunks: chi2={drift.chi2:.1f} over {drift.labels} labels, "
+        f"permutation p={drift.p_value:.2g} "
+        f"({'ok' if passed else 'drift'}); PSI={drift.psi:.3f}."
+    )
+    if not passed:
+        description += f" Largest shift: {shifts[0]['label']} {shifts[0]['reference_share']:.1%} -> {shifts[0]['chunk_share']:.1%}."
+    metadata.update(
+        {
+            "p_value": dg.MetadataValue.float(drift.p_value),
+            "chi2": dg.MetadataValue.float(drift.chi2),
+            "labels": dg.MetadataValue.int(drift.labels),
+            "permutations": dg.MetadataValue.int(drift.permutations),
+            "psi": dg.MetadataValue.float(drift.psi),
+            "top_shifts": dg.MetadataValue.json(shifts),
+        }
+    )
+    return dg.AssetCheckResult(
+        passed=passed, severity=dg.AssetCheckSeverity.WARN, description=description, metadata=metadata
+    )
+
+
+# ---------------------------------------------------------------------------------------------- cost_per_item
+
+
+def _cost_per_item_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
+    stage = asset.path[-1]
+
+    @dg.asset_check(
+        asset=asset,
+        name="cost_per_item",
+        partitions_def=chunk_partitions,
+        blocking=False,
+        description=(
+            f"USD per item sent to `{stage}` against `{stage}_max_cost_per_item_usd`, and the share of the chunk's "
+            "tokens taken by its most expensive 10% of items against `max_top_decile_token_share`. WARN: the "
+            "listed items are the inputs to filter or truncate (see `length_policy`)."
+        ),
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, quality_gates: QualityGateSettings, frame: pd.DataFrame
+    ):
+        meta = _latest_metadata(context.instance, asset, context.partition_key)
+        cost = float(meta.get("cost_usd", frame["cost_usd"].sum() if not frame.empty else 0.0))
+        sent = int(meta.get("items_total", len(frame)))
+        per_item = cost / sent if sent else 0.0
+        billed = frame[frame["routed"].astype(bool)] if asset == ENRICHED and not frame.empty else frame
+        tokens = (
+            {}
+            if billed.empty
+            else {
+                str(i): int(t)
+                for i, t in zip(
+                    billed["item_id"], billed["input_tokens"] + billed["output_tokens"], strict=True
+                )
+            }
+        )
+        share, top_ids = top_decile_share(tokens)
+        ceiling = quality_gates.cost_ceiling(asset)
+        too_dear = ceiling is not None and per_item > ceiling
+        too_skewed = share > quality_gates.max_top_decile_token_share
+        passed = not (too_dear or too_skewed)
+        reasons = []
+        if too_dear:
+            reasons.append(f"${per_item:.6f} per item is above the ceiling ${ceiling:.6f}")
+        if too_skewed:
+            reasons.append(
+                f"the largest 10% of items take {share:.0%} of the tokens (limit "
+                f"{quality_gates.max_top_decile_token_share:.0%}): filter or truncate them"
+            )
+        description = (
+            "; ".join(reasons)
+            if reasons
+            else f"${per_item:.6f} per item; the largest 10% of items take {share:.0%} of the tokens"
+        )
+        return dg.AssetCheckResult(
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=description,
+            metadata={
+                "cost_per_item_usd": dg.MetadataValue.float(per_item),
+                "ceiling_usd": dg.MetadataValue.float(ceiling if ceiling is not None else 0.0),
+                "cost_usd": dg.MetadataValue.float(cost),
+                "items_sent": dg.MetadataValue.int(sent),
+                "top_decile_token_share": dg.MetadataValue.float(share),
+                "max_top_decile_token_share": dg.MetadataValue.float(
+                    quality_gates.max_top_decile_token_share
+                ),
+                "top_decile_item_ids": dg.MetadataValue.json(top_ids[:_MAX_EXAMPLES]),
+            },
+        )
+
+    return _check
+
+
+# ---------------------------------------------------------------------------------------------- the checks
+
+classified_outputs_valid = _outputs_valid_check(CLASSIFIED)
+enriched_outputs_valid = _outputs_valid_check(ENRICHED)
+classified_success_rate = _success_rate_check(CLASSIFIED)
+enriched_success_rate = _success_rate_check(ENRICHED)
+classified_cost_per_item = _cost_per_item_check(CLASSIFIED)
+enriched_cost_per_item = _cost_per_item_check(ENRICHED)
+
+stage_checks: list[dg.AssetChecksDefinition] = [
+    classified_outputs_valid,
+    classified_success_rate,
+    classified_sampled_quality,
+    classified_label_drift,
+    classified_cost_per_item,
+    enriched_outputs_valid,
+    enriched_success_rate,
+    enriched_cost_per_item,
+]
+"""Every quality gate; register with `dg.Definitions(asset_checks=stage_checks, ...)`."""
+
+STAGE_CHECK_SPECS: list[dg.AssetCheckSpec] = [
+    spec for checks_def in stage_checks for spec in checks_def.check_specs
+]
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def _latest_evaluations(
+    instance: dg.DagsterInstance, partitions: list[str]
+) -> dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation]:
+    """The latest evaluation of every stage check for each of `partitions` (absent when never evaluated)."""
+    keys = [spec.key for spec in STAGE_CHECK_SPECS]
+    wanted = set(partitions)
+    latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation] = {}
+    for key in keys:
+        cursor = None
+        while True:
+            page = instance.event_log_storage.get_asset_check_execution_history(key, limit=500, cursor=cursor)
+            for record in page:
+                event = record.event.dagster_event if record.event else None
+                evaluation = event.event_specific_data if event else None
+                if record.partition in wanted and isinstance(evaluation, dg.AssetCheckEvaluation):
+                    latest.setdefault((key, record.partition), evaluation)  # history is newest first
+            if len(page) < 500:
+                break
+            cursor = page[-1].id
+    return latest
+
+
+def _blocked(latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation]) -> list[str]:
+    failed = {
+        partition
+        for (_, partition), evaluation in latest.items()
+        if not evaluation.passed
+        and evaluation.blocking
+        and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    }
+    return sorted(failed)
+
+
+def blocked_partitions(instance: dg.DagsterInstance, partitions: list[str]) -> list[str]:
+    """The partitions whose latest evaluation of a blocking check failed with ERROR severity: their outputs
+    must not feed any report (a blocking failure on `enriched` happens after it was materialized)."""
+    return _blocked(_latest_evaluations(instance, partitions))
+
+
+def checks_section(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> dict[str, Any]:
+    """The `checks` section of a dataset's completion report.
+
+    Per check: partitions passed / failed / not evaluated, severity and blocking; the sampled accuracy pooled
+    over the dataset's latest sampled_quality evaluations (with its Wilson interval); the judge's spend;
+    the partitions a blocking gate stopped.
+    """
+    partition_keys = list(dataset.partition_keys)
+    latest = _latest_evaluations(instance, partition_keys)
+    per_check: dict[str, dict[str, Any]] = {}
+    for spec in STAGE_CHECK_SPECS:
+        evaluations = [latest[(spec.key, p)] for p in partition_keys if (spec.key, p) in latest]
+        failed = [e for e in evaluations if not e.passed]
+        per_check[spec.key.to_user_string()] = {
+            "blocking": spec.blocking,
+            "passed": len(evaluations) - len(failed),
+            "failed": len(failed),
+            "failed_errors": sum(e.severity == dg.AssetCheckSeverity.ERROR for e in failed),
+            "not_evaluated": len(partition_keys) - len(evaluations),
+            "failed_partitions": sorted(e.partition for e in failed if e.partition),
+        }
+    sampled = [
+        latest[(dg.AssetCheckKey(CLASSIFIED, "sampled_quality"), p)]
+        for p in partition_keys
+        if (dg.AssetCheckKey(CLASSIFIED, "sampled_quality"), p) in latest
+    ]
+    correct = sum(int(e.metadata["sample_correct"].value) for e in sampled if "sample_correct" in e.metadata)
+    scored = sum(int(e.metadata["sample_size"].value) for e in sampled if "sample_size" in e.metadata)
+    judge_cost = sum(float(e.metadata["cost_usd"].value) for e in sampled if "cost_usd" in e.metadata)
+    low, high = wilson_interval(correct, scored)
+    return {
+        "checks": per_check,
+        "sampled_accuracy": {
+            "accuracy": correct / scored if scored else None,
+            "correct": correct,
+            "scored": scored,
+            "partitions": len(sampled),
+            "wilson_95_low": low if scored else None,
+            "wilson_95_high": high if scored else None,
+        },
+        "judge_cost_usd": judge_cost,
+        "blocked_partitions": _blocked(latest),
+    }

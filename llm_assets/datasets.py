@@ -1,0 +1,594 @@
+"""Dataset registration and chunk reading.
+
+An input dataset is a CSV, JSONL or Parquet file, a local path or ``s3://bucket/key``. Registering it:
+- streams the file once (never loads it whole), computing the SHA-256 of its bytes, the number of data rows and
+  one locator per chunk (byte range for CSV/JSONL; row group + offset for Parquet), so ``read_chunk`` reads one
+  chunk without scanning the file;
+- gives it a stable id: ``<name slug>-<first 8 hex of the content SHA-256>``, e.g. ``banking77-3f2a9c1d``;
+- writes ``<home>/datasets/<dataset_id>/manifest.json`` atomically and adds only the missing chunk partitions.
+Registering the same bytes again changes nothing (same id, same manifest, no new partitions).
+
+Columns (after ``column_map`` renames source columns): ``text`` is required; ``id`` is required unless
+``id_column=None``, in which case ids are derived as ``f"r{row_number:07d}"`` where ``row_number`` is the
+0-based index of the data row in the file (header and blank lines not counted) - stable for the same bytes.
+``team`` and ``label`` are optional; without a ``team`` column, ``team_from_label`` (label prefix -> team,
+longest prefix wins, ``""`` is the fallback) derives the team from the gold label (BANKING77 demo:
+``data/banking77/teams.json``). Other columns pass through.
+
+``read_chunk`` keeps raw values and never drops a row: validation is the ``items`` asset's job. Rows that could
+not be parsed as a record (JSONL line that is not a JSON object, CSV row with the wrong number of fields) are
+kept with ``_read_error`` set. ``_row_number`` is the row's 0-based position in the file.
+
+Text encoding: UTF-8 (a leading BOM is ignored). CSV: RFC 4180 quoting (quoted fields may hold newlines),
+rows end in ``\\n`` or ``\\r\\n``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
+
+from io_managers.atomic_files import write_bytes_atomic
+from io_managers.object_reader import open_binary, read_range, size_bytes
+from io_managers.parquet_files import is_s3_uri, parse_s3_uri
+from llm_assets.partitions import MAX_CHUNKS_PER_DATASET, add_chunk_partitions, dataset_partition_keys
+
+TEXT, ID, TEAM, LABEL = "text", "id", "team", "label"
+ROW_NUMBER, READ_ERROR = "_row_number", "_read_error"
+CORE_COLUMNS = [ID, TEXT, TEAM, LABEL]
+_HASH_BLOCK_BYTES = 1024 * 1024
+# pyarrow reads a footer and column chunks with seek+read: 1 MiB per ranged GET keeps small reads cheap.
+_PARQUET_READ_BUFFER_BYTES = 1024 * 1024
+# Long texts are the length policy's business (items asset), not a reason to fail parsing.
+_CSV_FIELD_LIMIT = 64 * 1024 * 1024
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be registered or read as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What to register. ``chunk_size`` is in rows; ``column_map`` maps source column -> our column."""
+
+    uri: str
+    name: str | None = None  # default: the file stem
+    chunk_size: int = 250
+    column_map: dict[str, str] = field(default_factory=dict)
+    id_column: str | None = "id"  # None => ids derived as f"r{row_number:07d}" (0-based data row number)
+    team_from_label: dict[str, str] | None = None  # label prefix -> team; longest prefix wins; "" = fallback
+
+
+@dataclass(frozen=True)
+class ChunkLocator:
+    """Where chunk ``index`` lives: rows [first_row, first_row + n_rows) of the file.
+
+    CSV/JSONL: bytes [start_byte, end_byte). Parquet: starts at ``row_offset`` inside row group ``row_group``.
+    """
+
+    index: int
+    first_row: int
+    n_rows: int
+    start_byte: int | None = None
+    end_byte: int | None = None
+    row_group: int | None = None
+    row_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class RegisteredDataset:
+    dataset_id: str  # "<name slug>-<8 hex of the content sha256>"
+    name: str
+    uri: str  # absolute for local files
+    content_sha256: str
+    total_rows: int
+    chunk_size: int
+    n_chunks: int
+    partition_keys: list[str]
+    registered_at: str  # ISO 8601, UTC
+    spec: DatasetSpec
+    format: str = "csv"  # csv | jsonl | parquet
+    size_bytes: int = 0
+    source_columns: list[str] = field(default_factory=list)
+    chunks: list[ChunkLocator] = field(default_factory=list)
+    team_source: str = "none"  # "column" | "label_rule" | "none": where read_chunk's `team` comes from
+    duplicate_rows: dict[str, int] = field(default_factory=dict)
+    """Row number (as text) -> the row that first used the same id; those rows become `invalid_input`."""
+
+    def chunk_index_of(self, partition_key: str) -> int:
+        """The chunk index of one of this dataset's partition keys."""
+        try:
+            return self.partition_keys.index(partition_key)
+        except ValueError:
+            raise DatasetError(f"{partition_key!r} is not a partition of dataset {self.dataset_id}") from None
+
+
+# ---------------------------------------------------------------- registration
+
+
+def register_dataset(
+    spec: DatasetSpec, instance: dg.DagsterInstance, home: Path, s3: Any = None
+) -> RegisteredDataset:
+    """Register ``spec.uri`` (idempotent): manifest under ``home/datasets/<id>/``, one partition per chunk."""
+    if spec.chunk_size < 1:
+        raise DatasetError(f"chunk_size must be >= 1 row, got {spec.chunk_size}; fix `chunk_size`")
+    fmt = _format_of(spec.uri)
+    # Local paths are stored absolute: chunks are read later by runs whose working directory may differ.
+    uri = spec.uri if is_s3_uri(spec.uri) else os.path.abspath(spec.uri)
+    hasher = hashlib.sha256()
+    with open_binary(uri, s3) as f:
+        if fmt == "csv":
+            scan = _scan_csv(f, hasher, spec.chunk_size)
+        elif fmt == "jsonl":
+            scan = _scan_jsonl(f, hasher, spec.chunk_size)
+        else:
+            scan = _scan_parquet(f, hasher, spec.chunk_size)
+    _check_columns(spec, scan.columns)
+    if scan.total_rows == 0:
+        raise DatasetError(f"{spec.uri} has no data rows; nothing to register")
+    n_chunks = len(scan.chunks)
+    if n_chunks > MAX_CHUNKS_PER_DATASET:
+        raise DatasetError(
+            f"{spec.uri} has {scan.total_rows} rows = {n_chunks} chunks of {spec.chunk_size}, over the "
+            f"{MAX_CHUNKS_PER_DATASET} chunk limit per dataset; raise `chunk_size` to at least "
+            f"{-(-scan.total_rows // MAX_CHUNKS_PER_DATASET)}"
+        )
+    sha = hasher.hexdigest()
+    name = spec.name or _file_stem(spec.uri)
+    dataset_id = f"{_slug(name)}-{sha[:8]}"
+    keys = dataset_partition_keys(dataset_id, n_chunks)
+    manifest_path = manifest_path_for(home, dataset_id)
+
+    if manifest_path.exists():
+        existing = load_dataset(dataset_id, home)
+        _check_same_registration(existing, spec, sha)
+        add_chunk_partitions(instance, existing.partition_keys)
+        return existing
+
+    labels_present = LABEL in _mapped(scan.columns, spec)
+    if TEAM in _mapped(scan.columns, spec):
+        team_source = "column"
+    elif spec.team_from_label and labels_present:
+        team_source = "label_rule"
+    else:
+        team_source = "none"
+    ds = RegisteredDataset(
+        dataset_id=dataset_id,
+        name=name,
+        uri=uri,
+        content_sha256=sha,
+        total_rows=scan.total_rows,
+        chunk_size=spec.chunk_size,
+        n_chunks=n_chunks,
+        partition_keys=keys,
+        registered_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        spec=spec,
+        format=fmt,
+        size_bytes=scan.size_bytes,
+        source_columns=scan.columns,
+        chunks=scan.chunks,
+        team_source=team_source,
+    )
+    if spec.id_column is not None:
+        ds = replace(ds, duplicate_rows=_duplicate_rows(ds, s3))
+    write_bytes_atomic(manifest_path, json.dumps(asdict(ds), indent=1).encode())
+    add_chunk_partitions(instance, keys)
+    return ds
+
+
+def _duplicate_rows(ds: RegisteredDataset, s3: Any) -> dict[str, int]:
+    """Rows whose id an earlier row of the file already used, across chunks.
+
+    One more streamed pass, chunk by chunk, with the ids in a temporary SQLite table on disk: memory stays flat
+    however large the file (a Python set of 10M ids would take ~1 GB).
+    """
+    duplicates: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "ids.sqlite"))
+        try:
+            db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, first_row INTEGER) WITHOUT ROWID")
+            for index in range(ds.n_chunks):
+                frame = read_chunk(ds, index, s3)
+                for item_id, row in zip(frame[ID], frame[ROW_NUMBER], strict=True):
+                    if item_id is None or (isinstance(item_id, float) and item_id != item_id):
+                        continue
+                    key = str(item_id).strip()
+                    if not key:
+                        continue
+                    inserted = db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?)", (key, int(row))).rowcount
+                    if not inserted:
+                        first = db.execute("SELECT first_row FROM ids WHERE id = ?", (key,)).fetchone()[0]
+                        duplicates[str(int(row))] = int(first)
+        finally:
+            db.close()
+    return duplicates
+
+
+def manifest_path_for(home: Path, dataset_id: str) -> Path:
+    return Path(home) / "datasets" / dataset_id / "manifest.json"
+
+
+def load_dataset(dataset_id: str, home: Path) -> RegisteredDataset:
+    """The registered dataset from its manifest; DatasetError if it was never registered under ``home``."""
+    path = manifest_path_for(home, dataset_id)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(
+            f"dataset {dataset_id} is not registered under {home} (no {path}); register it first "
+            "(register_dataset / the new-dataset sensor), and check CHUNKWISE_HOME"
+        ) from None
+    raw["spec"] = DatasetSpec(**raw["spec"])
+    raw["chunks"] = [ChunkLocator(**c) for c in raw["chunks"]]
+    return RegisteredDataset(**raw)
+
+
+def list_datasets(home: Path) -> list[str]:
+    """Ids of every dataset registered under ``home``, sorted."""
+    root = Path(home) / "datasets"
+    return sorted(p.parent.name for p in root.glob("*/manifest.json"))
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_chunk(ds: RegisteredDataset, chunk_index: int, s3: Any = None) -> pd.DataFrame:
+    """Only chunk ``chunk_index``'s rows, raw (no row dropped).
+
+    Columns: id (str|None), text, team (str|None), label (str|None), the passthrough columns, ``_row_number``
+    (int, 0-based data row in the file) and ``_read_error`` (str|None).
+    """
+    if not 0 <= chunk_index < ds.n_chunks:
+        raise DatasetError(f"dataset {ds.dataset_id} has chunks 0..{ds.n_chunks - 1}, not {chunk_index}")
+    loc = ds.chunks[chunk_index]
+    current_size = size_bytes(ds.uri, s3)
+    if current_size != ds.size_bytes:
+        raise DatasetError(
+            f"{ds.uri} changed since dataset {ds.dataset_id} was registered ({ds.size_bytes} bytes then, "
+            f"{current_size} now); register the new file (it gets a new dataset id) instead of editing it in place"
+        )
+    if ds.format == "parquet":
+        with open_binary(ds.uri, s3, buffer_size=_PARQUET_READ_BUFFER_BYTES) as f:
+            records = _read_parquet_chunk(f, loc)
+    else:
+        data = read_range(ds.uri, loc.start_byte or 0, loc.end_byte or 0, s3)
+        if ds.format == "csv":
+            records = _read_csv_chunk(data, loc, ds.source_columns)
+        else:
+            records = _read_jsonl_chunk(data)
+    if len(records) != loc.n_rows:
+        raise DatasetError(
+            f"chunk {chunk_index} of {ds.dataset_id} read {len(records)} rows, manifest says {loc.n_rows}; "
+            f"{ds.uri} was modified after registration: register it again"
+        )
+    return _to_frame(records, ds, loc.first_row)
+
+
+def load_team_rules(path: Path) -> dict[str, str]:
+    """The ``label prefix -> team`` rule from a teams.json file (``prefix_to_team`` + ``default_team``)."""
+    raw = json.loads(Path(path).read_text())
+    rules = dict(raw["prefix_to_team"])
+    if raw.get("default_team"):
+        rules[""] = raw["default_team"]
+    return rules
+
+
+def team_for_label(label: Any, rules: dict[str, str]) -> str | None:
+    """Longest matching label prefix wins (case-insensitive); None when nothing matches or no label."""
+    if not isinstance(label, str):
+        return None
+    lowered = label.lower()
+    best: str | None = None
+    for prefix in rules:
+        if lowered.startswith(prefix.lower()) and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return None if best is None else rules[best]
+
+
+# ---------------------------------------------------------------- scanning (one streamed pass)
+
+
+@dataclass
+class _Scan:
+    columns: list[str]
+    total_rows: int
+    chunks: list[ChunkLocator]
+    size_bytes: int
+
+
+class _Counter:
+    """Byte position of the line iterator, so record boundaries map to byte offsets."""
+
+    def __init__(self, start: int = 0) -> None:
+        self.pos = start
+
+
+def _hashed_lines(f: BinaryIO, hasher: Any, counter: _Counter) -> Iterator[bytes]:
+    for raw in f:
+        hasher.update(raw)
+        counter.pos += len(raw)
+        yield raw
+
+
+def _decoded(lines: Iterator[bytes], counter: _Counter, first: bool) -> Iterator[str]:
+    for raw in lines:
+        try:
+            yield raw.decode("utf-8-sig" if first else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"bytes near offset {counter.pos - len(raw)} are not UTF-8 ({exc.reason}); "
+                "re-encode the file as UTF-8"
+            ) from None
+        first = False
+
+
+def _csv_reader(lines: Iterator[str]) -> Iterator[list[str]]:
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    return csv.reader(lines)
+
+
+def _chunk_locators_from_starts(
+    starts: list[int], end: int, total: int, chunk_size: int
+) -> list[ChunkLocator]:
+    out = []
+    for i, start in enumerate(starts):
+        stop = starts[i + 1] if i + 1 < len(starts) else end
+        first = i * chunk_size
+        out.append(ChunkLocator(i, first, min(chunk_size, total - first), start_byte=start, end_byte=stop))
+    return out
+
+
+def _scan_csv(f: BinaryIO, hasher: Any, chunk_size: int) -> _Scan:
+    counter = _Counter()
+    reader = _csv_reader(_decoded(_hashed_lines(f, hasher, counter), counter, first=True))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DatasetError("the CSV file is empty: expected a header row naming the columns") from None
+    starts: list[int] = []
+    n = 0
+    record_start = (
+        counter.pos
+    )  # csv pulls exactly the lines of one record, so this is the next record's start
+    try:
+        for record in reader:
+            if record:  # blank lines are not rows
+                if n % chunk_size == 0:
+                    starts.append(record_start)
+                n += 1
+            record_start = counter.pos
+    except csv.Error as exc:
+        raise DatasetError(f"CSV parse error after data row {n}: {exc}; fix the file's quoting") from None
+    return _Scan(header, n, _chunk_locators_from_starts(starts, counter.pos, n, chunk_size), counter.pos)
+
+
+def _scan_jsonl(f: BinaryIO, hasher: Any, chunk_size: int) -> _Scan:
+    counter = _Counter()
+    starts: list[int] = []
+    columns: list[str] | None = None
+    n = 0
+    for raw in _hashed_lines(f, hasher, counter):
+        if not raw.strip():
+            continue
+        if n % chunk_size == 0:
+            starts.append(counter.pos - len(raw))
+        if columns is None:
+            columns = _jsonl_columns(raw, n)
+        n += 1
+    return _Scan(
+        columns or [], n, _chunk_locators_from_starts(starts, counter.pos, n, chunk_size), counter.pos
+    )
+
+
+def _jsonl_columns(raw: bytes, row: int) -> list[str]:
+    # The first record names the columns; later records may differ (read_chunk keeps whatever they hold).
+    try:
+        first = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"JSONL row {row} is not valid JSON ({exc}); is the file really JSON Lines?"
+        ) from None
+    if not isinstance(first, dict):
+        raise DatasetError(f"JSONL row {row} is a {type(first).__name__}, expected a JSON object per line")
+    return list(first)
+
+
+def _scan_parquet(f: BinaryIO, hasher: Any, chunk_size: int) -> _Scan:
+    size = 0
+    while block := f.read(_HASH_BLOCK_BYTES):
+        hasher.update(block)
+        size += len(block)
+    f.seek(0)
+    meta = pq.ParquetFile(f).metadata  # footer only: row counts per row group, no data pages
+    group_starts = []
+    total = 0
+    for g in range(meta.num_row_groups):
+        group_starts.append(total)
+        total += meta.row_group(g).num_rows
+    chunks = []
+    group = 0
+    for i, first in enumerate(range(0, total, chunk_size)):
+        while group + 1 < len(group_starts) and group_starts[group + 1] <= first:
+            group += 1
+        chunks.append(
+            ChunkLocator(
+                i,
+                first,
+                min(chunk_size, total - first),
+                row_group=group,
+                row_offset=first - group_starts[group],
+            )
+        )
+    return _Scan(list(meta.schema.to_arrow_schema().names), total, chunks, size)
+
+
+# ---------------------------------------------------------------- chunk readers
+
+
+def _read_csv_chunk(data: bytes, loc: ChunkLocator, header: list[str]) -> list[dict[str, Any]]:
+    counter = _Counter(loc.start_byte or 0)
+    lines = _decoded(iter(io.BytesIO(data)), counter, first=False)
+    records: list[dict[str, Any]] = []
+    try:
+        for fields in _csv_reader(lines):
+            if not fields:
+                continue
+            row: dict[str, Any] = dict(zip(header, fields, strict=False))
+            if len(fields) != len(header):
+                row[READ_ERROR] = f"row has {len(fields)} fields, the header has {len(header)}"
+            records.append(row)
+    except csv.Error as exc:
+        raise DatasetError(f"CSV parse error in chunk {loc.index}: {exc}") from None
+    return records
+
+
+def _read_jsonl_chunk(data: bytes) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for raw in io.BytesIO(data):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            records.append(
+                {READ_ERROR: f"not valid JSON: {exc}", "_raw_line": raw.decode("utf-8", "replace")}
+            )
+            continue
+        if not isinstance(value, dict):
+            records.append(
+                {READ_ERROR: f"expected a JSON object, got {type(value).__name__}", "_raw_line": raw.decode()}
+            )
+            continue
+        records.append(value)
+    return records
+
+
+def _read_parquet_chunk(f: BinaryIO, loc: ChunkLocator) -> list[dict[str, Any]]:
+    pf = pq.ParquetFile(f)
+    group = loc.row_group or 0
+    to_skip = loc.row_offset or 0
+    records: list[dict[str, Any]] = []
+    # Batches bound memory even when a row group is much larger than a chunk.
+    groups = list(range(group, pf.metadata.num_row_groups))
+    for batch in pf.iter_batches(batch_size=max(loc.n_rows, 1024), row_groups=groups):
+        if to_skip >= batch.num_rows:
+            to_skip -= batch.num_rows
+            continue
+        batch = batch.slice(to_skip, loc.n_rows - len(records))
+        to_skip = 0
+        records.extend(batch.to_pylist())
+        if len(records) >= loc.n_rows:
+            break
+    return records
+
+
+# ---------------------------------------------------------------- shaping
+
+
+def _mapped(columns: list[str], spec: DatasetSpec) -> list[str]:
+    mapped = [spec.column_map.get(c, c) for c in columns]
+    if spec.id_column and spec.id_column != ID and spec.id_column in mapped:
+        mapped = [ID if c == spec.id_column else c for c in mapped]
+    return mapped
+
+
+def _check_columns(spec: DatasetSpec, columns: list[str]) -> None:
+    mapped = _mapped(columns, spec)
+    found = ", ".join(repr(c) for c in columns) or "none"
+    if TEXT not in mapped:
+        raise DatasetError(
+            f"{spec.uri} has no 'text' column (columns found: {found}); map the column holding the text with "
+            "`column_map`, e.g. column_map={'body': 'text'}"
+        )
+    if spec.id_column is not None and ID not in mapped:
+        raise DatasetError(
+            f"{spec.uri} has no id column {spec.id_column!r} (columns found: {found}); set `id_column` to the "
+            "column holding stable item ids, or id_column=None to derive ids from the row number"
+        )
+
+
+def _check_same_registration(existing: RegisteredDataset, spec: DatasetSpec, sha: str) -> None:
+    if existing.content_sha256 != sha:
+        raise DatasetError(
+            f"dataset id {existing.dataset_id} is taken by other content ({existing.content_sha256[:16]}..., "
+            f"this file {sha[:16]}...): an 8-hex prefix collision; register it under another `name`"
+        )
+    old = existing.spec
+    differs = [
+        k
+        for k in ("chunk_size", "column_map", "id_column", "team_from_label")
+        if getattr(old, k) != getattr(spec, k)
+    ]
+    if differs:
+        raise DatasetError(
+            f"{spec.uri} is already registered as {existing.dataset_id} with different "
+            f"{', '.join(differs)} ({', '.join(f'{k}={getattr(old, k)!r}' for k in differs)}); chunks and ids "
+            "must not change under a dataset id: keep the original settings, or register under another `name`"
+        )
+
+
+def _to_frame(records: list[dict[str, Any]], ds: RegisteredDataset, first_row: int) -> pd.DataFrame:
+    spec = ds.spec
+    rename = dict(spec.column_map)
+    if spec.id_column and spec.id_column != ID:
+        rename[spec.id_column] = ID
+    rows = []
+    for offset, record in enumerate(records):
+        row = {rename.get(k, k): v for k, v in record.items()}
+        row_number = first_row + offset
+        if spec.id_column is None:
+            row[ID] = f"r{row_number:07d}"
+        row[ROW_NUMBER] = row_number
+        rows.append(row)
+    passthrough: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in CORE_COLUMNS and key not in (ROW_NUMBER, READ_ERROR) and key not in passthrough:
+                passthrough.append(key)
+    columns = CORE_COLUMNS + passthrough + [ROW_NUMBER, READ_ERROR]
+    values = {c: [row.get(c) for row in rows] for c in columns}
+    values[ID] = [None if v is None else str(v) for v in values[ID]]
+    values[LABEL] = [None if v is None else str(v) for v in values[LABEL]]
+    if ds.team_source == "label_rule":
+        values[TEAM] = [team_for_label(v, spec.team_from_label or {}) for v in values[LABEL]]
+    else:
+        values[TEAM] = [None if v is None else str(v) for v in values[TEAM]]
+    # object dtype keeps None as None (pandas 3 would turn it into NaN in a "str" column)
+    frame = pd.DataFrame({c: pd.Series(values[c], dtype=object) for c in columns})
+    frame[ROW_NUMBER] = frame[ROW_NUMBER].astype("int64")
+    return frame
+
+
+def _format_of(uri: str) -> str:
+    suffix = PurePosixPath(parse_s3_uri(uri).key if is_s3_uri(uri) else uri).suffix.lower()
+    if suffix not in _FORMATS:
+        raise DatasetError(
+            f"cannot tell the format of {uri!r} from its extension {suffix or '(none)'}; "
+            f"use one of {', '.join(sorted(_FORMATS))}"
+        )
+    return _FORMATS[suffix]
+
+
+def _file_stem(uri: str) -> str:
+    return PurePosixPath(parse_s3_uri(uri).key if is_s3_uri(uri) else uri).stem
+
+
+def _slug(name: str) -> str:
+    # [a-z0-9-] only: legal in partition keys and file names, and never contains the key separator "__".
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"

@@ -1,0 +1,43 @@
+"""`make ui`: the simulator (unless CHUNKWISE_LLM_BASE_URL points elsewhere) plus the Dagster UI, on the demo's
+instance under $CHUNKWISE_HOME/dagster. Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from scripts.demo import SIM_CONFIG, SIM_KEY, _prepare_instance
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM_PORT = int(os.environ.get("CHUNKWISE_SIM_PORT", "8765"))
+
+
+def main() -> int:
+    from llm_assets.settings import chunkwise_home
+
+    _prepare_instance(chunkwise_home())
+    sim = None
+    if not os.environ.get("CHUNKWISE_LLM_BASE_URL"):
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "llm_sim", "serve", "--host", "127.0.0.1", "--port", str(SIM_PORT),
+             "--config", str(SIM_CONFIG)],
+            cwd=ROOT,
+        )  # fmt: skip
+        os.environ["CHUNKWISE_LLM_BASE_URL"] = f"http://127.0.0.1:{SIM_PORT}/v1"
+        os.environ.setdefault("CHUNKWISE_LLM_API_KEY", SIM_KEY)
+    try:
+        return subprocess.call(
+            [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml")], cwd=ROOT
+        )
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

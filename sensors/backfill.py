@@ -1,0 +1,378 @@
+"""The backfill sensor: re-run chunk partitions whose latest run failed for a retryable reason, with backoff.
+
+Each tick:
+1. reads the runs that failed since the last tick (run-failure events, in order, from the cursor on) and, for
+   each one that is still its chunk's latest run, classifies the failure (llm_assets/failure_class.py):
+   - retryable (outage, rate-limit storm, timeouts): schedules attempt n+1 after
+     `min(backoff_max_s, backoff_base_s * backoff_factor ** (n - 1))` seconds from the failure, where n is
+     the failed run's `chunkwise/attempt` tag; after `max_attempts` runs the chunk is given up (the run is
+     tagged `chunkwise/backfill=gave_up`: a terminal failure the completion report counts);
+   - quality gate: not retried (the same prompt gives the same answers); tagged `needs_human`, logged once
+     (the check-alert sensor already posted the failed check);
+   - job-fatal (auth, quota, budget, config): not retried; the provider is *blocked*: one "needs a human"
+     log line and one webhook notice, and nothing more is launched for that provider until a person clears it;
+2. lifts a block a person cleared (see "Clearing a block");
+3. launches the due re-runs, oldest first, while fewer than `max_in_flight` runs of that provider are queued
+   or running (runs tagged `chunkwise/provider`), each a RunRequest with `run_key=<partition>:attempt-<n>`
+   and the tags `chunkwise/attempt`, `chunkwise/dataset`, `chunkwise/provider`;
+4. POSTs pending notices to `$CHUNKWISE_ALERT_WEBHOOK_URL` (a secret, never logged); a failed POST is kept
+   in the cursor and retried next tick.
+
+Restarts: the cursor (JSON, saved by Dagster after each tick) holds the read position, the schedule and the
+blocks; the attempt number travels on the runs themselves (`chunkwise/attempt`), and Dagster never launches
+a sensor's `run_key` twice, so a daemon restarted mid-tick, even with a lost cursor, neither forgets attempts
+nor launches a duplicate.
+
+Clearing a block (after fixing the key, the quota or the budget):
+    python -m sensors.backfill clear openai        # or: anthropic
+writes `chunkwise/backfill/clear/<provider>` into the Dagster instance's key-value store (same
+`$DAGSTER_HOME`); the next tick lifts the block and re-runs the chunks the failure stopped, as their next
+attempt. `python -m sensors.backfill status` prints what is blocked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from llm_assets.chunk_status import (
+    ATTEMPT_TAG,
+    BACKFILL_TAG,
+    GAVE_UP,
+    IN_FLIGHT_STATUSES,
+    NEEDS_HUMAN,
+    PARTITION_TAG,
+    PROVIDER_TAG,
+    RETRY_SCHEDULED,
+)
+from llm_assets.failure_class import FailureClass, run_failure_class
+from llm_assets.partitions import parse_chunk_key
+from sensors.chunk_runs import chunk_pipeline_job, chunk_run_request, default_provider
+from sensors.webhooks import deliver, webhook_url
+
+ALERT_WEBHOOK_ENV = "CHUNKWISE_ALERT_WEBHOOK_URL"
+CLEAR_KEY_PREFIX = "chunkwise/backfill/clear/"
+
+
+@dataclass(frozen=True)
+class BackfillPolicy:
+    """How failed chunks are retried. Seconds for times; `max_attempts` counts every run of a chunk."""
+
+    max_attempts: int = 4
+    backoff_base_s: float = 60.0
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 3600.0
+    max_in_flight: int = 8
+    """Per provider: queued + running runs tagged with it; no re-run is launched at or above this."""
+
+    def delay_s(self, failed_attempt: int) -> float:
+        """Wait after the `failed_attempt`-th run failed: base, base*factor, base*factor^2, ... capped."""
+        return min(
+            self.backoff_max_s, self.backoff_base_s * self.backoff_factor ** max(0, failed_attempt - 1)
+        )
+
+
+@dataclass
+class BackfillCursor:
+    after: str | None = None
+    """Event-log cursor of the last run failure read."""
+    scheduled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """partition -> {attempt, due_at (unix s), provider, failed_run}"""
+    blocked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """provider -> {since, reason, partition, run_id, message}"""
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """partition -> {attempt, provider, failed_run}: stopped by a job-fatal failure, re-run when cleared"""
+    notices: list[dict[str, Any]] = field(default_factory=list)
+    launched_total: int = 0
+    gave_up_total: int = 0
+    needs_human_total: int = 0
+    failed_posts_total: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> BackfillCursor:
+        return cls(**json.loads(text)) if text else cls()
+
+
+def clear_provider(instance: dg.DagsterInstance, provider: str) -> None:
+    """Tell the backfill sensor a person fixed what stopped `provider` (its next tick lifts the block)."""
+    instance.run_storage.set_cursor_values({CLEAR_KEY_PREFIX + provider: str(time.time())})
+
+
+def _cleared_at(instance: dg.DagsterInstance, provider: str) -> float:
+    key = CLEAR_KEY_PREFIX + provider
+    return float(instance.run_storage.get_cursor_values({key}).get(key) or 0.0)
+
+
+def _job_fatal_reason(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
+    """(reason, message) of a job-fatal step failure: JobFatalError's `reason` metadata and its description."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        data = entry.dagster_event.step_failure_data if entry.dagster_event else None
+        if data is None:
+            continue
+        meta = data.user_failure_data.metadata if data.user_failure_data else {}
+        reason = meta.get("reason")
+        message = data.error.message.strip() if data.error else ""
+        return (str(reason.value) if reason is not None else "unknown"), message
+    return "unknown", ""
+
+
+def _is_latest_run(instance: dg.DagsterInstance, partition: str, run_id: str) -> bool:
+    newest = instance.get_run_records(filters=dg.RunsFilter(tags={PARTITION_TAG: partition}), limit=1)
+    return bool(newest) and newest[0].dagster_run.run_id == run_id
+
+
+def _in_flight(instance: dg.DagsterInstance, provider: str) -> int:
+    return instance.get_runs_count(
+        filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES, tags={PROVIDER_TAG: provider})
+    )
+
+
+def _needs_human_notice(
+    provider: str, reason: str, partition: str, run_id: str, message: str
+) -> dict[str, Any]:
+    text = (
+        f":rotating_light: Chunkwise needs a human: provider `{provider}` stopped ({reason}) on chunk "
+        f"`{partition}`: {message} Nothing more is launched for `{provider}` until cleared: fix the cause, then "
+        f"run `python -m sensors.backfill clear {provider}`."
+    )
+    return {
+        "text": text,
+        "kind": "needs_human",
+        "failure_class": FailureClass.JOB_FATAL.value,
+        "reason": reason,
+        "provider": provider,
+        "partition": partition,
+        "run_id": run_id,
+        "notice_id": f"needs_human:{run_id}",
+    }
+
+
+class _Tick:
+    """One evaluation: reads failures, decides, launches. Kept apart from the decorator for readability."""
+
+    def __init__(
+        self, context: dg.SensorEvaluationContext, policy: BackfillPolicy, provider: str, read_limit: int
+    ) -> None:
+        self.context = context
+        self.instance = context.instance
+        self.policy = policy
+        self.provider = provider
+        self.read_limit = read_limit
+        self.state = BackfillCursor.from_json(context.cursor)
+        self.now = time.time()
+        self.requests: list[dg.RunRequest] = []
+        self.log = context.log
+
+    def read_failures(self) -> int:
+        result = self.instance.fetch_run_status_changes(
+            dg.DagsterEventType.RUN_FAILURE, limit=self.read_limit, cursor=self.state.after, ascending=True
+        )
+        for record in result.records:
+            self._decide(record.event_log_entry.run_id, record.event_log_entry.timestamp)
+        if result.records:
+            self.state.after = result.cursor
+        return len(result.records)
+
+    def _decide(self, run_id: str, failed_at: float) -> None:
+        """Decide what a failed run means. Idempotent: re-reading a run (a lost cursor) repeats no alert."""
+        run = self.instance.get_run_by_id(run_id)
+        partition = run.tags.get(PARTITION_TAG) if run else None
+        if run is None or partition is None:
+            return
+        try:
+            parse_chunk_key(partition)
+        except ValueError:
+            return  # another partitioned job (e.g. a dataset's completion): not ours to retry
+        if not _is_latest_run(self.instance, partition, run_id):
+            return  # a newer run of this chunk exists: that one decides
+        attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
+        provider = run.tags.get(PROVIDER_TAG, self.provider)
+        first_time = BACKFILL_TAG not in run.tags
+        failure = run_failure_class(self.instance, run_id) or FailureClass.RETRYABLE
+        if failure == FailureClass.QUALITY_GATE:
+            self._tag(run_id, NEEDS_HUMAN)
+            if first_time:
+                self.state.needs_human_total += 1
+                self.log.warning(
+                    f"chunk {partition} failed a blocking quality gate (run {run_id}): not retried; needs a "
+                    "human (see the check's alert and metadata)"
+                )
+        elif failure == FailureClass.JOB_FATAL:
+            self._hold(partition, run_id, attempt, provider, failed_at, first_time)
+        elif attempt >= self.policy.max_attempts:
+            self._tag(run_id, GAVE_UP)
+            if first_time:
+                self.state.gave_up_total += 1
+                self.log.error(
+                    f"chunk {partition} failed {attempt} times (last run {run_id}); giving up: it counts as "
+                    "failed in the completion report. Re-materialize it from the UI once the cause is fixed."
+                )
+        else:
+            due = failed_at + self.policy.delay_s(attempt)
+            self.state.scheduled[partition] = {
+                "attempt": attempt + 1,
+                "due_at": due,
+                "provider": provider,
+                "failed_run": run_id,
+            }
+            self._tag(run_id, RETRY_SCHEDULED)
+            if first_time:
+                self.log.info(
+                    f"chunk {partition} attempt {attempt} failed (retryable); attempt {attempt + 1} in "
+                    f"{max(0.0, due - self.now):.1f}s"
+                )
+
+    def _tag(self, run_id: str, decision: str) -> None:
+        self.instance.add_run_tags(run_id, {BACKFILL_TAG: decision})
+
+    def _hold(
+        self, partition: str, run_id: str, attempt: int, provider: str, failed_at: float, first_time: bool
+    ) -> None:
+        self._tag(run_id, NEEDS_HUMAN)
+        entry = {"attempt": attempt + 1, "provider": provider, "failed_run": run_id}
+        if _cleared_at(self.instance, provider) > failed_at:
+            self.state.scheduled[partition] = {**entry, "due_at": self.now}  # cleared since: just re-run it
+            return
+        self.state.held[partition] = entry
+        self.state.scheduled.pop(partition, None)
+        if provider in self.state.blocked:
+            return  # one alert per block, however many chunks the failure stopped
+        reason, message = _job_fatal_reason(self.instance, run_id)
+        self.state.blocked[provider] = {
+            "since": failed_at,
+            "reason": reason,
+            "partition": partition,
+            "run_id": run_id,
+            "message": message,
+        }
+        if not first_time:
+            return  # alerted before this cursor was lost
+        self.state.needs_human_total += 1
+        self.state.notices.append(_needs_human_notice(provider, reason, partition, run_id, message))
+        self.log.error(
+            f"NEEDS A HUMAN: provider {provider} stopped ({reason}) on chunk {partition}, run {run_id}: {message} "
+            f"Nothing more is launched for {provider} until `python -m sensors.backfill clear {provider}`."
+        )
+
+    def lift_cleared_blocks(self) -> None:
+        for provider, block in list(self.state.blocked.items()):
+            if _cleared_at(self.instance, provider) <= block["since"]:
+                continue
+            del self.state.blocked[provider]
+            resumed = [p for p, h in self.state.held.items() if h["provider"] == provider]
+            for partition in resumed:
+                held = self.state.held.pop(partition)
+                self.state.scheduled[partition] = {**held, "due_at": self.now}
+            self.log.info(
+                f"provider {provider} cleared by a person; re-running {len(resumed)} stopped chunks"
+            )
+
+    def launch_due(self) -> None:
+        room: dict[str, int] = {}
+        due = sorted(self.state.scheduled.items(), key=lambda kv: kv[1]["due_at"])
+        for partition, entry in due:
+            provider = entry["provider"]
+            if entry["due_at"] > self.now or provider in self.state.blocked:
+                continue
+            if provider not in room:
+                room[provider] = self.policy.max_in_flight - _in_flight(self.instance, provider)
+            if room[provider] <= 0:
+                continue
+            del self.state.scheduled[partition]
+            if not _is_latest_run(self.instance, partition, entry["failed_run"]):
+                continue  # someone re-ran it meanwhile
+            self.requests.append(chunk_run_request(partition, entry["attempt"], provider, "backfill"))
+            room[provider] -= 1
+            self.state.launched_total += 1
+
+    def notify(self) -> str | None:
+        _, problem = deliver(webhook_url(ALERT_WEBHOOK_ENV), self.state.notices)
+        if problem:
+            self.state.failed_posts_total += 1
+            self.log.warning(
+                f"alert webhook failed ({problem}); {len(self.state.notices)} notices kept for next tick"
+            )
+        return problem
+
+
+def build_backfill_sensor(
+    *,
+    name: str = "chunk_backfill_sensor",
+    policy: BackfillPolicy | None = None,
+    provider: str | None = None,
+    minimum_interval_seconds: int = 30,
+    read_limit: int = 500,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """The backfill sensor. `provider` labels failed runs that carry no `chunkwise/provider` tag (runs launched
+    from the UI); None reads `$CHUNKWISE_LLM_PROVIDER` (default `openai`)."""
+    chosen = policy or BackfillPolicy()
+
+    @dg.sensor(
+        name=name,
+        job=chunk_pipeline_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=(
+            f"Re-runs chunks whose latest run failed for a retryable reason, after {chosen.backoff_base_s:g}s x "
+            f"{chosen.backoff_factor:g}^(n-1) (cap {chosen.backoff_max_s:g}s), at most {chosen.max_attempts} runs per "
+            f"chunk and {chosen.max_in_flight} in flight per provider. Quality-gate and job-fatal failures are not "
+            "retried; a job-fatal one blocks its provider until `python -m sensors.backfill clear <provider>`."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        tick = _Tick(context, chosen, provider or default_provider(), read_limit)
+        read = tick.read_failures()
+        tick.lift_cleared_blocks()
+        tick.launch_due()
+        problem = tick.notify()
+        s = tick.state
+        summary = (
+            f"read {read} failed runs; launched {len(tick.requests)}; {len(s.scheduled)} scheduled, "
+            f"{len(s.held)} held by a job-fatal failure, blocked providers: {sorted(s.blocked) or 'none'}; "
+            f"{len(s.notices)} notices pending" + (f" (webhook: {problem})" if problem else "")
+        )
+        return dg.SensorResult(
+            run_requests=tick.requests,
+            cursor=s.to_json(),
+            skip_reason=None if tick.requests else dg.SkipReason(summary),
+        )
+
+    return _sensor
+
+
+chunk_backfill_sensor = build_backfill_sensor()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sensors.backfill clear <provider>` / `status`, against the instance in `$DAGSTER_HOME`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sensors.backfill", description="Backfill sensor controls"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    clear = sub.add_parser("clear", help="lift a provider's block after fixing what stopped it")
+    clear.add_argument("provider")
+    sub.add_parser("status", help="print the clear markers in this instance")
+    args = parser.parse_args(argv)
+    with dg.DagsterInstance.get() as instance:
+        if args.command == "clear":
+            clear_provider(instance, args.provider)
+            print(f"cleared {args.provider}: the backfill sensor's next tick resumes its chunks")
+            return 0
+        for provider in ("openai", "anthropic"):
+            at = _cleared_at(instance, provider)
+            print(f"{provider}: last cleared {time.ctime(at) if at else 'never'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The chunk job the sensors launch, and the one way they build a chunk's run request (key and tags)."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from llm_assets.chunk_status import ATTEMPT_TAG, DATASET_TAG, PROVIDER_TAG
+from llm_assets.partitions import chunk_partitions, parse_chunk_key
+
+LAUNCHED_BY_TAG = "chunkwise/launched_by"
+CHUNK_ASSETS = ("items", "classified", "enriched")
+
+chunk_pipeline_job = dg.define_asset_job(
+    "chunk_pipeline",
+    selection=dg.AssetSelection.assets(*CHUNK_ASSETS),
+    partitions_def=chunk_partitions,
+    description="One chunk through items -> classified -> enriched (with their checks). The sensors launch it.",
+)
+"""Launched by the new-dataset and backfill sensors, one run per chunk partition."""
+
+
+def default_provider() -> str:
+    """The provider label for runs: `$CHUNKWISE_LLM_PROVIDER`, default `openai` (what definitions.py uses)."""
+    return os.environ.get("CHUNKWISE_LLM_PROVIDER", "openai")
+
+
+def chunk_run_request(partition_key: str, attempt: int, provider: str, launched_by: str) -> dg.RunRequest:
+    """The run of one chunk's `attempt`-th try; its run_key makes a second launch of the same try a no-op."""
+    dataset_id, _ = parse_chunk_key(partition_key)
+    return dg.RunRequest(
+        run_key=f"{partition_key}:attempt-{attempt}",
+        partition_key=partition_key,
+        tags={
+            DATASET_TAG: dataset_id,
+            PROVIDER_TAG: provider,
+            ATTEMPT_TAG: str(attempt),
+            LAUNCHED_BY_TAG: launched_by,
+        },
+    )

@@ -1,0 +1,160 @@
+"""The completion sensor: each dataset finishes exactly once, and downstream is told.
+
+Each tick, for every registered dataset not finished yet:
+1. when every chunk is terminal (succeeded, or failed for good: see llm_assets/chunk_status.py), it adds the
+   dataset's partition to `datasets` and requests one run of `dataset_completion` (cost ledger + the
+   `dataset_complete` report asset) with `run_key=complete:<dataset_id>`: Dagster never launches a run key
+   twice, so the report is materialized once however many ticks or daemon restarts see the dataset complete;
+2. once `dataset_complete` is materialized for it, POSTs the report summary (the materialization's `summary`
+   metadata) to `$CHUNKWISE_COMPLETION_WEBHOOK_URL` (a secret, never logged) and records the delivery in the
+   instance's key-value store (`chunkwise/completion/notified/<dataset_id>`), so a restart or a lost cursor
+   never notifies twice; a failed POST is retried next tick (at-least-once only if the process dies between a
+   POST and its record; bodies carry `dataset_id` for a receiver to drop the rare duplicate).
+   Without the variable, completion is recorded as `not configured` and nothing is sent.
+A job-fatal failure (a blocked provider) keeps its dataset open until a person clears it: the report
+would otherwise be final while work was still to come.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from llm_assets.chunk_status import chunk_states
+from llm_assets.cost_ledger import dataset_partitions
+from llm_assets.datasets import DatasetError, list_datasets, load_dataset
+from sensors.webhooks import post_json, webhook_url
+
+COMPLETION_WEBHOOK_ENV = "CHUNKWISE_COMPLETION_WEBHOOK_URL"
+NOTIFIED_KEY_PREFIX = "chunkwise/completion/notified/"
+DATASET_COMPLETE = dg.AssetKey("dataset_complete")
+
+dataset_completion_job = dg.define_asset_job(
+    "dataset_completion",
+    selection=dg.AssetSelection.assets("cost_ledger", "dataset_complete"),
+    partitions_def=dataset_partitions,
+    description="A finished dataset's cost ledger and completion report (partition = dataset id).",
+)
+
+
+@dataclass
+class CompletionCursor:
+    requested: dict[str, float] = field(default_factory=dict)
+    """dataset -> when its completion run was requested (unix s)."""
+    done: list[str] = field(default_factory=list)
+    """Datasets completed and notified: never looked at again."""
+    failed_posts_total: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> CompletionCursor:
+        return cls(**json.loads(text)) if text else cls()
+
+
+def _completion_summary(instance: dg.DagsterInstance, dataset_id: str) -> dict[str, Any] | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=DATASET_COMPLETE, asset_partitions=[dataset_id]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    summary = records[0].asset_materialization.metadata.get("summary")
+    return dict(summary.value) if summary is not None else {"dataset_id": dataset_id}
+
+
+def _notified(instance: dg.DagsterInstance, dataset_id: str) -> bool:
+    key = NOTIFIED_KEY_PREFIX + dataset_id
+    return bool(instance.run_storage.get_cursor_values({key}).get(key))
+
+
+def _mark_notified(instance: dg.DagsterInstance, dataset_id: str, how: str) -> None:
+    instance.run_storage.set_cursor_values({NOTIFIED_KEY_PREFIX + dataset_id: f"{how} at {time.time():.0f}"})
+
+
+def build_completion_sensor(
+    *,
+    name: str = "dataset_completion_sensor",
+    minimum_interval_seconds: int = 60,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """The completion sensor. Needs the `settings` resource (PipelineSettings: where datasets are registered)."""
+
+    @dg.sensor(
+        name=name,
+        job=dataset_completion_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        required_resource_keys={"settings"},
+        description=(
+            "When every chunk of a dataset succeeded or failed for good, requests its completion report once "
+            f"(`dataset_complete`), then POSTs the summary to ${COMPLETION_WEBHOOK_ENV}."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        instance = context.instance
+        home = context.resources.settings.home_path()
+        state = CompletionCursor.from_json(context.cursor)
+        url = webhook_url(COMPLETION_WEBHOOK_ENV)
+        requests: list[dg.RunRequest] = []
+        open_count = notified = 0
+        problem = None
+        for dataset_id in list_datasets(home):
+            if dataset_id in state.done:
+                continue
+            summary = _completion_summary(instance, dataset_id)
+            if summary is not None:
+                if _notified(instance, dataset_id):
+                    state.done.append(dataset_id)
+                    continue
+                if url is None:
+                    _mark_notified(instance, dataset_id, "webhook not configured")
+                    context.log.info(
+                        f"{dataset_id} complete; ${COMPLETION_WEBHOOK_ENV} not set: nobody notified"
+                    )
+                    state.done.append(dataset_id)
+                    continue
+                problem = problem or post_json(url, summary)
+                if problem:
+                    state.failed_posts_total += 1
+                    continue  # retried next tick
+                _mark_notified(instance, dataset_id, "posted")
+                state.done.append(dataset_id)
+                notified += 1
+                continue
+            if dataset_id in state.requested:
+                continue  # its completion run is queued or running (or failed: see the run in the UI)
+            try:
+                dataset = load_dataset(dataset_id, home)
+            except DatasetError as exc:
+                context.log.error(f"cannot read dataset {dataset_id}: {exc}")
+                continue
+            states = chunk_states(instance, dataset.partition_keys)
+            if not all(s.state.terminal for s in states.values()):
+                open_count += 1
+                continue
+            if not instance.has_dynamic_partition(dataset_partitions.name, dataset_id):
+                instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
+            requests.append(dg.RunRequest(run_key=f"complete:{dataset_id}", partition_key=dataset_id))
+            state.requested[dataset_id] = time.time()
+            context.log.info(f"every chunk of {dataset_id} is terminal: requesting its completion report")
+        if problem:
+            context.log.warning(f"completion webhook failed ({problem}); retrying next tick")
+        summary_text = (
+            f"{open_count} datasets still running, {len(requests)} completion runs requested, {notified} notified"
+            + (f", webhook failed ({problem})" if problem else "")
+        )
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=state.to_json(),
+            skip_reason=None if requests else dg.SkipReason(summary_text),
+        )
+
+    return _sensor
+
+
+dataset_completion_sensor = build_completion_sensor()

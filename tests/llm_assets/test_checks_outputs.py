@@ -1,0 +1,132 @@
+"""outputs_valid and cost_per_item on hand-made stage outputs: rows the LLM resource would never let through
+(it validates every reply) must still be caught if anything upstream changes, e.g. a taxonomy edit.
+No `from __future__ import annotations`: Dagster reads the annotations of the stand-in asset."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from llm_assets.checks import (
+    QualityGateSettings,
+    classified_outputs_valid,
+    enriched_cost_per_item,
+    enriched_outputs_valid,
+)
+from llm_assets.failure_class import FailureClass, run_failure_class
+from llm_assets.partitions import CHUNK_PARTITIONS_NAME, chunk_partitions
+from llm_assets.settings import PipelineSettings
+
+KEY = "tiny-0a1b2c3d__c00000"
+
+
+def _classified_row(item: str, label: str, confidence: float) -> dict:
+    return {
+        "idempotency_key": f"tiny-0a1b2c3d|{item}|classified|v1|m", "dataset_id": "tiny-0a1b2c3d", "item_id": item,
+        "stage": "classified", "prompt_version": "v1", "model": "m", "team": "t", "label": label,
+        "confidence": confidence, "gold_label": None, "cost_usd": 0.001, "input_tokens": 100,
+        "cached_input_tokens": 0, "output_tokens": 10, "attempts": 1, "latency_s": 0.1,
+    }  # fmt: skip
+
+
+def _run_check(check, frame: pd.DataFrame, tmp_path, **gates):
+    """Materialize a stand-in for the checked stage asset holding `frame`, with `check`, for one chunk."""
+    (asset_key,) = {spec.asset_key for spec in check.check_specs}
+
+    @dg.asset(key=asset_key, partitions_def=chunk_partitions)
+    def stage_output() -> pd.DataFrame:
+        return frame
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(CHUNK_PARTITIONS_NAME, [KEY])
+        result = dg.materialize(
+            [stage_output, check],
+            instance=instance,
+            partition_key=KEY,
+            raise_on_error=False,
+            resources={
+                "io_manager": dg.mem_io_manager,
+                "settings": PipelineSettings(home=str(tmp_path / "home")),
+                "quality_gates": QualityGateSettings(**gates),
+            },
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation, run_failure_class(instance, result.run_id)
+
+
+def test_a_label_outside_the_taxonomy_fails_outputs_valid_and_marks_a_quality_gate_failure(tmp_path):
+    frame = pd.DataFrame(
+        [
+            _classified_row("a", "card_arrival", 0.9),
+            _classified_row("b", "not_a_label", 0.8),
+            _classified_row("c", "card_linking", 1.7),
+            _classified_row("c", "card_linking", 0.5),
+        ]
+    )
+    evaluation, failure = _run_check(classified_outputs_valid, frame, tmp_path)
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    assert meta["rows_checked"] == 4 and meta["rows_invalid"] == 2
+    problems = {(p["item_id"], p["problem"]) for p in meta["problems"]}
+    assert ("b", "$.label: 'not_a_label' is not one of the allowed values") in problems
+    assert ("c", "$.confidence: above maximum 1") in problems
+    assert ("c", "item appears more than once") in problems
+    assert meta["failure_class"] == "quality_gate"
+    assert failure == FailureClass.QUALITY_GATE
+
+
+def test_valid_rows_pass_outputs_valid(tmp_path):
+    frame = pd.DataFrame(
+        [_classified_row("a", "card_arrival", 0.9), _classified_row("b", "card_linking", 0.0)]
+    )
+    evaluation, failure = _run_check(classified_outputs_valid, frame, tmp_path)
+    assert evaluation.passed and failure is None
+
+
+def _enriched_row(
+    item: str, routed: bool, urgency: str | None, entities: str | None, tokens: int = 100
+) -> dict:
+    row = _classified_row(item, "card_arrival", 0.4)
+    row.pop("gold_label")
+    row.update(stage="enriched", routed=routed, urgency=urgency, entities=entities, input_tokens=tokens,
+               summary="Card not arrived." if routed else None)  # fmt: skip
+    return row
+
+
+def test_enriched_rows_are_checked_against_the_enrichment_schema(tmp_path):
+    frame = pd.DataFrame(
+        [
+            _enriched_row("a", True, "high", json.dumps(["card"])),
+            _enriched_row("b", True, "urgent", json.dumps(["card"])),
+            _enriched_row("c", True, "low", "not json"),
+            _enriched_row("d", False, None, None),
+        ]
+    )
+    evaluation, _ = _run_check(enriched_outputs_valid, frame, tmp_path)
+    problems = {(p["item_id"], p["problem"]) for p in evaluation.metadata["problems"].value}
+    assert problems == {
+        ("b", "$.urgency: 'urgent' is not one of the allowed values"),
+        ("c", "$.entities: not a JSON list"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "tokens_of_the_big_item", "passed"),
+    [(0.01, 100, True), (0.0001, 100, False), (0.01, 5000, False)],
+)
+def test_cost_per_item_warns_on_the_ceiling_and_on_a_few_items_eating_the_tokens(
+    tmp_path, ceiling, tokens_of_the_big_item, passed
+):
+    rows = [_enriched_row(f"i{n}", True, "low", "[]") for n in range(19)]
+    rows.append(_enriched_row("big", True, "low", "[]", tokens=tokens_of_the_big_item))
+    rows.append(_enriched_row("skipped", False, None, None, tokens=0))
+    evaluation, failure = _run_check(
+        enriched_cost_per_item, pd.DataFrame(rows), tmp_path, enriched_max_cost_per_item_usd=ceiling
+    )
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    assert evaluation.passed is passed and evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert failure is None  # a warning never fails the run
+    assert meta["cost_per_item_usd"] == pytest.approx(0.001)
+    if tokens_of_the_big_item > 1000:
+        assert meta["top_decile_item_ids"][0] == "big" and meta["top_decile_token_share"] > 0.3

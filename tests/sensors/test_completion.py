@@ -1,0 +1,120 @@
+"""The completion sensor and the `dataset_complete` report: once per dataset, numbers that add up, cleanup."""
+
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recovery_support import launch, recovery_defs, tick, write_labelled_dataset  # noqa: E402
+from webhook_receiver import WebhookReceiver  # noqa: E402
+
+from llm_assets.assets import classified, enriched  # noqa: E402
+from llm_assets.datasets import DatasetSpec, register_dataset  # noqa: E402
+from sensors.backfill import BackfillPolicy, build_backfill_sensor  # noqa: E402
+from sensors.chunk_runs import chunk_run_request  # noqa: E402
+from sensors.completion import COMPLETION_WEBHOOK_ENV, build_completion_sensor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def quick_in_run_retries(monkeypatch):
+    for asset in (classified, enriched):
+        monkeypatch.setattr(asset.node_def, "_retry_policy", dg.RetryPolicy(max_retries=1, delay=0.05))
+
+
+def _meta_sum(instance: dg.DagsterInstance, partitions: list[str], name: str) -> float:
+    total = 0.0
+    for stage in ("classified", "enriched"):
+        for key in partitions:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage), asset_partitions=[key]), limit=1
+            ).records
+            if records:
+                total += float(records[0].asset_materialization.metadata[name].value)
+    return total
+
+
+def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
+    start_sim, tmp_path, monkeypatch
+):
+    hook = WebhookReceiver()
+    monkeypatch.setenv(COMPLETION_WEBHOOK_ENV, hook.url)
+    sim = start_sim({"seed": 3})
+    home = tmp_path / "home"
+    write_labelled_dataset(tmp_path / "nightly.csv", 60, markers={4: "[[refuse]]", 31: "[[poison]]"})
+    backfill = build_backfill_sensor(policy=BackfillPolicy(max_attempts=1))
+    completion = build_completion_sensor()
+    defs = recovery_defs(sim.base_url, sim.api_key, home, [backfill, completion])
+    try:
+        with dg.instance_for_test() as instance:
+            dataset = register_dataset(
+                DatasetSpec(uri=str(tmp_path / "nightly.csv"), chunk_size=20), instance, home
+            )
+            ok_a, ok_b, doomed = dataset.partition_keys
+            for key in (ok_a, ok_b):
+                assert launch(
+                    defs, instance, backfill, chunk_run_request(key, 1, "openai", "new_dataset")
+                ).success
+            sim.set_faults(outage=True)
+            assert not launch(
+                defs, instance, backfill, chunk_run_request(doomed, 1, "openai", "new_dataset")
+            ).success
+            sim.set_faults(outage=False)
+            requests, _, _ = tick(backfill, instance, defs, None)  # max_attempts=1: the chunk is given up
+            assert requests == []
+            stray = home / "checkpoints" / dataset.dataset_id / ok_a / "classified"
+            stray.mkdir(parents=True)
+            (stray / "snapshot.json").write_text("{}")  # left by a crash before the success hook ran
+            kept = home / "checkpoints" / dataset.dataset_id / doomed
+            kept_before = kept.exists()
+
+            first, cursor, _ = tick(completion, instance, defs, None)
+            again, _, _ = tick(build_completion_sensor(), instance, defs, None)  # restarted, cursor lost
+            assert (
+                [r.run_key for r in first] == [r.run_key for r in again] == [f"complete:{dataset.dataset_id}"]
+            )
+            results = [launch(defs, instance, completion, r) for r in first + again]
+            assert results[0].success and results[1] is None  # the daemon never launches a run key twice
+            for _ in range(5):
+                requests, cursor, _ = tick(completion, instance, defs, cursor)
+                assert requests == []
+            for _ in range(2):  # restarts with a lost cursor: nothing requested, nobody notified twice
+                requests, _, _ = tick(build_completion_sensor(), instance, defs, None)
+                assert requests == []
+            completions = instance.get_runs(filters=dg.RunsFilter(job_name="dataset_completion"))
+            assert len(completions) == 1
+            assert len(hook.received) == 1
+
+            report = json.loads(
+                (home / "reports" / dataset.dataset_id / "completion_report.json").read_text()
+            )
+            materialized = [ok_a, ok_b]
+            cost = _meta_sum(instance, materialized, "cost_usd")
+            assert report["total_cost_usd"] == pytest.approx(cost, rel=1e-9)
+            assert report["ledger_cost_usd"] == pytest.approx(cost, rel=1e-9)
+            assert sim.stats()["billed_usd"] == pytest.approx(cost, rel=1e-9)
+            assert report["output_tokens"] == _meta_sum(instance, materialized, "output_tokens")
+            assert report["output_tokens"] == sim.stats()["tokens"]["output"]
+            assert sum(report["cost_by_team"].values()) == pytest.approx(cost, rel=1e-9)
+            assert sum(report["cost_by_stage"].values()) == pytest.approx(cost, rel=1e-9)
+            assert sum(report["cost_by_day"].values()) == pytest.approx(cost, rel=1e-9)
+            assert (report["total_items"], report["succeeded"], report["failed"]) == (60, 38, 22)
+            assert report["dead_lettered"] == 2 and report["not_processed"] == 20
+            assert report["failed_chunks"] == {doomed: "gave_up"}
+            assert report["threshold_met"] is False and report["success_threshold"] == 0.95
+            assert report["top_items"]["count"] == 3 and 0 < report["top_items"]["token_share"] < 1
+            assert report["failed_items_uri"]
+            markdown = (home / "reports" / dataset.dataset_id / "completion_report.md").read_text()
+            assert "38 of 60 items succeeded" in markdown and "NOT met" in markdown
+
+            body = hook.received[0]
+            assert body["kind"] == "dataset_complete" and body["dataset_id"] == dataset.dataset_id
+            assert body["total_cost_usd"] == pytest.approx(cost, rel=1e-9) and body["threshold_met"] is False
+            assert not stray.exists()  # succeeded chunk: checkpoint removed
+            assert kept.exists() == kept_before  # failed chunk: kept as it was
+    finally:
+        hook.stop()

@@ -1,0 +1,97 @@
+"""The new-dataset sensor on a real folder: a file still being written never registers; a settled file
+registers once, requests one run per chunk, and the dataset ends with its report."""
+
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recovery_support import launch, recovery_defs, tick, write_labelled_dataset  # noqa: E402
+
+from llm_assets.partitions import CHUNK_PARTITIONS_NAME  # noqa: E402
+from sensors.completion import build_completion_sensor  # noqa: E402
+from sensors.new_datasets import NewDatasetCursor, build_new_dataset_sensor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _append_later(path: Path, extra: str) -> None:
+    time.sleep(0.02)  # a writer still at work: the size (and mtime) moves
+    with path.open("a") as f:
+        f.write(extra)
+
+
+def test_a_dropped_file_registers_once_when_settled_runs_its_chunks_and_gets_a_report(start_sim, tmp_path):
+    sim = start_sim({"seed": 5})
+    home, inbox = tmp_path / "home", tmp_path / "inbox"
+    inbox.mkdir()
+    write_labelled_dataset(tmp_path / "full.csv", 40)
+    full = (tmp_path / "full.csv").read_text()
+    half = len(full) // 2
+    landing = inbox / "tickets.csv"
+    landing.write_text(full[:half])
+    (inbox / ".tickets.csv.part").write_text("ignored")  # a writer's temp file
+
+    watcher = build_new_dataset_sensor(watch_uri=str(inbox), chunk_size=20)
+    completion = build_completion_sensor()
+    defs = recovery_defs(sim.base_url, sim.api_key, home, [watcher, completion])
+    with dg.instance_for_test() as instance:
+        requests, cursor, skip = tick(watcher, instance, defs, None)
+        assert requests == [] and "1 still being written" in skip
+        _append_later(landing, full[half:])
+        requests, cursor, _ = tick(watcher, instance, defs, cursor)
+        assert requests == []  # changed since the last tick: still being written
+        assert instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME) == []
+
+        requests, cursor, _ = tick(watcher, instance, defs, cursor)  # unchanged over two ticks: settled
+        keys = [r.partition_key for r in requests]
+        dataset_id = keys[0].split("__c")[0]
+        assert len(keys) == 2 and dataset_id.startswith("tickets-")
+        assert {r.tags["chunkwise/dataset"] for r in requests} == {dataset_id}
+        assert {r.tags["chunkwise/provider"] for r in requests} == {"openai"}
+        assert all(launch(defs, instance, watcher, r).success for r in requests)
+
+        again, cursor, _ = tick(watcher, instance, defs, cursor)
+        assert again == []
+        # A restarted daemon that lost its cursor sees the file anew: registered again (idempotent), the same
+        # run keys requested, none launched twice.
+        fresh = build_new_dataset_sensor(watch_uri=str(inbox), chunk_size=20)
+        tick(fresh, instance, defs, None)
+        repeated, _, _ = tick(fresh, instance, defs, NewDatasetCursor(seen={str(landing.resolve()): [
+            landing.stat().st_size, landing.stat().st_mtime]}).to_json())  # fmt: skip
+        assert sorted(r.run_key for r in repeated) == sorted(r.run_key for r in requests)
+        assert [launch(defs, instance, fresh, r) for r in repeated] == [None, None]
+        assert sorted(instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME)) == sorted(keys)
+
+        # A file with a _SUCCESS marker is complete at once.
+        write_labelled_dataset(inbox / "refunds.csv", 20, seed=11)
+        (inbox / "refunds.csv._SUCCESS").write_text("")
+        marked, cursor, _ = tick(watcher, instance, defs, cursor)
+        assert [r.partition_key.split("__c")[0].startswith("refunds-") for r in marked] == [True]
+        assert all(launch(defs, instance, watcher, r).success for r in marked)
+
+        finished, _, _ = tick(completion, instance, defs, None)
+        assert len(finished) == 2
+        assert all(launch(defs, instance, completion, r).success for r in finished)
+        assert (home / "reports" / dataset_id / "completion_report.json").exists()
+        assert (home / "reports" / dataset_id / "completion_report.md").exists()
+
+
+def test_a_file_that_cannot_be_registered_is_reported_and_skipped_until_it_changes(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    bad = inbox / "notes.csv"
+    bad.write_text("id,body\n1,hello\n")
+    (inbox / "notes.csv._SUCCESS").write_text("")
+    watcher = build_new_dataset_sensor(watch_uri=str(inbox), chunk_size=20)
+    defs = recovery_defs("http://127.0.0.1:9", "sk-x", tmp_path / "home", [watcher])
+    with dg.instance_for_test() as instance:
+        requests, cursor, _ = tick(watcher, instance, defs, None)
+        assert requests == []
+        rejected = NewDatasetCursor.from_json(cursor).rejected[str(bad.resolve())]
+        assert "no 'text' column" in rejected["error"]
+        requests, cursor, _ = tick(watcher, instance, defs, cursor)
+        assert requests == [] and NewDatasetCursor.from_json(cursor).seen == {}

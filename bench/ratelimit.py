@@ -23,8 +23,6 @@ import math
 import multiprocessing as mp
 import os
 import resource as os_resource
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llm_sim.launcher import SimHandle, launch_sim  # noqa: E402
 from resources.llm import BudgetScope, ChunkRetryableError, LLMRequest, LLMResource  # noqa: E402
 from resources.llm.tokens import estimate_prompt_tokens  # noqa: E402
 
@@ -93,59 +92,9 @@ def admitted_tokens(system: str, schema: dict, text: str) -> int:
 
 
 # -- the simulator ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sim:
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.dir = tempfile.mkdtemp(prefix="bench-sim-")
-        path = Path(self.dir) / "sim.json"
-        path.write_text(json.dumps(config))
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llm_sim",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--config",
-                str(path),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=open(Path(self.dir) / "stderr.log", "w"),  # noqa: SIM115
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.base + "/_sim/stats", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"simulator did not start: {(Path(self.dir) / 'stderr.log').read_text()[-2000:]}")
-
-    def reset(self) -> None:
-        httpx.post(self.base + "/_sim/reset", json={}, timeout=30).raise_for_status()
-
-    def log(self) -> list[dict]:
-        return httpx.get(self.base + "/_sim/requests", timeout=120).json()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def Sim(config: dict) -> SimHandle:  # noqa: N802
+    """The simulator as a separate process (llm_sim.launcher), like a provider on the network."""
+    return launch_sim(config)
 
 
 # -- variants --------------------------------------------------------------------------------------------
@@ -259,7 +208,7 @@ def measure(
     state_dir = tempfile.mkdtemp(prefix="bench-state-")
     t0 = time.time()
     if processes == 1:
-        results = [run_variant(variant, sim.base, items, labels, tps * 60, state_dir)]
+        results = [run_variant(variant, sim.base_url, items, labels, tps * 60, state_dir)]
     else:
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
@@ -267,7 +216,8 @@ def measure(
         start_at = time.time() + 3.0
         procs = [
             ctx.Process(
-                target=_child, args=(variant, sim.base, share, labels, tps * 60, state_dir, start_at, queue)
+                target=_child,
+                args=(variant, sim.base_url, share, labels, tps * 60, state_dir, start_at, queue),
             )
             for share in shares
         ]
@@ -278,7 +228,7 @@ def measure(
             p.join()
         t0 = start_at
     wall = time.time() - t0
-    log = [r for r in sim.log() if r["endpoint"] == "chat"]
+    log = [r for r in sim.requests() if r["endpoint"] == "chat"]
     total_requests = len(log)
     limited = sum(1 for r in log if str(r["status"]) == "429")
     admitted = sorted(
@@ -312,7 +262,7 @@ def measure_unlimited(n: int) -> dict:
         items = [LLMRequest(f"u{i}", f"where is my card {i}") for i in range(n)]
         llm = LLMResource(
             provider="openai",
-            base_url=sim.base + "/v1",
+            base_url=sim.base_url + "/v1",
             api_key=API_KEY,
             model=MODEL,
             max_output_tokens=16,

@@ -9,25 +9,14 @@ from collections import Counter
 import httpx
 import pytest
 
+from llm_sim.faults import FAULT_KINDS
+
 SCHEMA = {
     "type": "object",
     "properties": {"label": {"type": "string", "enum": ["card_arrival", "exchange_rate"]}},
     "required": ["label"],
 }
-OPENAI_KINDS = [
-    "rate_limit",
-    "insufficient_quota",
-    "server_error",
-    "unavailable",
-    "overloaded",
-    "timeout",
-    "drop",
-    "malformed_json",
-    "schema_violation",
-    "refusal",
-    "content_filter",
-    "invalid_prompt",
-]
+OPENAI_KINDS = list(FAULT_KINDS)
 
 
 def openai_call(client: httpx.Client, text: str) -> httpx.Response | None:

@@ -4,9 +4,14 @@
 routing rule selects (the cascade), and carries the others through unchanged, marked `routed=False`.
 Every materialization records the chunk's tokens, dollars and item counts as numeric metadata (the UI's
 per-partition plots) and links the chunk's dead letters.
+
+In batch mode (`PipelineSettings.classify_mode` / `enrich_mode`) a stage run that leaves items at the provider
+yields only an `AssetObservation` (`batch_status` submitted / in_progress) and no output: the partition is not
+materialized and downstream stages do not run until `batch_poll_sensor` requests the collecting run.
 """
 
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 import pandas as pd
@@ -16,7 +21,7 @@ from llm_assets.partitions import chunk_partitions, parse_chunk_key
 from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
 from llm_assets.routing import select_for_enrichment
 from llm_assets.settings import PipelineSettings
-from llm_assets.stages import StageOutcome, run_stage
+from llm_assets.stages import BatchWait, StageOutcome, run_batch_stage, run_stage
 from llm_assets.validation import validate_chunk
 from resources.dead_letters import DeadLetter, DeadLetterStore
 from resources.llm import LLMResource
@@ -145,6 +150,26 @@ def items(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.M
     return dg.MaterializeResult(value=checked.valid, metadata=metadata)
 
 
+def _run_llm_stage(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mode: str,
+    **stage: object,
+) -> StageOutcome | BatchWait:
+    """The stage online (run_stage) or through the provider's Batch API (run_batch_stage)."""
+    common = {"home": settings.home_path(), "checkpoint_every": settings.checkpoint_every, **stage}
+    if mode == "batch":
+        return run_batch_stage(context, **common)
+    return run_stage(context, checkpointing=settings.checkpointing, **common)
+
+
+def _batch_observation(context: dg.AssetExecutionContext, wait: BatchWait) -> dg.AssetObservation:
+    context.log.info(wait.message())
+    return dg.AssetObservation(
+        asset_key=context.asset_key, partition=context.partition_key, metadata=wait.metadata()
+    )
+
+
 def _stage_result(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -169,9 +194,11 @@ def _stage_result(
     kinds={"openai", "pandas", "parquet"},
     owners=OWNERS,
     retry_policy=CHUNK_RETRY,
+    output_required=False,  # batch mode: a run that only submits a provider batch materializes nothing
     description=(
         "Every valid item of the chunk labelled by the cheap model from the fixed taxonomy, with a confidence. "
-        "Structured output, validated; items that fail for good are dead letters. Checkpointed per item."
+        "Structured output, validated; items that fail for good are dead letters. Checkpointed per item. "
+        "`classify_mode: batch` sends the chunk through the provider's Batch API (half price)."
     ),
     metadata={
         "dagster/column_schema": dg.TableSchema(
@@ -190,23 +217,25 @@ def classified(
     settings: PipelineSettings,
     classifier_llm: LLMResource,
     items: pd.DataFrame,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
     dataset_id, _ = parse_chunk_key(context.partition_key)
     taxonomy = load_taxonomy(settings.taxonomy_path)
     prompt = classify_prompt(taxonomy, load_few_shot(settings.few_shot_path, taxonomy))
-    outcome = run_stage(
+    outcome = _run_llm_stage(
         context,
+        settings,
+        settings.classify_mode,
         llm=classifier_llm,
         prompt=prompt,
         items=items,
         dataset_id=dataset_id,
-        home=settings.home_path(),
-        checkpoint_every=settings.checkpoint_every,
-        checkpointing=settings.checkpointing,
     )
+    if isinstance(outcome, BatchWait):
+        yield _batch_observation(context, outcome)
+        return
     frame = outcome.rows
     frame["gold_label"] = frame["item_id"].map(items.set_index("item_id")["gold_label"])
-    return _stage_result(context, settings, dataset_id, outcome, frame)
+    yield _stage_result(context, settings, dataset_id, outcome, frame)
 
 
 @dg.asset(
@@ -215,9 +244,11 @@ def classified(
     kinds={"openai", "pandas", "parquet"},
     owners=OWNERS,
     retry_policy=CHUNK_RETRY,
+    output_required=False,  # batch mode: a run that only submits a provider batch materializes nothing
     description=(
         "The classified items, with a summary, extracted entities and urgency from the stronger model for the "
-        "items the routing rule selects (`routed=True`); the others are carried through unchanged."
+        "items the routing rule selects (`routed=True`); the others are carried through unchanged. "
+        "`enrich_mode: batch` sends the routed items through the provider's Batch API (half price)."
     ),
     metadata={
         "dagster/column_schema": dg.TableSchema(
@@ -242,26 +273,28 @@ def enriched(
     enricher_llm: LLMResource,
     items: pd.DataFrame,
     classified: pd.DataFrame,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
     dataset_id, _ = parse_chunk_key(context.partition_key)
     routed_ids = select_for_enrichment(classified, settings)
     to_enrich = items[items["item_id"].isin(routed_ids)]
-    outcome = run_stage(
+    outcome = _run_llm_stage(
         context,
+        settings,
+        settings.enrich_mode,
         llm=enricher_llm,
         prompt=enrich_prompt(),
         items=to_enrich,
         dataset_id=dataset_id,
-        home=settings.home_path(),
-        checkpoint_every=settings.checkpoint_every,
-        checkpointing=settings.checkpointing,
     )
+    if isinstance(outcome, BatchWait):
+        yield _batch_observation(context, outcome)
+        return
     frame = _carry_through(classified, outcome.rows, set(routed_ids))
     extra = {
         "items_routed": dg.MetadataValue.int(len(to_enrich)),
         "route": dg.MetadataValue.text(settings.route),
     }
-    return _stage_result(context, settings, dataset_id, outcome, frame, extra)
+    yield _stage_result(context, settings, dataset_id, outcome, frame, extra)
 
 
 def _carry_through(

@@ -199,6 +199,8 @@ def render_markdown(done: DatasetCompletion) -> str:
         "",
         *_table("stage", r.cost_by_stage),
         "",
+        *_table("mode", r.cost_by_mode),
+        "",
         *_table("day (UTC)", done.cost_by_day),
         "",
         f"## The {top.count} most expensive items (10%): {top.token_share:.1%} of tokens, {top.cost_share:.1%} of cost",

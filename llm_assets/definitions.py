@@ -7,6 +7,8 @@ the local simulator (the demo), a real provider, or an OpenAI-compatible server:
 - `CHUNKWISE_LLM_API_KEY` (read by Dagster at run time through `EnvVar`; never shown in the UI)
 - `CHUNKWISE_CLASSIFY_MODEL` / `CHUNKWISE_ENRICH_MODEL` (defaults `gpt-6-luna` / `gpt-6.2-sol`)
 - `CHUNKWISE_HOME` (local state, default `./.chunkwise`)
+- `CHUNKWISE_MODE` (`online` | `batch`, default `online`: both LLM stages through the providers' Batch APIs,
+  collected by `batch_poll_sensor`; docs/batch_mode.md)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from llm_assets.assets import classified, enriched, items
 from llm_assets.checks import QualityGateSettings, stage_checks
 from llm_assets.completion import CompletionSettings, ledger_assets
 from llm_assets.hooks import remove_checkpoints_on_success
-from llm_assets.settings import PipelineSettings, chunkwise_home
+from llm_assets.settings import PipelineSettings, chunkwise_home, stage_modes_from_env
 from resources.llm import LLMResource
 from sensors.alerts import check_alert_sensor
 from sensors.recovery import recovery_sensors
@@ -87,6 +89,7 @@ def defs_from_env(home: Path | None = None) -> dg.Definitions:
         classify_model=os.environ.get("CHUNKWISE_CLASSIFY_MODEL", "gpt-6-luna"),
         enrich_model=os.environ.get("CHUNKWISE_ENRICH_MODEL", "gpt-6.2-sol"),
         home=home or chunkwise_home(),
+        settings=stage_modes_from_env(),
     )
 
 

@@ -15,7 +15,9 @@ from resources.checkpoints import ChunkCheckpoint
 def remove_checkpoints_on_success(context: dg.HookContext) -> None:
     run = context.instance.get_run_by_id(context.run_id)
     partition_key = run.tags.get("dagster/partition") if run else None
-    if not partition_key:
+    if not partition_key or not context.op_output_values:
+        # No output: a batch-mode stage that submitted (or is waiting on) a provider batch; its checkpoint and
+        # batch journal are what the collecting run resumes from.
         return
     dataset_id, _ = parse_chunk_key(partition_key)
     stage = context.step_key.split(".")[-1]

@@ -44,6 +44,8 @@ class CompletionReport:
     cache_savings_usd: float
     cost_by_stage: dict[str, float] = field(default_factory=dict)
     cost_by_model: dict[str, float] = field(default_factory=dict)
+    cost_by_mode: dict[str, float] = field(default_factory=dict)
+    """`online` or `batch` (provider Batch API, half price): where the stages' money went."""
     cost_by_team: dict[str, float] = field(default_factory=dict)
     dead_letters_by_class: dict[str, int] = field(default_factory=dict)
     top_decile_token_share: float = 0.0
@@ -99,6 +101,7 @@ def build_completion_report(
     blocked = set(checks["blocked_partitions"])
     cost_by_stage: dict[str, float] = {}
     cost_by_model: dict[str, float] = {}
+    cost_by_mode: dict[str, float] = {}
     totals = {"input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0, "cache_savings_usd": 0.0}
     retried = 0
     frames: dict[str, list[pd.DataFrame]] = {s: [] for s in STAGES}
@@ -114,6 +117,8 @@ def build_completion_report(
             cost_by_stage[stage] = cost_by_stage.get(stage, 0.0) + cost
             model = str(meta.get("model", "") or "none")
             cost_by_model[model] = cost_by_model.get(model, 0.0) + cost
+            mode = str(meta.get("mode", "") or "online")
+            cost_by_mode[mode] = cost_by_mode.get(mode, 0.0) + cost
             for name in totals:
                 totals[name] += meta.get(name, 0) or 0
             retried += int(meta.get("retries", 0) or 0)
@@ -126,6 +131,9 @@ def build_completion_report(
             items_in_materialized += _chunk_size(dataset, dataset.partition_keys.index(partition))
     if checks["judge_cost_usd"]:
         cost_by_stage["judge"] = float(checks["judge_cost_usd"])
+        cost_by_mode["online"] = cost_by_mode.get("online", 0.0) + float(
+            checks["judge_cost_usd"]
+        )  # judge: online
 
     enriched = pd.concat(frames["enriched"], ignore_index=True) if frames["enriched"] else pd.DataFrame()
     classified = (
@@ -178,6 +186,7 @@ def build_completion_report(
         cache_savings_usd=float(totals["cache_savings_usd"]),
         cost_by_stage=cost_by_stage,
         cost_by_model=cost_by_model,
+        cost_by_mode=cost_by_mode,
         cost_by_team=cost_by_team,
         dead_letters_by_class={str(k): int(v) for k, v in dead["error_class"].value_counts().items()}
         if len(dead)

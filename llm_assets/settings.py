@@ -23,6 +23,18 @@ def chunkwise_home() -> Path:
     return Path(os.environ.get("CHUNKWISE_HOME", ".chunkwise")).resolve()
 
 
+MODE_ENV = "CHUNKWISE_MODE"
+STAGE_MODES = ("online", "batch")
+
+
+def stage_modes_from_env() -> dict[str, str]:
+    """`classify_mode` and `enrich_mode` both set from `$CHUNKWISE_MODE` (`online` | `batch`, default online)."""
+    mode = os.environ.get(MODE_ENV, "online").strip() or "online"
+    if mode not in STAGE_MODES:
+        raise ValueError(f"{MODE_ENV}={mode!r} is not a stage mode; use one of {', '.join(STAGE_MODES)}")
+    return {"classify_mode": mode, "enrich_mode": mode}
+
+
 class PipelineSettings(dg.ConfigurableResource):
     """What the stages compute. Changing a prompt-shaping field changes `prompt_version`, so outputs of the
     old prompt are never mistaken for outputs of the new one (it is part of every idempotency key)."""
@@ -54,6 +66,14 @@ class PipelineSettings(dg.ConfigurableResource):
 
     checkpointing: bool = True
     """Off only to measure what checkpoints cost (bench/pipeline_overhead.py): a crash then re-pays the chunk."""
+
+    classify_mode: Literal["online", "batch"] = "online"
+    """`batch`: `classified` goes through the provider's Batch API (half price, results within 24 h): a run
+    submits the chunk and ends; `batch_poll_sensor` requests the run that collects and materializes it
+    (docs/batch_mode.md)."""
+
+    enrich_mode: Literal["online", "batch"] = "online"
+    """The same choice for `enriched`."""
 
     def home_path(self) -> Path:
         return Path(self.home).resolve() if self.home else chunkwise_home()

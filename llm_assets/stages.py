@@ -7,13 +7,21 @@ Both `classified` and `enriched` call `run_stage`. It
    so the retry (Dagster's RetryPolicy, then the backfill sensor) pays only for what was not done;
 4. on success returns one output row per succeeded item and one dead letter per failed item.
 The checkpoint is removed by `remove_checkpoints_on_success` after the IO manager has stored the output.
+
+`run_batch_stage` is the same stage through the provider's Batch API (half price, results within 24 h). A run
+never waits for a batch: it collects the batches that ended (results into the same checkpoint, exactly as
+online), submits the items no batch covers (first round, or the follow-up round of retryable/expired lines),
+and returns `BatchWait` while anything is at the provider, so the asset ends the run without materializing;
+`sensors/batches.py` requests the next run when the batches end. The batch journal (`batches.json`, in the
+stage's checkpoint folder) records every submission before the next provider call, so a crash at any point
+resumes without sending an item twice. docs/batch_mode.md has the whole life cycle.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +31,17 @@ import pandas as pd
 from llm_assets.prompts import StagePrompt
 from resources.checkpoints import CheckpointCorrupted, ChunkCheckpoint
 from resources.dead_letters import DeadLetter
-from resources.llm import BudgetScope, ItemResult, LLMRequest, LLMResource, UsageSummary
+from resources.llm import (
+    BatchHandle,
+    BatchJournal,
+    BudgetScope,
+    ItemResult,
+    ItemUsage,
+    LLMRequest,
+    LLMResource,
+    UsageSummary,
+)
+from resources.llm.batch_journal import SUBMITTING
 
 KEY_COLUMNS = ("idempotency_key", "dataset_id", "item_id", "stage", "prompt_version", "model", "team")
 USAGE_COLUMNS = (
@@ -41,6 +59,14 @@ USAGE_COLUMNS = (
 def idempotency_key(dataset_id: str, item_id: str, stage: str, prompt_version: str, model: str) -> str:
     """The key every output row carries: processing an item twice overwrites, never appends."""
     return f"{dataset_id}|{item_id}|{stage}|{prompt_version}|{model}"
+
+
+BATCH_JOURNAL_FILE = "batches.json"
+"""The batch journal's file name inside a stage's checkpoint folder (<home>/checkpoints/<ds>/<chunk>/<stage>/)."""
+CANCEL_MARKER_FILE = "cancelled.json"
+"""Written by `python -m scripts.cancel_batch` beside the journal: the stage submits nothing more, and lines the
+cancel stopped end as `canceled` dead letters when the partial results are collected."""
+BATCH_CANCELED = "canceled"
 
 
 def checkpoint_root(home: Path) -> Path:
@@ -112,7 +138,6 @@ def run_stage(
     """Run `prompt` on every row of `items` (columns item_id, text) not already checkpointed."""
     partition_key = context.partition_key
     stage = prompt.stage
-    version = prompt.version
     checkpoint = (
         ChunkCheckpoint(
             checkpoint_root(home), dataset_id, partition_key, stage, compact_every=checkpoint_every
@@ -120,19 +145,8 @@ def run_stage(
         if checkpointing
         else _InMemoryResults()
     )
-    try:
-        done = checkpoint.load()
-    except CheckpointCorrupted as exc:
-        # Retrying cannot repair a damaged file: halt the chunk and say what to do.
-        raise dg.Failure(
-            description=f"{stage} checkpoint of {partition_key} is damaged: {exc}",
-            metadata={"checkpoint_dir": str(checkpoint.path)},
-            allow_retries=False,
-        ) from exc
-    by_key = {
-        idempotency_key(dataset_id, row.item_id, stage, version, llm.model): row
-        for row in items.itertuples(index=False)
-    }
+    done = _load_checkpoint(checkpoint, stage, partition_key)
+    by_key = _items_by_key(items, dataset_id, prompt, llm)
     pending = [LLMRequest(key=key, text=row.text) for key, row in by_key.items() if key not in done]
     skipped = len(by_key) - len(pending)
     if skipped:
@@ -160,6 +174,29 @@ def run_stage(
 
     records = checkpoint.load()
     return _assemble(context, records, by_key, prompt, llm, dataset_id, summary, skipped, checkpoint)
+
+
+def _load_checkpoint(
+    checkpoint: ChunkCheckpoint | _InMemoryResults, stage: str, partition_key: str
+) -> dict[str, dict]:
+    try:
+        return checkpoint.load()
+    except CheckpointCorrupted as exc:
+        # Retrying cannot repair a damaged file: halt the chunk and say what to do.
+        raise dg.Failure(
+            description=f"{stage} checkpoint of {partition_key} is damaged: {exc}",
+            metadata={"checkpoint_dir": str(checkpoint.path)},
+            allow_retries=False,
+        ) from exc
+
+
+def _items_by_key(
+    items: pd.DataFrame, dataset_id: str, prompt: StagePrompt, llm: LLMResource
+) -> dict[str, Any]:
+    return {
+        idempotency_key(dataset_id, row.item_id, prompt.stage, prompt.version, llm.model): row
+        for row in items.itertuples(index=False)
+    }
 
 
 def _assemble(
@@ -261,3 +298,181 @@ def _assemble(
         metadata=metadata,
         checkpoint_dir=str(checkpoint.path),
     )
+
+
+# ---------------------------------------------------------------------------------------------- batch mode
+
+
+@dataclass
+class BatchWait:
+    """A batch-mode stage whose items are at the provider: the run ends here and the partition is NOT
+    materialized (downstream stages do not run); `batch_poll_sensor` requests the run that collects it."""
+
+    stage: str
+    status: str
+    """`submitted` (this run sent a batch) or `in_progress` (batches sent earlier have not ended yet)."""
+    pending: list[BatchHandle]
+    items_total: int
+    items_done: int
+    round: int
+    collected_now: int
+    """Items whose results this run collected from ended batches."""
+
+    def metadata(self) -> dict[str, Any]:
+        """What the UI shows on the stage's partition (an AssetObservation) while it waits."""
+        return {
+            "mode": dg.MetadataValue.text("batch"),
+            "batch_status": dg.MetadataValue.text(self.status),
+            "batch_ids": dg.MetadataValue.text(", ".join(h.batch_id or "(creating)" for h in self.pending)),
+            "batches_pending": dg.MetadataValue.int(len(self.pending)),
+            "batch_round": dg.MetadataValue.int(self.round),
+            "items_total": dg.MetadataValue.int(self.items_total),
+            "items_done": dg.MetadataValue.int(self.items_done),
+            "items_at_provider": dg.MetadataValue.int(sum(len(h.keys) for h in self.pending)),
+            "items_collected_this_run": dg.MetadataValue.int(self.collected_now),
+        }
+
+    def message(self) -> str:
+        ids = ", ".join(h.batch_id or h.submission_id for h in self.pending)
+        return (
+            f"{self.stage}: {self.status}, round {self.round}: {sum(len(h.keys) for h in self.pending)} items in "
+            f"{len(self.pending)} provider batches ({ids}); {self.items_done} of {self.items_total} done. The run "
+            "ends without materializing; batch_poll_sensor requests the collecting run when the batches end."
+        )
+
+
+def batch_journal_path(checkpoint_dir: Path) -> Path:
+    return checkpoint_dir / BATCH_JOURNAL_FILE
+
+
+def cancel_marker_path(checkpoint_dir: Path) -> Path:
+    return checkpoint_dir / CANCEL_MARKER_FILE
+
+
+def run_batch_stage(
+    context: dg.AssetExecutionContext,
+    *,
+    llm: LLMResource,
+    prompt: StagePrompt,
+    items: pd.DataFrame,
+    dataset_id: str,
+    home: Path,
+    checkpoint_every: int,
+) -> StageOutcome | BatchWait:
+    """`run_stage` through the provider's Batch API: collect ended batches, submit what no batch covers, and
+    return BatchWait while anything is at the provider, else the chunk's outcome (same rows and dead letters as
+    online, costs at batch prices; metadata adds `mode`, `batches`, `batch_rounds`)."""
+    partition_key = context.partition_key
+    stage = prompt.stage
+    checkpoint = ChunkCheckpoint(
+        checkpoint_root(home), dataset_id, partition_key, stage, compact_every=checkpoint_every
+    )
+    by_key = _items_by_key(items, dataset_id, prompt, llm)
+    journal = BatchJournal(batch_journal_path(checkpoint.path))
+    cancelled = cancel_marker_path(checkpoint.path).exists()
+
+    def record(result: ItemResult) -> None:
+        checkpoint.record(result.key, _result_record(result, context.run_id))
+
+    collected_now = 0
+    summaries: list[UsageSummary] = []
+    try:
+        _load_checkpoint(
+            checkpoint, stage, partition_key
+        )  # a damaged checkpoint halts before any provider call
+        # 1. Collect every batch that ended (completed, expired, cancelled): results go to the checkpoint.
+        for handle in journal.pending:
+            if handle.status == SUBMITTING:
+                continue  # cut off mid-submission: resumed by submit_batch below
+            if not llm.poll_batch(handle).ended:
+                continue
+            collection = llm.collect_batch(handle, schema=prompt.schema, on_result=record, log=context.log)
+            collected_now += len(collection.results)
+            if collection.summary is not None:
+                summaries.append(collection.summary)
+            if cancelled:
+                # A person cancelled: lines the cancel stopped are not resubmitted; they fail as `canceled`.
+                for key in collection.to_resubmit:
+                    record(_canceled_result(key, llm, stage))
+        done = checkpoint.load()
+
+        # 2. Submit the items no live batch covers (first round, a follow-up round, or a cut-off submission).
+        at_provider = {k for h in journal.pending if h.status != SUBMITTING for k in h.keys}
+        uncovered = [key for key in by_key if key not in done and key not in at_provider]
+        if uncovered and cancelled:
+            for key in uncovered:
+                record(_canceled_result(key, llm, stage))
+            uncovered = []
+        submitted = False
+        if uncovered:
+            resuming = [h.round for h in journal.pending if h.status == SUBMITTING]
+            round_ = min(resuming) if resuming else journal.last_round + 1
+            llm.submit_batch(
+                [LLMRequest(key=key, text=by_key[key].text) for key in uncovered],
+                system_prompt=prompt.system_prompt,
+                schema=prompt.schema,
+                schema_name=prompt.schema_name,
+                scope=BudgetScope(run_id=context.run_id, dataset_id=dataset_id),
+                stage=stage,
+                journal=journal,
+                round=round_,
+                partition=partition_key,
+                log=context.log,
+            )
+            submitted = True
+            context.log.info(f"{stage}: submitted {len(uncovered)} items as batch round {round_}")
+    finally:
+        checkpoint.close()
+
+    records = checkpoint.load()
+    if journal.pending:
+        return BatchWait(
+            stage=stage,
+            status="submitted" if submitted else "in_progress",
+            pending=journal.pending,
+            items_total=len(by_key),
+            items_done=sum(1 for key in by_key if key in records),
+            round=journal.last_round,
+            collected_now=collected_now,
+        )
+    summary = _merge_summaries(summaries, llm)
+    outcome = _assemble(context, records, by_key, prompt, llm, dataset_id, summary, 0, checkpoint)
+    handles = journal.handles
+    lines_sent = sum(len(h.keys) for h in handles)
+    outcome.metadata.update(
+        {
+            "mode": dg.MetadataValue.text("batch"),
+            "batches": dg.MetadataValue.int(len(handles)),
+            "batch_rounds": dg.MetadataValue.int(journal.last_round),
+            "batch_ids": dg.MetadataValue.text(", ".join(h.batch_id or "" for h in handles)),
+            # Lines sent over every round (a resubmitted item counts once per round) and the rounds' extras.
+            "requests": dg.MetadataValue.int(lines_sent),
+            "retries": dg.MetadataValue.int(max(0, lines_sent - len({k for h in handles for k in h.keys}))),
+            "batch_canceled": dg.MetadataValue.bool(cancelled),
+        }
+    )
+    return outcome
+
+
+def _canceled_result(key: str, llm: LLMResource, stage: str) -> ItemResult:
+    now = datetime.now(UTC)
+    return ItemResult(
+        key=key,
+        ok=False,
+        output=None,
+        error_class=BATCH_CANCELED,
+        error_message="its provider batch was cancelled by a person (python -m scripts.cancel_batch) before the "
+        "line ran; re-materialize the partition to send it again",
+        attempts=0,
+        first_attempt_at=now,
+        last_attempt_at=now,
+        usage=ItemUsage(key=key, provider=llm.provider, model=llm.model, stage=stage, mode="batch"),
+    )
+
+
+def _merge_summaries(summaries: list[UsageSummary], llm: LLMResource) -> UsageSummary:
+    total = UsageSummary(provider=llm.provider, model=llm.model)
+    for s in summaries:
+        total.duration_s += s.duration_s
+        total.rate_limited += s.rate_limited
+    return total

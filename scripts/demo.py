@@ -6,6 +6,12 @@ here as a separate process (the product and the simulator meet only over HTTP). 
 (default `./.chunkwise`): the Dagster instance in `dagster/`, outputs, dead letters, reports. Running it
 again processes nothing new and spends nothing: materialized partitions are skipped.
 The last line printed is the path of the completion report.
+
+`make demo MODE=batch` (or `--mode batch`, or `CHUNKWISE_MODE=batch`) sends both LLM stages through the
+providers' Batch APIs at half price: each chunk run submits its batch and ends; then the demo does what the
+Dagster daemon does with `batch_poll_sensor` (sensors/batches.py): polls the batches and launches the run that
+collects each chunk when its batches end (the simulator completes batches in seconds; a real provider within
+24 h). The report then shows the cost by mode.
 """
 
 from __future__ import annotations
@@ -85,8 +91,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", default=str(BANKING), help="CSV/Parquet/JSONL file, local or s3://")
     parser.add_argument("--chunk-size", type=int, default=250)
-    parser.add_argument("--mode", default="online", choices=["online"], help="batch mode lands with issue 7")
+    parser.add_argument(
+        "--mode",
+        default=os.environ.get("CHUNKWISE_MODE", "online") or "online",
+        choices=["online", "batch"],
+        help="online: request by request; batch: the providers' Batch APIs (half price, collected later)",
+    )
+    parser.add_argument(
+        "--batch-timeout-s", type=float, default=1800.0, help="batch mode: give up waiting after this long"
+    )
     args = parser.parse_args(argv)
+    previous_mode = os.environ.get("CHUNKWISE_MODE")
+    os.environ["CHUNKWISE_MODE"] = args.mode  # read by definitions.py (classify_mode / enrich_mode)
+    try:
+        return _main(args)
+    finally:
+        if previous_mode is None:
+            os.environ.pop("CHUNKWISE_MODE", None)
+        else:
+            os.environ["CHUNKWISE_MODE"] = previous_mode
+
+
+def _main(args: argparse.Namespace) -> int:
 
     from llm_assets.settings import chunkwise_home
 
@@ -154,9 +180,13 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
             if "cost_usd" in e.event_specific_data.materialization.metadata
         )
         status = "ok" if result.success else "FAILED (see the run in `make ui`)"
+        if result.success and args.mode == "batch" and not cost:
+            status = "batch submitted"
         print(
             f"[{n}/{len(todo)}] {key}: {status} in {time.monotonic() - started:.1f}s, ${cost:.4f}", flush=True
         )
+    if args.mode == "batch" and todo:
+        collect_batches(defs, instance, home, dataset.partition_keys, args.batch_timeout_s)
 
     report_path = home / "reports" / dataset.dataset_id / "completion_report.json"
     if todo or not report_path.exists():
@@ -171,6 +201,59 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     _print_summary(report, sim_root)
     print(report_path)
     return 0 if report["threshold_met"] else 1
+
+
+def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeout_s: float) -> None:
+    """Stand in for the daemon: evaluate batch_poll_sensor's logic every second and launch the runs it requests
+    (each run key once, as Dagster does) until every chunk is terminal or `timeout_s` passes."""
+    import dagster as dg
+
+    from llm_assets.chunk_status import chunk_states
+    from sensors.batches import STAGE_RESOURCES, evaluate_batches, find_pending_batches
+
+    job = defs.resolve_job_def("chunk_pipeline")
+    launched: set[str] = set()
+    cursor: str | None = None
+    deadline = time.monotonic() + timeout_s
+    wanted = {key: defs.resources[key] for key in STAGE_RESOURCES.values()}
+    with dg.build_resources(wanted) as resources:  # resolves the EnvVar API key as a run does
+        llms = {key: getattr(resources, key) for key in STAGE_RESOURCES.values()}
+        while time.monotonic() < deadline:
+            states = chunk_states(instance, partition_keys)
+            if all(s.state.terminal for s in states.values()):
+                return
+            if not find_pending_batches(home):
+                print("no batches at the provider and some chunks are not done (see `make ui`)")
+                return
+            requests, _, cursor, summary = evaluate_batches(instance, home, llms, cursor)
+            fresh = [r for r in requests if r.run_key not in launched]
+            if not fresh:
+                time.sleep(1.0)
+                continue
+            print(f"batch_poll_sensor: {summary}", flush=True)
+            for request in fresh:
+                launched.add(request.run_key)
+                started = time.monotonic()
+                result = job.execute_in_process(
+                    instance=instance,
+                    partition_key=request.partition_key,
+                    asset_selection=request.asset_selection,
+                    tags={**request.tags, "dagster/run_key": request.run_key},
+                    raise_on_error=False,
+                )
+                cost = sum(
+                    float(e.event_specific_data.materialization.metadata["cost_usd"].value)
+                    for e in result.get_asset_materialization_events()
+                    if "cost_usd" in e.event_specific_data.materialization.metadata
+                )
+                stage = request.tags.get("chunkwise/batch_stage", "?")
+                status = "collected" if result.success else "FAILED (see the run in `make ui`)"
+                print(
+                    f"  {request.partition_key} {stage}: {status} in {time.monotonic() - started:.1f}s, "
+                    f"${cost:.4f} materialized",
+                    flush=True,
+                )
+    print(f"gave up waiting for batches after {timeout_s:.0f}s; the batch poll sensor picks them up later")
 
 
 def _print_summary(r: dict, sim_root: str | None) -> None:
@@ -189,6 +272,7 @@ def _print_summary(r: dict, sim_root: str | None) -> None:
         f"  tokens: {r['input_tokens']:,} in ({r['cached_input_tokens']:,} cached), {r['output_tokens']:,} out"
     )
     print(f"  cost by stage: {json.dumps({k: round(v, 4) for k, v in r['cost_by_stage'].items()})}")
+    print(f"  cost by mode:  {json.dumps({k: round(v, 4) for k, v in r.get('cost_by_mode', {}).items()})}")
     print(f"  cost by team:  {json.dumps({k: round(v, 4) for k, v in r['cost_by_team'].items()})}")
     print(f"  retries: {r['retried']}; wall clock: {r['wall_clock_s']:.1f}s")
     print(f"  sampled accuracy vs gold labels: {acc}")

@@ -13,6 +13,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from resources.llm.batch import BatchCollection, BatchStatus
+from resources.llm.batch_journal import BatchHandle, BatchJournal
 from resources.llm.budget import BudgetCaps, caps_by_scope, scope_keys
 from resources.llm.prices import ModelPrice, PriceTable
 from resources.llm.providers import adapter_for
@@ -83,6 +85,8 @@ class LLMResource(dg.ConfigurableResource):
     _store: SQLiteStateStore | None = PrivateAttr(default=None)
     _instance_storage: str | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # Test seam for crash-resume tests: called as hook(step, handle) at "uploaded", "before_create", "created".
+    _batch_step_hook: Any = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Fail at start-up (unknown model price, bad settings), not at the first request."""
@@ -148,14 +152,7 @@ class LLMResource(dg.ConfigurableResource):
             progress_interval_s=self.progress_interval_s,
             breaker_consecutive_failures=self.circuit_breaker_failures,
         )
-        caps = BudgetCaps(
-            self.budget_run_usd,
-            self.budget_dataset_usd,
-            self.budget_day_usd,
-            self.budget_run_tokens,
-            self.budget_dataset_tokens,
-            self.budget_day_tokens,
-        )
+        caps = self.budget_caps()
         keys = scope_keys(scope)
         spec = limit_spec(
             f"{self.provider}|{self.base_url.rstrip('/')}|{self.model}",
@@ -184,6 +181,95 @@ class LLMResource(dg.ConfigurableResource):
             return await run.run(list(requests))
 
         return _run_coroutine(main)
+
+    def budget_caps(self) -> BudgetCaps:
+        """The configured caps (USD, tokens) per run, dataset and UTC day."""
+        return BudgetCaps(
+            self.budget_run_usd,
+            self.budget_dataset_usd,
+            self.budget_day_usd,
+            self.budget_run_tokens,
+            self.budget_dataset_tokens,
+            self.budget_day_tokens,
+        )
+
+    # -- batch mode (resources/llm/batch.py) ------------------------------------------------------------
+    def submit_batch(
+        self,
+        requests: Sequence[LLMRequest],
+        *,
+        system_prompt: str,
+        schema: dict | None,
+        schema_name: str,
+        scope: BudgetScope,
+        stage: str,
+        journal: BatchJournal,
+        round: int = 1,
+        partition: str | None = None,
+        log: logging.Logger | Any | None = None,
+    ) -> list[BatchHandle]:
+        """Submit `requests` as provider batches (half price, results within 24 h) and return their handles.
+
+        Idempotent: every step is recorded in `journal` before the next provider call, and a call for a round
+        the journal already holds resumes it (keys already in a handle of this round are never sent again).
+        Splits by provider limits (OpenAI 50,000 lines / 200 MB per file; Anthropic 100,000 / 256 MB).
+        Reserves the worst-case batch cost (USD, tokens) in the budget store first: raises JobFatalError
+        reason="budget" before anything is uploaded when it does not fit. Round >= 2 sends each key's pending
+        schema repair (recorded by collect_batch). `partition` goes into the submission ids; when None it is the
+        journal's grandparent folder name (<checkpoints>/<dataset>/<partition>/<stage>/batches.json).
+        Raises JobFatalError (auth, quota, budget, config) or ChunkRetryableError (provider unreachable, or an
+        Anthropic batch that may be this submission's has not ended yet, see batch.py)."""
+        from resources.llm import batch as batch_mode
+
+        return batch_mode.submit(
+            self,
+            requests,
+            system_prompt=system_prompt,
+            schema=schema,
+            schema_name=schema_name,
+            scope=scope,
+            stage=stage,
+            journal=journal,
+            round_=round,
+            partition=partition,
+            log=log,
+        )
+
+    def poll_batch(self, handle: BatchHandle) -> BatchStatus:
+        """The provider's current status and line counts for `handle`; no side effects (the journal is not
+        written). A handle still "submitting" answers state="submitting" without a provider call."""
+        from resources.llm import batch as batch_mode
+
+        return batch_mode.poll(self, handle)
+
+    def collect_batch(
+        self,
+        handle: BatchHandle,
+        *,
+        schema: dict | None,
+        on_result: Callable[[ItemResult], None] | None = None,
+        log: logging.Logger | Any | None = None,
+    ) -> BatchCollection:
+        """Download and parse an ended batch's results; each line goes through the same classifier as online mode.
+
+        ok -> ItemResult ok (validated against `schema`; a schema failure is repaired in the next round, and
+        is item-permanent "schema_invalid" after its repair); item-permanent -> ItemResult failed (dead letter);
+        retryable, expired or canceled -> `to_resubmit`, unless the item has used max_attempts rounds (then
+        ItemResult failed "retries_exhausted" / "expired" / "canceled"). Costs at batch prices
+        (ItemUsage.mode="batch", usage summed over the item's rounds); the budget reservation is reconciled with
+        the actual cost. `on_result` gets every finished item once per collection. Marks the handle "collected"
+        in its journal. Raises ValueError if the batch has not ended, JobFatalError if its lines failed with a
+        job-fatal error (auth, quota, unknown model) or the provider rejected the whole batch."""
+        from resources.llm import batch as batch_mode
+
+        return batch_mode.collect(self, handle, schema=schema, on_result=on_result, log=log)
+
+    def cancel_batch(self, handle: BatchHandle) -> BatchStatus:
+        """Cancel the batch at the provider (already finished lines stay billed and collectable: collect the
+        handle once its status has ended). Records status "cancelled" in the handle's journal."""
+        from resources.llm import batch as batch_mode
+
+        return batch_mode.cancel(self, handle)
 
     # -- internals ---------------------------------------------------------------------------------------
     def _validate(self) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import dagster as dg
 
+from resources.llm.errors import ProviderError
+
 
 @dataclass(frozen=True)
 class LLMRequest:
@@ -143,3 +145,16 @@ class CallOutcome:
 
     results: list[ItemResult] = field(default_factory=list)
     summary: UsageSummary | None = None
+
+
+@dataclass(frozen=True)
+class BatchLineResult:
+    """One line of a provider batch's results, parsed from the wire by providers/*_batches.py.
+
+    `kind`: "succeeded" (`payload` is the response body the online adapter parses: chat.completion or
+    message), "errored" (`error` for the shared classifier), "expired" or "canceled" (never ran, not billed)."""
+
+    custom_id: str
+    kind: str
+    payload: dict[str, Any] | None = None
+    error: ProviderError | None = None

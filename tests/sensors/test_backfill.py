@@ -105,8 +105,10 @@ def test_outage_partitions_are_rerun_with_growing_delays_and_the_dataset_complet
             dg.DagsterRunStatus.SUCCESS
         ]
         waits = [runs[i + 1].create_timestamp.timestamp() - runs[i].end_time for i in range(2)]
+        # Each re-run waited at least its (growing) backoff delay. Only lower bounds: a loaded machine makes
+        # any wait longer, so comparing the measured waits with each other would test the machine, not us.
+        assert policy.delay_s(2) > policy.delay_s(1)
         assert waits[0] >= policy.delay_s(1) and waits[1] >= policy.delay_s(2)  # 0.4 s, then 0.8 s
-        assert waits[1] > waits[0]
     assert launched == 2 * len(dataset.partition_keys)  # two re-runs per chunk, within max_attempts - 1
     assert BackfillCursor.from_json(cursor).needs_human_total == 0
     assert report["succeeded"].value == 40 and report["threshold_met"].value is True

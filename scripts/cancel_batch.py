@@ -1,0 +1,91 @@
+"""Cancel a chunk's provider batches: `python -m scripts.cancel_batch <partition_key> [--stage classified]`.
+
+Uses the same provider settings as the code location (CHUNKWISE_* environment, llm_assets/definitions.py) and the
+chunk's batch journal under `$CHUNKWISE_HOME/checkpoints`. It
+1. writes the stage's cancel marker (`cancelled.json` beside the journal) first, so the stage submits nothing
+   more for this chunk, even if a run is collecting right now;
+2. cancels every batch of the stage that has not been collected, at the provider (lines already finished stay
+   billed and collectable);
+3. prints what it did. The batch poll sensor then sees the batches end and requests the collecting run: finished
+   lines join the outputs, lines the cancel stopped become `canceled` dead letters, and the partition
+   materializes with the partial results. To send the chunk again later, delete the marker (or the stage's
+   checkpoint folder) and re-materialize the partition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from llm_assets.partitions import parse_chunk_key
+from llm_assets.stages import batch_journal_path, cancel_marker_path, checkpoint_root
+from resources.checkpoints import ChunkCheckpoint
+from resources.llm import BatchJournal, LLMResource
+from resources.llm.batch_journal import SUBMITTING
+
+STAGE_RESOURCES = {"classified": "classifier_llm", "enriched": "enricher_llm"}
+
+
+def stage_folder(home: Path, partition_key: str, stage: str) -> Path:
+    dataset_id, _ = parse_chunk_key(partition_key)
+    return ChunkCheckpoint(checkpoint_root(home), dataset_id, partition_key, stage).path
+
+
+def cancel_stage_batches(llm: LLMResource, home: Path, partition_key: str, stage: str) -> list[str]:
+    """Mark the stage cancelled and cancel its uncollected batches at the provider; returns one line per batch."""
+    folder = stage_folder(home, partition_key, stage)
+    journal = BatchJournal(batch_journal_path(folder))
+    if not journal.exists:
+        raise SystemExit(
+            f"{partition_key} has no {stage} batches (no journal at {journal.path}); nothing to cancel. "
+            "Is the stage in batch mode, and is CHUNKWISE_HOME the pipeline's?"
+        )
+    marker = cancel_marker_path(folder)
+    marker.write_text(json.dumps({"cancelled_at": datetime.now(UTC).isoformat(), "stage": stage}))
+    lines = []
+    for handle in journal.pending:
+        if handle.status == SUBMITTING or handle.batch_id is None:
+            lines.append(f"{handle.submission_id}: not created at the provider; the marker stops it")
+            continue
+        status = llm.cancel_batch(handle)
+        lines.append(
+            f"{handle.batch_id}: {status.provider_status} ({status.succeeded + status.errored} of "
+            f"{status.total} lines finished and kept)"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.cancel_batch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("partition_key", help="the chunk, e.g. banking77-3f2a9c1d__c00012")
+    parser.add_argument("--stage", default="classified", choices=sorted(STAGE_RESOURCES))
+    args = parser.parse_args(argv)
+
+    import dagster as dg
+
+    from llm_assets.definitions import defs_from_env
+    from llm_assets.settings import chunkwise_home
+
+    home = chunkwise_home()
+    key = STAGE_RESOURCES[args.stage]
+    # build_resources resolves the EnvVar API key the same way a run does.
+    with dg.build_resources({key: defs_from_env(home).resources[key]}) as resources:
+        llm = getattr(resources, key)
+        for line in cancel_stage_batches(llm, home, args.partition_key, args.stage):
+            print(line)
+    print(
+        f"cancelled {args.stage} of {args.partition_key}; the batch poll sensor requests the run that keeps the "
+        "partial results"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The batch poll sensor: watches the provider batches of batch-mode chunks and requests the collecting run.
+
+A batch-mode stage run (llm_assets/stages.py `run_batch_stage`) submits its chunk as provider batches, records
+them in the stage's journal (`<home>/checkpoints/<dataset>/<chunk>/<stage>/batches.json`) and ends without
+materializing. Each tick of `batch_poll_sensor`:
+1. finds every journal with batches not yet collected;
+2. polls each batch at the provider through the stage's LLM resource (`classifier_llm` for `classified`,
+   `enricher_llm` for `enriched`; polling has no side effects and costs nothing);
+3. when all of a chunk stage's batches have ended (completed, expired, cancelled), requests a run of
+   `chunk_pipeline` for that partition with the stage and everything downstream selected (not `items` nor an
+   upstream stage already materialized), `run_key=<partition>:<stage>:collect:<batch ids>`: Dagster never
+   launches a run key twice, so a restarted daemon or a lost cursor cannot double-launch, and a follow-up round
+   (new batch ids) gets its own run;
+4. records the chunk's batch status as an AssetObservation on the stage's partition when it changes
+   (`batch_status`: submitted / in_progress / ended, with line counts), so the UI shows where each chunk is.
+A chunk with a run of its partition queued or running is left alone until that run ends.
+Batches that are still being created (a crashed submission) are resumed by the next run of the chunk
+(the backfill sensor re-runs the failed run), not here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import dagster as dg
+
+from llm_assets.chunk_status import (
+    ATTEMPT_TAG,
+    DATASET_TAG,
+    IN_FLIGHT_STATUSES,
+    PARTITION_TAG,
+    PROVIDER_TAG,
+)
+from llm_assets.partitions import parse_chunk_key
+from llm_assets.stages import BATCH_JOURNAL_FILE, checkpoint_root
+from resources.llm import BatchHandle, BatchJournal, BatchStatus, LLMResource
+from resources.llm.batch_journal import SUBMITTING
+from sensors.chunk_runs import LAUNCHED_BY_TAG, chunk_pipeline_job
+
+BATCH_STATUS_TAG = "chunkwise/batch_status"
+"""On collecting runs: `ended`; the stage whose batches it collects is in `chunkwise/batch_stage`."""
+BATCH_STAGE_TAG = "chunkwise/batch_stage"
+STAGE_RESOURCES = {"classified": "classifier_llm", "enriched": "enricher_llm"}
+"""Which LLM resource polls (and later collects) each stage's batches."""
+STAGE_SELECTION = {"classified": ("classified", "enriched"), "enriched": ("enriched",)}
+"""What a collecting run materializes: the stage and what depends on it, never `items` or an earlier stage."""
+
+
+@dataclass
+class ChunkBatches:
+    """The batches of one chunk stage that are not collected yet, read from its journal."""
+
+    dataset_id: str
+    partition_key: str
+    stage: str
+    journal_path: Path
+    pending: list[BatchHandle]
+
+
+@dataclass
+class ChunkBatchStatus:
+    chunk: ChunkBatches
+    state: str
+    """`submitted` (no line done yet), `in_progress`, `ended` (every batch ended), `submitting` (cut off)."""
+    statuses: list[BatchStatus]
+
+    def counts(self) -> dict[str, int]:
+        names = ("total", "succeeded", "errored", "processing", "expired", "canceled")
+        return {n: sum(getattr(s, n) for s in self.statuses) for n in names}
+
+
+def find_pending_batches(home: Path) -> list[ChunkBatches]:
+    """Every chunk stage under `<home>/checkpoints` whose journal holds batches not yet collected."""
+    found: list[ChunkBatches] = []
+    for path in sorted(checkpoint_root(home).glob(f"*/*/*/{BATCH_JOURNAL_FILE}")):
+        stage_dir = path.parent
+        stage = unquote(stage_dir.name)
+        if stage not in STAGE_RESOURCES:
+            continue
+        journal = BatchJournal(path)
+        pending = journal.pending
+        if pending:
+            found.append(
+                ChunkBatches(
+                    dataset_id=unquote(stage_dir.parent.parent.name),
+                    partition_key=unquote(stage_dir.parent.name),
+                    stage=stage,
+                    journal_path=path,
+                    pending=pending,
+                )
+            )
+    return found
+
+
+def poll_chunk(llm: LLMResource, chunk: ChunkBatches) -> ChunkBatchStatus:
+    """The provider's status of each pending batch of `chunk`, summed into one state."""
+    statuses = [llm.poll_batch(handle) for handle in chunk.pending]
+    if any(s.state == SUBMITTING for s in statuses):
+        state = SUBMITTING
+    elif all(s.ended for s in statuses):
+        state = "ended"
+    elif any(s.succeeded or s.errored or s.expired for s in statuses):
+        state = "in_progress"
+    else:
+        state = "submitted"
+    return ChunkBatchStatus(chunk=chunk, state=state, statuses=statuses)
+
+
+def collect_run_request(status: ChunkBatchStatus, provider: str) -> dg.RunRequest:
+    """The run that collects `status.chunk`'s ended batches and materializes the stage (and what follows)."""
+    chunk = status.chunk
+    batch_ids = "+".join(h.batch_id or h.submission_id for h in chunk.pending)
+    return dg.RunRequest(
+        run_key=f"{chunk.partition_key}:{chunk.stage}:collect:{batch_ids}",
+        partition_key=chunk.partition_key,
+        asset_selection=[dg.AssetKey(a) for a in STAGE_SELECTION[chunk.stage]],
+        tags={
+            DATASET_TAG: chunk.dataset_id,
+            PROVIDER_TAG: provider,
+            ATTEMPT_TAG: "1",
+            LAUNCHED_BY_TAG: "batch_poll",
+            BATCH_STATUS_TAG: "ended",
+            BATCH_STAGE_TAG: chunk.stage,
+        },
+    )
+
+
+def _status_observation(status: ChunkBatchStatus) -> dg.AssetObservation:
+    chunk = status.chunk
+    counts = status.counts()
+    return dg.AssetObservation(
+        asset_key=dg.AssetKey(chunk.stage),
+        partition=chunk.partition_key,
+        metadata={
+            "mode": dg.MetadataValue.text("batch"),
+            "batch_status": dg.MetadataValue.text(status.state),
+            "batch_ids": dg.MetadataValue.text(", ".join(h.batch_id or "(creating)" for h in chunk.pending)),
+            "batches_pending": dg.MetadataValue.int(len(chunk.pending)),
+            **{f"lines_{name}": dg.MetadataValue.int(value) for name, value in counts.items()},
+        },
+    )
+
+
+def _run_in_flight(instance: dg.DagsterInstance, partition_key: str) -> bool:
+    return bool(
+        instance.get_runs_count(
+            filters=dg.RunsFilter(statuses=IN_FLIGHT_STATUSES, tags={PARTITION_TAG: partition_key})
+        )
+    )
+
+
+def evaluate_batches(
+    instance: dg.DagsterInstance, home: Path, llms: dict[str, LLMResource], cursor: str | None
+) -> tuple[list[dg.RunRequest], list[dg.AssetObservation], str, str]:
+    """One tick's decisions: (run requests, status observations, new cursor, summary line).
+
+    The cursor maps `<partition>/<stage>` to the last status observed, so each change is recorded once."""
+    seen: dict[str, str] = json.loads(cursor) if cursor else {}
+    requests: list[dg.RunRequest] = []
+    observations: list[dg.AssetObservation] = []
+    states: dict[str, int] = {}
+    current: dict[str, str] = {}
+    for chunk in find_pending_batches(home):
+        try:
+            parse_chunk_key(chunk.partition_key)
+        except ValueError:
+            continue
+        llm = llms[STAGE_RESOURCES[chunk.stage]]
+        status = poll_chunk(llm, chunk)
+        key = f"{chunk.partition_key}/{chunk.stage}"
+        current[key] = status.state
+        states[status.state] = states.get(status.state, 0) + 1
+        if seen.get(key) != status.state:
+            observations.append(_status_observation(status))
+        if status.state == "ended" and not _run_in_flight(instance, chunk.partition_key):
+            requests.append(collect_run_request(status, llm.provider))
+    summary = (
+        f"{sum(states.values())} chunk stages with batches at the provider "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(states.items())) or 'none'}); "
+        f"{len(requests)} collecting runs requested"
+    )
+    return requests, observations, json.dumps(current, sort_keys=True), summary
+
+
+def build_batch_poll_sensor(
+    *,
+    name: str = "batch_poll_sensor",
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """The batch poll sensor; `minimum_interval_seconds` is the polling interval (batches take minutes to
+    hours, so 30 s wastes nothing and costs nothing: polling is free at both providers)."""
+
+    @dg.sensor(
+        name=name,
+        job=chunk_pipeline_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        required_resource_keys={"settings", *STAGE_RESOURCES.values()},
+        description=(
+            "Polls the provider batches of batch-mode chunks (classify_mode / enrich_mode = batch) every "
+            f"{minimum_interval_seconds}s; when a chunk stage's batches have ended, requests the run that collects "
+            "them and materializes the partition. Records batch_status (submitted / in_progress / ended) on the "
+            "stage's partition."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        llms = {key: getattr(context.resources, key) for key in STAGE_RESOURCES.values()}
+        home = context.resources.settings.home_path()
+        requests, observations, cursor, summary = evaluate_batches(
+            context.instance, home, llms, context.cursor
+        )
+        context.log.info(summary)
+        return dg.SensorResult(
+            run_requests=requests,
+            asset_events=observations,
+            cursor=cursor,
+            skip_reason=None if requests else dg.SkipReason(summary),
+        )
+
+    return _sensor
+
+
+batch_poll_sensor = build_batch_poll_sensor()

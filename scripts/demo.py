@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BANKING = ROOT / "data" / "banking77" / "test.csv"
 SIM_CONFIG = ROOT / "scripts" / "demo_sim.yaml"
 SIM_KEY = "sk-sim-local"
+# The console shows the pipeline's own INFO lines (progress, check results), not Dagster's DEBUG event stream;
+# every event is still in the instance for `make ui`.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _free_port() -> int:
@@ -172,7 +175,7 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         started = time.monotonic()
         request = chunk_run_request(key, attempt=1, provider=default_provider(), launched_by="demo")
         result = job.execute_in_process(
-            instance=instance, partition_key=key, raise_on_error=False, tags=request.tags
+            instance=instance, partition_key=key, raise_on_error=False, tags=request.tags, run_config=QUIET
         )
         cost = sum(
             float(e.event_specific_data.materialization.metadata["cost_usd"].value)
@@ -192,7 +195,7 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     if todo or not report_path.exists():
         instance.add_dynamic_partitions("datasets", [dataset.dataset_id])
         completion = defs.resolve_job_def("dataset_completion").execute_in_process(
-            instance=instance, partition_key=dataset.dataset_id, raise_on_error=False
+            instance=instance, partition_key=dataset.dataset_id, raise_on_error=False, run_config=QUIET
         )
         if not completion.success:
             print("the completion report could not be written: some chunk is not done (see `make ui`)")
@@ -240,6 +243,7 @@ def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeo
                     asset_selection=request.asset_selection,
                     tags={**request.tags, "dagster/run_key": request.run_key},
                     raise_on_error=False,
+                    run_config=QUIET,
                 )
                 cost = sum(
                     float(e.event_specific_data.materialization.metadata["cost_usd"].value)

@@ -28,6 +28,7 @@ from pydantic import Field
 from llm_assets.datasets import RegisteredDataset
 from llm_assets.failure_class import mark_quality_gate_failure
 from llm_assets.judge import judge_items, judge_prompt
+from llm_assets.materializations import latest_materialization
 from llm_assets.partitions import chunk_partitions, parse_chunk_key
 from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
 from llm_assets.quality_stats import label_drift, sample_item_ids, top_decile_share, wilson_interval
@@ -108,11 +109,8 @@ class QualityGateSettings(dg.ConfigurableResource):
 
 def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> dict[str, Any]:
     """Metadata values of the latest materialization of `asset` for `partition` ({} when none)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    return {k: v.value for k, v in (materialization.metadata if materialization else {}).items()}
+    recorded = latest_materialization(instance, asset, partition)
+    return {} if recorded is None else recorded.metadata
 
 
 def _result(

@@ -21,6 +21,7 @@ import pandas as pd
 
 from io_managers.parquet_files import read_parquet
 from llm_assets.datasets import RegisteredDataset, load_dataset
+from llm_assets.materializations import latest_materialization
 from llm_assets.settings import PipelineSettings
 
 dataset_partitions = dg.DynamicPartitionsDefinition(name="datasets")
@@ -34,18 +35,6 @@ LEDGER_COLUMNS = [
     "dataset_id", "partition_key", "item_id", "team", "stage", "model", "day",
     *TOKEN_COLUMNS, "cost_usd", "cache_savings_usd",
 ]  # fmt: skip
-
-
-def _latest_materialization(
-    instance: dg.DagsterInstance, asset: str, partition: str
-) -> tuple[dict[str, Any], float] | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return None
-    meta = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-    return meta, records[0].timestamp
 
 
 def _stage_rows(dataset_id: str, partition: str, stage: str, meta: dict[str, Any], day: str) -> pd.DataFrame:
@@ -94,12 +83,11 @@ def build_ledger(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> pd
     parts: list[pd.DataFrame] = []
     for partition in dataset.partition_keys:
         for stage in LEDGER_STAGES:
-            found = _latest_materialization(instance, stage, partition)
-            if found is None:
+            recorded = latest_materialization(instance, stage, partition)
+            if recorded is None:
                 continue
-            meta, timestamp = found
-            day = datetime.fromtimestamp(timestamp, UTC).date().isoformat()
-            parts.append(_stage_rows(dataset.dataset_id, partition, stage, meta, day))
+            day = datetime.fromtimestamp(recorded.timestamp, UTC).date().isoformat()
+            parts.append(_stage_rows(dataset.dataset_id, partition, stage, recorded.metadata, day))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in LEDGER_COLUMNS})
     return pd.concat(parts, ignore_index=True)[LEDGER_COLUMNS]

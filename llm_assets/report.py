@@ -15,9 +15,9 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from io_managers.parquet_files import read_parquet
 from llm_assets.checks import checks_section
 from llm_assets.datasets import RegisteredDataset
+from llm_assets.materializations import latest_materialization, load_stage_output
 from resources.dead_letters import DeadLetterStore
 
 STAGES = ("classified", "enriched")
@@ -71,24 +71,8 @@ class CompletionReport:
 
 
 def _latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str) -> dict[str, Any] | None:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    if not records:
-        return None
-    materialization = records[0].asset_materialization
-    return {k: v.value for k, v in (materialization.metadata if materialization else {}).items()}
-
-
-def load_stage_output(instance: dg.DagsterInstance, asset: str, partition: str) -> pd.DataFrame:
-    """A stage partition's output, from the path its latest materialization recorded (`uri` metadata)."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    if materialization is None or "uri" not in materialization.metadata:
-        raise FileNotFoundError(f"{asset} partition {partition} has no recorded output; re-materialize it")
-    return read_parquet(str(materialization.metadata["uri"].value))
+    recorded = latest_materialization(instance, asset, partition)
+    return None if recorded is None else recorded.metadata
 
 
 def build_completion_report(

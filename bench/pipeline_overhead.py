@@ -1,18 +1,22 @@
 """Per-partition orchestration overhead and the wall-time cost of item checkpoints (not a test).
 
-Against a zero-latency simulator, the BANKING77 chunks are materialized (items -> classified -> enriched) in
-three variants, interleaved chunk by chunk so machine noise hits them alike:
-- `inprocess_ckpt_on`:  execute_in_process, checkpoints on (the default);
-- `inprocess_ckpt_off`: execute_in_process, checkpoints off (`PipelineSettings.checkpointing=False`);
-- `multiprocess_ckpt_on`: the same job on the multiprocess executor (one process per step), to show why the
-  chunk job uses the in-process executor.
-And the fixed cost a deployed run adds on top of in-process: a run worker process loading the code location
-(`python -c "import llm_assets.definitions"`, median of 5).
+Against a zero-latency simulator, the BANKING77 chunks are materialized (items -> classified -> enriched, with
+their checks) in five variants, interleaved chunk by chunk so machine noise hits them alike:
+- `inprocess_ckpt_on`:  `chunk_pipeline.execute_in_process`, checkpoints on (the default);
+- `inprocess_ckpt_off`: the same, checkpoints off (`PipelineSettings.checkpointing=False`);
+- `inprocess_no_checks`: the same without the quality-gate steps, to show what the checks cost;
+- `fresh_process_ckpt_on`: `dagster job execute -m llm_assets.definitions -j chunk_pipeline` in a new process
+  per partition, as a deployed run worker pays it: interpreter start, imports, instance, run, exit;
+- `multiprocess_ckpt_on`: the job on the multiprocess executor (a process per step), to show why the chunk
+  job uses the in-process executor.
+- `fresh_process_empty_job`: bench/empty_location.py's one-asset job the same way: the floor under any
+  fresh-process Dagster run of a code location importing dagster, pandas, pyarrow and httpx.
 For each partition run: wall time, the time the LLM resource spent in calls (the stages' `duration_s`
-metadata), and the rest, which is Dagster + IO + checkpoint overhead. Prints a table, writes the section
-between `<!-- pipeline:start -->` and `<!-- pipeline:end -->` of docs/benchmarks.md, and prints a JSON line.
+metadata), and the rest, which is the fixed cost: Dagster + IO + checks + checkpoints (+ process start for the
+fresh-process variant). Prints a table, writes the section between `<!-- pipeline:start -->` and
+`<!-- pipeline:end -->` of docs/benchmarks.md, and prints a JSON line.
 
-Usage: python bench/pipeline_overhead.py [--chunks 8]
+Usage: python bench/pipeline_overhead.py [--chunks 5]
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ sys.path.insert(0, str(ROOT))
 from bench.docs import replace_section  # noqa: E402
 from llm_assets.datasets import DatasetSpec, load_team_rules, register_dataset  # noqa: E402
 from scripts.demo import BANKING, SIM_KEY, start_simulator  # noqa: E402
+from sensors.chunk_runs import CHUNK_ASSETS  # noqa: E402
+
+VARIANTS = (
+    "inprocess_ckpt_on",
+    "inprocess_ckpt_off",
+    "inprocess_no_checks",
+    "fresh_process_ckpt_on",
+    "fresh_process_empty_job",
+    "multiprocess_ckpt_on",
+)
 
 
 def _defs_for(home: str, base_url: str, checkpointing: bool) -> dg.Definitions:
@@ -62,10 +76,40 @@ def _llm_seconds(instance: dg.DagsterInstance, run_id: str) -> float:
     return total
 
 
+def _no_checks_job(defs: dg.Definitions) -> dg.JobDefinition:
+    job = dg.define_asset_job(
+        "chunk_pipeline_no_checks",
+        selection=dg.AssetSelection.assets(*CHUNK_ASSETS).without_checks(),
+        executor_def=dg.in_process_executor,
+    )
+    return dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
+
+
+def _fresh_process_run(home: Path, base_url: str, key: str | None) -> None:
+    """One partition run in a new process, configured from the environment like a deployed code location
+    (`key=None`: bench/empty_location.py's trivial job instead, the floor)."""
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home / "dagster"),
+        "CHUNKWISE_HOME": str(home),
+        "CHUNKWISE_LLM_BASE_URL": base_url,
+        "CHUNKWISE_LLM_API_KEY": SIM_KEY,
+    }
+    dagster_cli = Path(sys.executable).with_name("dagster")
+    if key is None:
+        command = [str(dagster_cli), "job", "execute", "-f", "bench/empty_location.py", "-j", "empty_job"]
+    else:
+        command = [str(dagster_cli), "job", "execute", "-m", "llm_assets.definitions", "-a", "defs"]
+        command += ["-j", "chunk_pipeline", "--tags", json.dumps({"dagster/partition": key})]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"fresh process run failed ({key or 'empty_job'}):\n{done.stderr[-3000:]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--chunks", type=int, default=8, help="how many 250-item BANKING77 chunks per variant"
+        "--chunks", type=int, default=5, help="how many 250-item BANKING77 chunks per variant"
     )
     args = parser.parse_args()
 
@@ -75,10 +119,11 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             variants = {}
-            for name in ("inprocess_ckpt_on", "inprocess_ckpt_off", "multiprocess_ckpt_on"):
+            for name in VARIANTS:
                 home = Path(tmp) / name
                 (home / "dagster").mkdir(parents=True)
-                instance = dg.DagsterInstance.local_temp(tempdir=str(home / "dagster"))
+                (home / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+                instance = dg.DagsterInstance.from_config(str(home / "dagster"))
                 spec = DatasetSpec(
                     uri=str(BANKING), name="banking77", column_map={"category": "label"}, id_column=None,
                     team_from_label=load_team_rules(BANKING.parent / "teams.json"),
@@ -90,41 +135,40 @@ def main() -> None:
                 for name, (home, instance, dataset) in variants.items():
                     key = dataset.partition_keys[i]
                     started = time.perf_counter()
-                    if name == "multiprocess_ckpt_on":
-                        os.environ["BENCH_HOME"], os.environ["BENCH_BASE_URL"] = str(home), base_url
-                        recon = dg.reconstructable(multiprocess_job)
-                        with dg.execute_job(
-                            recon, instance=instance, tags={"dagster/partition": key}
-                        ) as result:
-                            ok, run_id = result.success, result.run_id
+                    if name.startswith("fresh_process"):
+                        _fresh_process_run(home, base_url, key if name == "fresh_process_ckpt_on" else None)
+                        wall = time.perf_counter() - started
+                        run_id = instance.get_runs(limit=1)[0].run_id
                     else:
-                        defs = _defs_for(str(home), base_url, checkpointing=name.endswith("on"))
-                        result = defs.resolve_job_def("chunk_pipeline").execute_in_process(
-                            instance=instance, partition_key=key
-                        )
-                        ok, run_id = result.success, result.run_id
-                    wall = time.perf_counter() - started
-                    if not ok:
-                        raise SystemExit(f"{name} failed on {key}")
+                        if name == "multiprocess_ckpt_on":
+                            os.environ["BENCH_HOME"], os.environ["BENCH_BASE_URL"] = str(home), base_url
+                            with dg.execute_job(
+                                dg.reconstructable(multiprocess_job),
+                                instance=instance,
+                                tags={"dagster/partition": key},
+                            ) as result:
+                                ok, run_id = result.success, result.run_id
+                        else:
+                            defs = _defs_for(str(home), base_url, checkpointing=name != "inprocess_ckpt_off")
+                            job = (
+                                _no_checks_job(defs)
+                                if name == "inprocess_no_checks"
+                                else defs.resolve_job_def("chunk_pipeline")
+                            )
+                            result = job.execute_in_process(instance=instance, partition_key=key)
+                            ok, run_id = result.success, result.run_id
+                        wall = time.perf_counter() - started
+                        if not ok:
+                            raise SystemExit(f"{name} failed on {key}")
                     results[name].append((wall, _llm_seconds(instance, run_id)))
                     print(f"{name:22s} {key}: wall {wall:.2f}s", flush=True)
     finally:
         sim.terminate()
         sim.wait(timeout=10)
-    _report(results, args.chunks, _code_load_s())
+    _report(results, args.chunks)
 
 
-def _code_load_s(runs: int = 5) -> float:
-    """Median wall time of a fresh process importing the code location (what each run worker pays)."""
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import llm_assets.definitions"], cwd=ROOT, check=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def _report(results: dict[str, list[tuple[float, float]]], chunks: int, code_load_s: float) -> None:
+def _report(results: dict[str, list[tuple[float, float]]], chunks: int) -> None:
     rows = []
     summary: dict[str, dict[str, float]] = {}
     for name, runs in results.items():
@@ -143,28 +187,36 @@ def _report(results: dict[str, list[tuple[float, float]]], chunks: int, code_loa
     on, off = summary["inprocess_ckpt_on"]["median_wall_s"], summary["inprocess_ckpt_off"]["median_wall_s"]
     ckpt_share = (on - off) / off
     summary["checkpoint_wall_share"] = {"value": ckpt_share}
-    summary["code_load_s"] = {"value": code_load_s}
-    fixed = summary["inprocess_ckpt_on"]["median_overhead_s"] + code_load_s
+    in_run = summary["inprocess_ckpt_on"]["median_overhead_s"]
+    checks = in_run - summary["inprocess_no_checks"]["median_overhead_s"]
+    fresh = summary["fresh_process_ckpt_on"]["median_overhead_s"]
+    multi = summary["multiprocess_ckpt_on"]["median_overhead_s"]
+    floor = summary["fresh_process_empty_job"]["median_overhead_s"]
     table = "\n".join(
         [
-            "| variant | partitions | median wall s | median LLM-call s | median overhead s |",
+            "| variant | partitions | median wall s | median LLM-call s | median fixed cost s |",
             "| --- | ---: | ---: | ---: | ---: |",
             *rows,
         ]
     )
     text = (
-        "## Per-partition overhead and checkpoint cost (`python bench/pipeline_overhead.py`)\n\n"
+        "## Per-partition fixed cost and checkpoint cost (`python bench/pipeline_overhead.py`)\n\n"
         f"Zero-latency simulator, BANKING77 chunks of 250 items (classify all, enrich low-confidence), "
-        f"{chunks} partitions per variant, interleaved. Overhead = wall time of the partition run minus the time "
-        "the LLM resource spent in calls (Dagster run/step start, resource init, Parquet IO, event log, "
-        "checkpoints). Measured on the 2-core CI-class machine, shared.\n\n"
+        f"{chunks} partitions per variant, interleaved. Fixed cost = wall time of the partition run minus the "
+        "time the LLM resource spent in calls (run and step start, resource init, Parquet IO, event log, quality "
+        "checks, checkpoints; for `fresh_process` also the interpreter start and imports). Measured on the "
+        "2-core CI-class machine, shared.\n\n"
         f"{table}\n\n"
-        f"Checkpointing on vs off (in-process, median wall): {on:.2f}s vs {off:.2f}s, "
-        f"{ckpt_share * 100:+.1f}% of wall time.\n\n"
-        f"A deployed run also starts a run worker that loads the code location: {code_load_s:.2f}s (median of 5). "
-        f"Fixed cost per chunk run with the chunk job's in-process executor: {fixed:.2f}s "
-        f"(overhead {summary['inprocess_ckpt_on']['median_overhead_s']:.2f}s + code load); with the "
-        f"multiprocess executor every step pays the code load again.\n"
+        f"- Orchestration overhead inside a partition run (in process): {in_run:.2f}s, of which the quality-gate "
+        f"steps are {checks:.2f}s.\n"
+        f"- A partition run in its own process (`dagster job execute`, interpreter start to exit, as a deployed "
+        f"run worker pays it): {fresh:.2f}s. The same for a one-asset job importing the same libraries "
+        f"(bench/empty_location.py): {floor:.2f}s, the floor under any fresh-process Dagster run of such a code "
+        f"location. Chunkwise adds {fresh - floor:.2f}s to it.\n"
+        f"- Multiprocess executor: {multi:.2f}s ({multi / in_run:.0f}x in process; every step pays a process "
+        "start), so the chunk job runs in process and parallelism comes from concurrent chunk runs.\n"
+        f"- Checkpointing on vs off (in process, median wall): {on:.2f}s vs {off:.2f}s, "
+        f"{ckpt_share * 100:+.1f}% of wall time.\n"
     )
     print(text)
     replace_section(ROOT / "docs" / "benchmarks.md", "pipeline", text)

@@ -9,13 +9,11 @@ Layout: ``<base_uri>/<asset key path>/<partition key>.parquet`` (unpartitioned a
 Re-materializing a partition replaces its file: outputs never duplicate.
 """
 
-from __future__ import annotations
-
 import os
+from typing import Any
 
 import dagster as dg
 import pandas as pd
-from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from io_managers.parquet_files import (
@@ -45,7 +43,10 @@ class ChunkParquetIOManager(dg.ConfigurableIOManager):
         default="$CHUNKWISE_HOME/outputs",
         description="Local directory or s3://bucket/prefix under which asset partitions are stored.",
     )
-    s3: S3Resource | None = Field(
+    # Typed as a resource dependency, not `S3Resource | None`: importing dagster_aws costs every run worker
+    # ~0.6 s at start-up (its package __init__ loads all its components), paid even by local-only deployments.
+    # (No `from __future__ import annotations` in this module: Dagster must see this annotation unstringified.)
+    s3: dg.ResourceDependency[Any | None] = Field(
         default=None, description="dagster-aws S3Resource; required when base_uri is s3://."
     )
 

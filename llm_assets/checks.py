@@ -18,6 +18,7 @@ the demo's defaults and the measurement behind them are in docs/quality_gates.md
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable, Iterator
 from statistics import NormalDist
 from typing import Any, Literal
 
@@ -37,7 +38,7 @@ from resources.dead_letters import DeadLetterStore
 from resources.llm import LLMResource
 from resources.llm.structured import validate
 
-# Partitioned checks (`partitions_def=` on @asset_check) are a preview feature in dagster 1.13; we rely on it knowingly.
+# Partitioned checks (`partitions_def=` on AssetCheckSpec) are a preview feature in dagster 1.13; we rely on it knowingly.
 warnings.filterwarnings(
     "ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning
 )
@@ -130,7 +131,14 @@ def _result(
             context.instance, context.run.run_id, f"{asset.to_user_string()}:{check_name}"
         )
         metadata = {**metadata, "failure_class": dg.MetadataValue.text("quality_gate")}
-    return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=check_name,
+        passed=passed,
+        severity=severity,
+        description=description,
+        metadata=metadata,
+    )
 
 
 def _as_python(value: Any) -> Any:
@@ -142,6 +150,25 @@ def _as_python(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+def _spec(
+    asset: dg.AssetKey,
+    name: str,
+    *,
+    blocking: bool,
+    description: str,
+    additional_deps: list[str] | None = None,
+) -> dg.AssetCheckSpec:
+    """A chunk-partitioned check on a stage asset."""
+    return dg.AssetCheckSpec(
+        name,
+        asset=asset,
+        blocking=blocking,
+        description=description,
+        additional_deps=additional_deps,
+        partitions_def=chunk_partitions,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- outputs_valid
@@ -185,140 +212,139 @@ def _key_errors(frame: pd.DataFrame, dataset_id: str) -> list[tuple[str, str]]:
     return errors
 
 
-def _outputs_valid_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
-    stage = asset.path[-1]
-
-    @dg.asset_check(
-        asset=asset,
-        name="outputs_valid",
-        partitions_def=chunk_partitions,
+def _outputs_valid_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
+    return _spec(
+        asset,
+        "outputs_valid",
         blocking=True,
         description=(
-            f"Every `{stage}` row conforms to the stage's output schema and its label is in the taxonomy; "
+            f"Every `{asset.path[-1]}` row conforms to the stage's output schema and its label is in the taxonomy; "
             "keys are present and unique. Blocking: a chunk with any invalid row does not feed downstream. "
             "Metadata lists the offending items and what is wrong with them."
         ),
     )
-    def _check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings, frame: pd.DataFrame):
-        dataset_id, _ = parse_chunk_key(context.partition_key)
-        taxonomy = load_taxonomy(settings.taxonomy_path)
-        if frame.empty:
-            errors: list[tuple[str, str]] = []
-        elif asset == CLASSIFIED:
-            schema = classify_prompt(taxonomy, []).schema
-            errors = _key_errors(frame, dataset_id) + _classified_row_errors(frame, schema)
-        else:
-            errors = _key_errors(frame, dataset_id) + _enriched_row_errors(
-                frame, enrich_prompt().schema, set(taxonomy)
-            )
-        bad_items = sorted({item for item, _ in errors})
-        passed = not errors
-        description = (
-            f"all {len(frame)} rows valid"
-            if passed
-            else f"{len(bad_items)} of {len(frame)} rows invalid; first: {errors[0][0]}: {errors[0][1]}. "
-            "Look at the prompt/schema version and the model; fix, then re-materialize the chunk."
-        )
-        return _result(
-            context,
-            asset,
-            "outputs_valid",
-            passed=passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            blocking=True,
-            description=description,
-            metadata={
-                "rows_checked": dg.MetadataValue.int(len(frame)),
-                "rows_invalid": dg.MetadataValue.int(len(bad_items)),
-                "problems": dg.MetadataValue.json(
-                    [{"item_id": i, "problem": p} for i, p in errors[:_MAX_EXAMPLES]]
-                ),
-            },
-        )
 
-    return _check
+
+def outputs_valid(
+    context: dg.AssetCheckExecutionContext,
+    asset: dg.AssetKey,
+    settings: PipelineSettings,
+    frame: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    dataset_id, _ = parse_chunk_key(context.partition_key)
+    taxonomy = load_taxonomy(settings.taxonomy_path)
+    if frame.empty:
+        errors: list[tuple[str, str]] = []
+    elif asset == CLASSIFIED:
+        schema = classify_prompt(taxonomy, []).schema
+        errors = _key_errors(frame, dataset_id) + _classified_row_errors(frame, schema)
+    else:
+        errors = _key_errors(frame, dataset_id) + _enriched_row_errors(
+            frame, enrich_prompt().schema, set(taxonomy)
+        )
+    bad_items = sorted({item for item, _ in errors})
+    passed = not errors
+    description = (
+        f"all {len(frame)} rows valid"
+        if passed
+        else f"{len(bad_items)} of {len(frame)} rows invalid; first: {errors[0][0]}: {errors[0][1]}. "
+        "Look at the prompt/schema version and the model; fix, then re-materialize the chunk."
+    )
+    return _result(
+        context,
+        asset,
+        "outputs_valid",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        blocking=True,
+        description=description,
+        metadata={
+            "rows_checked": dg.MetadataValue.int(len(frame)),
+            "rows_invalid": dg.MetadataValue.int(len(bad_items)),
+            "problems": dg.MetadataValue.json(
+                [{"item_id": i, "problem": p} for i, p in errors[:_MAX_EXAMPLES]]
+            ),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- success_rate
 
 
-def _success_rate_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
-    stage = asset.path[-1]
-
-    @dg.asset_check(
-        asset=asset,
-        name="success_rate",
-        partitions_def=chunk_partitions,
+def _success_rate_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
+    return _spec(
+        asset,
+        "success_rate",
         blocking=True,
         description=(
-            f"`{stage}` rows / items in the chunk is at least `quality_gates.min_success_rate` (default 0.95). "
-            "Invalid inputs and dead-lettered items count as failed. Blocking. Metadata says how many failed, "
-            "at which stage and why, and where their dead letters are."
+            f"`{asset.path[-1]}` rows / items in the chunk is at least `quality_gates.min_success_rate` (default "
+            "0.95). Invalid inputs and dead-lettered items count as failed. Blocking. Metadata says how many "
+            "failed, at which stage and why, and where their dead letters are."
         ),
     )
-    def _check(
-        context: dg.AssetCheckExecutionContext,
-        settings: PipelineSettings,
-        quality_gates: QualityGateSettings,
-        frame: pd.DataFrame,
-    ):
-        partition = context.partition_key
-        dataset_id, _ = parse_chunk_key(partition)
-        items_meta = _latest_metadata(context.instance, dg.AssetKey("items"), partition)
-        attempted = int(items_meta.get("items_total", len(frame)))
-        succeeded = len(frame)
-        failed = max(0, attempted - succeeded)
-        rate = succeeded / attempted if attempted else 1.0
-        threshold = quality_gates.min_success_rate
-        store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
-        dead = store.query(dataset_id, partition)
-        upstream = ("items", "classified") if asset == CLASSIFIED else ("items", "classified", "enriched")
-        dead = dead[dead["stage"].isin(upstream)]
-        by_stage = {str(k): int(v) for k, v in dead["stage"].value_counts().items()}
-        by_class = {str(k): int(v) for k, v in dead["error_class"].value_counts().items()}
-        passed = rate >= threshold
-        description = (
-            f"{succeeded:,} of {attempted:,} items succeeded ({rate:.1%}), {failed:,} failed; "
-            f"threshold {threshold:.1%}."
-        )
-        if not passed:
-            description += (
-                f" Failures by class: {by_class or 'none recorded'}. Read the dead letters at "
-                f"{store.uri_for(dataset_id)}; fix the cause (prompt, inputs, provider), then re-materialize."
-            )
-        return _result(
-            context,
-            asset,
-            "success_rate",
-            passed=passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            blocking=True,
-            description=description,
-            metadata={
-                "success_rate": dg.MetadataValue.float(rate),
-                "threshold": dg.MetadataValue.float(threshold),
-                "items_attempted": dg.MetadataValue.int(attempted),
-                "items_succeeded": dg.MetadataValue.int(succeeded),
-                "items_failed": dg.MetadataValue.int(failed),
-                "failed_by_stage": dg.MetadataValue.json(by_stage),
-                "failed_by_error_class": dg.MetadataValue.json(by_class),
-                "failed_item_ids": dg.MetadataValue.json(sorted(dead["item_id"].astype(str))[:_MAX_EXAMPLES]),
-                "dead_letters_uri": dg.MetadataValue.path(store.uri_for(dataset_id)),
-            },
-        )
 
-    return _check
+
+def success_rate(
+    context: dg.AssetCheckExecutionContext,
+    asset: dg.AssetKey,
+    settings: PipelineSettings,
+    quality_gates: QualityGateSettings,
+    frame: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    partition = context.partition_key
+    dataset_id, _ = parse_chunk_key(partition)
+    items_meta = _latest_metadata(context.instance, dg.AssetKey("items"), partition)
+    attempted = int(items_meta.get("items_total", len(frame)))
+    succeeded = len(frame)
+    failed = max(0, attempted - succeeded)
+    rate = succeeded / attempted if attempted else 1.0
+    threshold = quality_gates.min_success_rate
+    store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
+    dead = store.query(dataset_id, partition)
+    upstream = ("items", "classified") if asset == CLASSIFIED else ("items", "classified", "enriched")
+    dead = dead[dead["stage"].isin(upstream)]
+    by_stage = {str(k): int(v) for k, v in dead["stage"].value_counts().items()}
+    by_class = {str(k): int(v) for k, v in dead["error_class"].value_counts().items()}
+    passed = rate >= threshold
+    description = (
+        f"{succeeded:,} of {attempted:,} items succeeded ({rate:.1%}), {failed:,} failed; "
+        f"threshold {threshold:.1%}."
+    )
+    if not passed:
+        description += (
+            f" Failures by class: {by_class or 'none recorded'}. Read the dead letters at "
+            f"{store.uri_for(dataset_id)}; fix the cause (prompt, inputs, provider), then re-materialize."
+        )
+    return _result(
+        context,
+        asset,
+        "success_rate",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        blocking=True,
+        description=description,
+        metadata={
+            "success_rate": dg.MetadataValue.float(rate),
+            "threshold": dg.MetadataValue.float(threshold),
+            "items_attempted": dg.MetadataValue.int(attempted),
+            "items_succeeded": dg.MetadataValue.int(succeeded),
+            "items_failed": dg.MetadataValue.int(failed),
+            "failed_by_stage": dg.MetadataValue.json(by_stage),
+            "failed_by_error_class": dg.MetadataValue.json(by_class),
+            "failed_item_ids": dg.MetadataValue.json(sorted(dead["item_id"].astype(str))[:_MAX_EXAMPLES]),
+            "dead_letters_uri": dg.MetadataValue.path(store.uri_for(dataset_id)),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- sampled_quality
 
 
-@dg.asset_check(
-    asset=CLASSIFIED,
-    name="sampled_quality",
-    partitions_def=chunk_partitions,
+SAMPLED_QUALITY = _spec(
+    CLASSIFIED,
+    "sampled_quality",
     blocking=True,
-    additional_ins={"items": dg.AssetIn("items")},
+    additional_deps=["items"],
     description=(
         "A random sample of the chunk (size `quality_gates.sample_size`, default 50; seeded by the partition key "
         "so a re-run scores the same items) is scored against the input's gold `label`, or by the `judge_llm` "
@@ -327,7 +353,9 @@ def _success_rate_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
         "good chunk. Severity WARN by default; ERROR blocks `enriched`. The judge's cost is `cost_usd`."
     ),
 )
-def classified_sampled_quality(
+
+
+def sampled_quality(
     context: dg.AssetCheckExecutionContext,
     settings: PipelineSettings,
     quality_gates: QualityGateSettings,
@@ -447,10 +475,9 @@ def _recent_label_counts(
     return found
 
 
-@dg.asset_check(
-    asset=CLASSIFIED,
-    name="label_drift",
-    partitions_def=chunk_partitions,
+LABEL_DRIFT = _spec(
+    CLASSIFIED,
+    "label_drift",
     blocking=False,
     description=(
         "The chunk's label mix against the pooled mix of the dataset's most recently checked chunks "
@@ -460,7 +487,9 @@ def _recent_label_counts(
         "by construction."
     ),
 )
-def classified_label_drift(
+
+
+def label_drift_check(
     context: dg.AssetCheckExecutionContext, quality_gates: QualityGateSettings, classified: pd.DataFrame
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
@@ -483,6 +512,8 @@ def classified_label_drift(
     }
     if sum(reference.values()) < quality_gates.drift_min_reference_items or not counts:
         return dg.AssetCheckResult(
+            asset_key=CLASSIFIED,
+            check_name="label_drift",
             passed=True,
             severity=dg.AssetCheckSeverity.WARN,
             description=(
@@ -515,20 +546,23 @@ def classified_label_drift(
         }
     )
     return dg.AssetCheckResult(
-        passed=passed, severity=dg.AssetCheckSeverity.WARN, description=description, metadata=metadata
+        asset_key=CLASSIFIED,
+        check_name="label_drift",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata=metadata,
     )
 
 
 # ---------------------------------------------------------------------------------------------- cost_per_item
 
 
-def _cost_per_item_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
+def _cost_per_item_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
     stage = asset.path[-1]
-
-    @dg.asset_check(
-        asset=asset,
-        name="cost_per_item",
-        partitions_def=chunk_partitions,
+    return _spec(
+        asset,
+        "cost_per_item",
         blocking=False,
         description=(
             f"USD per item sent to `{stage}` against `{stage}_max_cost_per_item_usd`, and the share of the chunk's "
@@ -536,86 +570,166 @@ def _cost_per_item_check(asset: dg.AssetKey) -> dg.AssetChecksDefinition:
             "listed items are the inputs to filter or truncate (see `length_policy`)."
         ),
     )
-    def _check(
-        context: dg.AssetCheckExecutionContext, quality_gates: QualityGateSettings, frame: pd.DataFrame
-    ):
-        meta = _latest_metadata(context.instance, asset, context.partition_key)
-        cost = float(meta.get("cost_usd", frame["cost_usd"].sum() if not frame.empty else 0.0))
-        sent = int(meta.get("items_total", len(frame)))
-        per_item = cost / sent if sent else 0.0
-        billed = frame[frame["routed"].astype(bool)] if asset == ENRICHED and not frame.empty else frame
-        tokens = (
-            {}
-            if billed.empty
-            else {
-                str(i): int(t)
-                for i, t in zip(
-                    billed["item_id"], billed["input_tokens"] + billed["output_tokens"], strict=True
-                )
-            }
-        )
-        share, top_ids = top_decile_share(tokens)
-        ceiling = quality_gates.cost_ceiling(asset)
-        too_dear = ceiling is not None and per_item > ceiling
-        too_skewed = share > quality_gates.max_top_decile_token_share
-        passed = not (too_dear or too_skewed)
-        reasons = []
-        if too_dear:
-            reasons.append(f"${per_item:.6f} per item is above the ceiling ${ceiling:.6f}")
-        if too_skewed:
-            reasons.append(
-                f"the largest 10% of items take {share:.0%} of the tokens (limit "
-                f"{quality_gates.max_top_decile_token_share:.0%}): filter or truncate them"
-            )
-        description = (
-            "; ".join(reasons)
-            if reasons
-            else f"${per_item:.6f} per item; the largest 10% of items take {share:.0%} of the tokens"
-        )
-        return dg.AssetCheckResult(
-            passed=passed,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=description,
-            metadata={
-                "cost_per_item_usd": dg.MetadataValue.float(per_item),
-                "ceiling_usd": dg.MetadataValue.float(ceiling if ceiling is not None else 0.0),
-                "cost_usd": dg.MetadataValue.float(cost),
-                "items_sent": dg.MetadataValue.int(sent),
-                "top_decile_token_share": dg.MetadataValue.float(share),
-                "max_top_decile_token_share": dg.MetadataValue.float(
-                    quality_gates.max_top_decile_token_share
-                ),
-                "top_decile_item_ids": dg.MetadataValue.json(top_ids[:_MAX_EXAMPLES]),
-            },
-        )
 
-    return _check
+
+def cost_per_item(
+    context: dg.AssetCheckExecutionContext,
+    asset: dg.AssetKey,
+    quality_gates: QualityGateSettings,
+    frame: pd.DataFrame,
+) -> dg.AssetCheckResult:
+    meta = _latest_metadata(context.instance, asset, context.partition_key)
+    cost = float(meta.get("cost_usd", frame["cost_usd"].sum() if not frame.empty else 0.0))
+    sent = int(meta.get("items_total", len(frame)))
+    per_item = cost / sent if sent else 0.0
+    billed = frame[frame["routed"].astype(bool)] if asset == ENRICHED and not frame.empty else frame
+    tokens = (
+        {}
+        if billed.empty
+        else {
+            str(i): int(t)
+            for i, t in zip(billed["item_id"], billed["input_tokens"] + billed["output_tokens"], strict=True)
+        }
+    )
+    share, top_ids = top_decile_share(tokens)
+    ceiling = quality_gates.cost_ceiling(asset)
+    too_dear = ceiling is not None and per_item > ceiling
+    too_skewed = share > quality_gates.max_top_decile_token_share
+    passed = not (too_dear or too_skewed)
+    reasons = []
+    if too_dear:
+        reasons.append(f"${per_item:.6f} per item is above the ceiling ${ceiling:.6f}")
+    if too_skewed:
+        reasons.append(
+            f"the largest 10% of items take {share:.0%} of the tokens (limit "
+            f"{quality_gates.max_top_decile_token_share:.0%}): filter or truncate them"
+        )
+    description = (
+        "; ".join(reasons)
+        if reasons
+        else f"${per_item:.6f} per item; the largest 10% of items take {share:.0%} of the tokens"
+    )
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name="cost_per_item",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={
+            "cost_per_item_usd": dg.MetadataValue.float(per_item),
+            "ceiling_usd": dg.MetadataValue.float(ceiling if ceiling is not None else 0.0),
+            "cost_usd": dg.MetadataValue.float(cost),
+            "items_sent": dg.MetadataValue.int(sent),
+            "top_decile_token_share": dg.MetadataValue.float(share),
+            "max_top_decile_token_share": dg.MetadataValue.float(quality_gates.max_top_decile_token_share),
+            "top_decile_item_ids": dg.MetadataValue.json(top_ids[:_MAX_EXAMPLES]),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the checks
+#
+# One step per checked stage, not one per check: each step costs a run ~90 ms of events and input loads, and
+# eight single-check steps were more than half of a chunk run's orchestration overhead (docs/benchmarks.md).
+# The steps can subset, so the UI still runs any one check on its own.
 
-classified_outputs_valid = _outputs_valid_check(CLASSIFIED)
-enriched_outputs_valid = _outputs_valid_check(ENRICHED)
-classified_success_rate = _success_rate_check(CLASSIFIED)
-enriched_success_rate = _success_rate_check(ENRICHED)
-classified_cost_per_item = _cost_per_item_check(CLASSIFIED)
-enriched_cost_per_item = _cost_per_item_check(ENRICHED)
-
-stage_checks: list[dg.AssetChecksDefinition] = [
-    classified_outputs_valid,
-    classified_success_rate,
-    classified_sampled_quality,
-    classified_label_drift,
-    classified_cost_per_item,
-    enriched_outputs_valid,
-    enriched_success_rate,
-    enriched_cost_per_item,
+CLASSIFIED_CHECK_SPECS = [
+    _outputs_valid_spec(CLASSIFIED),
+    _success_rate_spec(CLASSIFIED),
+    SAMPLED_QUALITY,
+    LABEL_DRIFT,
+    _cost_per_item_spec(CLASSIFIED),
 ]
+ENRICHED_CHECK_SPECS = [
+    _outputs_valid_spec(ENRICHED),
+    _success_rate_spec(ENRICHED),
+    _cost_per_item_spec(ENRICHED),
+]
+
+
+def _evaluate_selected(
+    context: dg.AssetCheckExecutionContext,
+    asset: dg.AssetKey,
+    evaluators: dict[str, Callable[[], dg.AssetCheckResult]],
+) -> Iterator[dg.AssetCheckResult]:
+    """Run the selected checks of `asset` in order. One that raises does not stop the others: each result is
+    yielded, every error is logged with its check's name, then the first error fails the step."""
+    selected = context.selected_asset_check_keys
+    errors: list[tuple[str, Exception]] = []
+    for name, evaluate in evaluators.items():
+        if dg.AssetCheckKey(asset, name) not in selected:
+            continue
+        try:
+            result = evaluate()
+        except Exception as error:  # re-raised below, after the other checks have had their say
+            context.log.error(f"check {asset.to_user_string()}:{name} raised {type(error).__name__}: {error}")
+            errors.append((name, error))
+            continue
+        yield result
+    if errors:
+        raise errors[0][1]
+
+
+def _stage_evaluators(
+    context: dg.AssetCheckExecutionContext,
+    asset: dg.AssetKey,
+    settings: PipelineSettings,
+    quality_gates: QualityGateSettings,
+    frame: pd.DataFrame,
+) -> dict[str, Callable[[], dg.AssetCheckResult]]:
+    """The checks both stages have, by name, ready to evaluate on `frame`."""
+    return {
+        "outputs_valid": lambda: outputs_valid(context, asset, settings, frame),
+        "success_rate": lambda: success_rate(context, asset, settings, quality_gates, frame),
+        "cost_per_item": lambda: cost_per_item(context, asset, quality_gates, frame),
+    }
+
+
+@dg.multi_asset_check(
+    name="classified_checks",
+    specs=CLASSIFIED_CHECK_SPECS,
+    can_subset=True,
+    ins={"classified": dg.AssetIn("classified"), "items": dg.AssetIn("items")},
+    description="The quality gates of `classified` for one chunk (see each check's description).",
+)
+def classified_checks(
+    context: dg.AssetCheckExecutionContext,
+    settings: PipelineSettings,
+    quality_gates: QualityGateSettings,
+    judge_llm: LLMResource,
+    classified: pd.DataFrame,
+    items: pd.DataFrame,
+) -> Iterator[dg.AssetCheckResult]:
+    evaluators = _stage_evaluators(context, CLASSIFIED, settings, quality_gates, classified)
+    evaluators["sampled_quality"] = lambda: sampled_quality(
+        context, settings, quality_gates, judge_llm, classified, items
+    )
+    evaluators["label_drift"] = lambda: label_drift_check(context, quality_gates, classified)
+    yield from _evaluate_selected(context, CLASSIFIED, evaluators)
+
+
+@dg.multi_asset_check(
+    name="enriched_checks",
+    specs=ENRICHED_CHECK_SPECS,
+    can_subset=True,
+    ins={"enriched": dg.AssetIn("enriched")},
+    description="The quality gates of `enriched` for one chunk (see each check's description).",
+)
+def enriched_checks(
+    context: dg.AssetCheckExecutionContext,
+    settings: PipelineSettings,
+    quality_gates: QualityGateSettings,
+    enriched: pd.DataFrame,
+) -> Iterator[dg.AssetCheckResult]:
+    yield from _evaluate_selected(
+        context, ENRICHED, _stage_evaluators(context, ENRICHED, settings, quality_gates, enriched)
+    )
+
+
+stage_checks: list[dg.AssetChecksDefinition] = [classified_checks, enriched_checks]
 """Every quality gate; register with `dg.Definitions(asset_checks=stage_checks, ...)`."""
 
-STAGE_CHECK_SPECS: list[dg.AssetCheckSpec] = [
-    spec for checks_def in stage_checks for spec in checks_def.check_specs
-]
+STAGE_CHECK_SPECS: list[dg.AssetCheckSpec] = [*CLASSIFIED_CHECK_SPECS, *ENRICHED_CHECK_SPECS]
 
 
 # ---------------------------------------------------------------------------------------------- reporting

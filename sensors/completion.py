@@ -36,7 +36,6 @@ DATASET_COMPLETE = dg.AssetKey("dataset_complete")
 dataset_completion_job = dg.define_asset_job(
     "dataset_completion",
     selection=dg.AssetSelection.assets("cost_ledger", "dataset_complete"),
-    partitions_def=dataset_partitions,
     description="A finished dataset's cost ledger and completion report (partition = dataset id).",
 )
 

@@ -8,15 +8,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from llm_assets.checks import (
-    QualityGateSettings,
-    classified_outputs_valid,
-    enriched_cost_per_item,
-    enriched_outputs_valid,
-)
+from io_managers.chunk_parquet import ChunkParquetIOManager
+from llm_assets.checks import CLASSIFIED, ENRICHED, QualityGateSettings, classified_checks, enriched_checks
 from llm_assets.failure_class import FailureClass, run_failure_class
 from llm_assets.partitions import CHUNK_PARTITIONS_NAME, chunk_partitions
 from llm_assets.settings import PipelineSettings
+from resources.llm import LLMResource
 
 KEY = "tiny-0a1b2c3d__c00000"
 
@@ -30,29 +27,63 @@ def _classified_row(item: str, label: str, confidence: float) -> dict:
     }  # fmt: skip
 
 
-def _run_check(check, frame: pd.DataFrame, tmp_path, **gates):
-    """Materialize a stand-in for the checked stage asset holding `frame`, with `check`, for one chunk."""
-    (asset_key,) = {spec.asset_key for spec in check.check_specs}
+def _run_checks(check_keys: list[dg.AssetCheckKey], frame: pd.DataFrame, tmp_path, **gates):
+    """Materialize a stand-in for the checked stage asset holding `frame` and run only `check_keys` of its
+    stage's checks step, for one chunk. Returns the run's result, its failure class and its log
+    messages."""
+    (asset_key,) = {key.asset_key for key in check_keys}
+    checks = classified_checks if asset_key == CLASSIFIED else enriched_checks
 
     @dg.asset(key=asset_key, partitions_def=chunk_partitions)
     def stage_output() -> pd.DataFrame:
         return frame
 
+    @dg.asset(key="items", partitions_def=chunk_partitions)
+    def items_stand_in() -> pd.DataFrame:
+        return pd.DataFrame({"item_id": [], "text": []})
+
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CHUNK_PARTITIONS_NAME, [KEY])
         result = dg.materialize(
-            [stage_output, check],
+            [stage_output, items_stand_in, checks],
+            selection=dg.AssetSelection.assets(asset_key, "items").without_checks()
+            | dg.AssetSelection.checks(*check_keys),
             instance=instance,
             partition_key=KEY,
             raise_on_error=False,
             resources={
-                "io_manager": dg.mem_io_manager,
+                "io_manager": ChunkParquetIOManager(base_uri=str(tmp_path / "outputs")),
                 "settings": PipelineSettings(home=str(tmp_path / "home")),
                 "quality_gates": QualityGateSettings(**gates),
+                # Required by the classified checks step; the checks run here never call it (port 9: discard).
+                "judge_llm": LLMResource(
+                    base_url="http://127.0.0.1:9/v1", api_key="unused", model="gpt-6-luna"
+                ),
             },
         )
-        (evaluation,) = result.get_asset_check_evaluations()
-        return evaluation, run_failure_class(instance, result.run_id)
+        logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+        return result, run_failure_class(instance, result.run_id), logged
+
+
+def _run_check(check_key: dg.AssetCheckKey, frame: pd.DataFrame, tmp_path, **gates):
+    """Run the one check `check_key` on `frame`: its evaluation and the run's failure class."""
+    result, failure, _ = _run_checks([check_key], frame, tmp_path, **gates)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.asset_check_key == check_key
+    return evaluation, failure
+
+
+def test_a_check_that_raises_does_not_stop_the_other_checks_of_its_step_and_fails_the_step(tmp_path):
+    # A frame without `gold_label` makes sampled_quality raise (KeyError); the other four still report.
+    frame = pd.DataFrame([_classified_row("a", "card_arrival", 0.9)]).drop(columns=["gold_label"])
+    names = ["outputs_valid", "success_rate", "sampled_quality", "label_drift", "cost_per_item"]
+    result, _, logged = _run_checks([dg.AssetCheckKey(CLASSIFIED, n) for n in names], frame, tmp_path)
+    evaluated = {e.check_name for e in result.get_asset_check_evaluations()}
+    assert evaluated == set(names) - {"sampled_quality"}
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "classified_checks" and "KeyError" in str(failure.step_failure_data.error)
+    assert any("check classified:sampled_quality raised KeyError" in m for m in logged)
 
 
 def test_a_label_outside_the_taxonomy_fails_outputs_valid_and_marks_a_quality_gate_failure(tmp_path):
@@ -64,7 +95,7 @@ def test_a_label_outside_the_taxonomy_fails_outputs_valid_and_marks_a_quality_ga
             _classified_row("c", "card_linking", 0.5),
         ]
     )
-    evaluation, failure = _run_check(classified_outputs_valid, frame, tmp_path)
+    evaluation, failure = _run_check(dg.AssetCheckKey(CLASSIFIED, "outputs_valid"), frame, tmp_path)
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     assert meta["rows_checked"] == 4 and meta["rows_invalid"] == 2
@@ -80,7 +111,7 @@ def test_valid_rows_pass_outputs_valid(tmp_path):
     frame = pd.DataFrame(
         [_classified_row("a", "card_arrival", 0.9), _classified_row("b", "card_linking", 0.0)]
     )
-    evaluation, failure = _run_check(classified_outputs_valid, frame, tmp_path)
+    evaluation, failure = _run_check(dg.AssetCheckKey(CLASSIFIED, "outputs_valid"), frame, tmp_path)
     assert evaluation.passed and failure is None
 
 
@@ -103,7 +134,7 @@ def test_enriched_rows_are_checked_against_the_enrichment_schema(tmp_path):
             _enriched_row("d", False, None, None),
         ]
     )
-    evaluation, _ = _run_check(enriched_outputs_valid, frame, tmp_path)
+    evaluation, _ = _run_check(dg.AssetCheckKey(ENRICHED, "outputs_valid"), frame, tmp_path)
     problems = {(p["item_id"], p["problem"]) for p in evaluation.metadata["problems"].value}
     assert problems == {
         ("b", "$.urgency: 'urgent' is not one of the allowed values"),
@@ -122,7 +153,10 @@ def test_cost_per_item_warns_on_the_ceiling_and_on_a_few_items_eating_the_tokens
     rows.append(_enriched_row("big", True, "low", "[]", tokens=tokens_of_the_big_item))
     rows.append(_enriched_row("skipped", False, None, None, tokens=0))
     evaluation, failure = _run_check(
-        enriched_cost_per_item, pd.DataFrame(rows), tmp_path, enriched_max_cost_per_item_usd=ceiling
+        dg.AssetCheckKey(ENRICHED, "cost_per_item"),
+        pd.DataFrame(rows),
+        tmp_path,
+        enriched_max_cost_per_item_usd=ceiling,
     )
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     assert evaluation.passed is passed and evaluation.severity == dg.AssetCheckSeverity.WARN

@@ -12,10 +12,13 @@ materialized and downstream stages do not run until `batch_poll_sensor` requests
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from io_managers.parquet_files import is_s3_uri
+from io_managers.s3_config import S3_ENDPOINT_ENV, S3_ON_ENV
 from llm_assets.datasets import load_dataset, read_chunk
 from llm_assets.partitions import chunk_partitions, parse_chunk_key
 from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
@@ -25,6 +28,7 @@ from llm_assets.stages import BatchWait, StageOutcome, run_batch_stage, run_stag
 from llm_assets.validation import validate_chunk
 from resources.dead_letters import DeadLetter, DeadLetterStore
 from resources.llm import LLMResource
+from resources.llm.errors import JobFatalError
 from resources.llm.tokens import count_tokens
 
 OWNERS = ["team:data-platform"]
@@ -106,10 +110,18 @@ def _write_dead_letters(
         )
     },
 )
-def items(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+def items(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, s3: dg.ResourceParam[Any]
+) -> dg.MaterializeResult:
     dataset_id, chunk_index = parse_chunk_key(context.partition_key)
     dataset = load_dataset(dataset_id, settings.home_path())
-    raw = read_chunk(dataset, chunk_index)
+    if is_s3_uri(dataset.uri) and s3 is None:
+        raise JobFatalError(
+            "config",
+            f"dataset {dataset_id} is read from {dataset.uri}, but this code location has no S3 resource: set "
+            f"{S3_ENDPOINT_ENV} (an S3-compatible server) or {S3_ON_ENV}=1 (AWS) where Dagster runs, then re-run the chunk",
+        )
+    raw = read_chunk(dataset, chunk_index, s3=s3)
     checked = validate_chunk(
         raw,
         chunk_index=chunk_index,

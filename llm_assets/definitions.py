@@ -9,6 +9,8 @@ the local simulator (the demo), a real provider, or an OpenAI-compatible server:
 - `CHUNKWISE_HOME` (local state, default `./.chunkwise`)
 - `CHUNKWISE_MODE` (`online` | `batch`, default `online`: both LLM stages through the providers' Batch APIs,
   collected by `batch_poll_sensor`; docs/batch_mode.md)
+- `CHUNKWISE_S3_ENDPOINT_URL` / `CHUNKWISE_S3=1` (S3 for `s3://` datasets; on by itself when
+  `CHUNKWISE_WATCH_URI` is an `s3://` prefix; io_managers/s3_config.py)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import dagster as dg
 
 from io_managers.chunk_parquet import ChunkParquetIOManager
+from io_managers.parquet_files import is_s3_uri
+from io_managers.s3_config import s3_from_env
 from llm_assets.assets import classified, enriched, items
 from llm_assets.checks import QualityGateSettings, stage_checks
 from llm_assets.completion import CompletionSettings, ledger_assets
@@ -27,7 +31,7 @@ from llm_assets.hooks import remove_checkpoints_on_success
 from llm_assets.settings import PipelineSettings, chunkwise_home, stage_modes_from_env
 from resources.llm import LLMResource
 from sensors.alerts import check_alert_sensor
-from sensors.recovery import recovery_sensors
+from sensors.recovery import WATCH_URI_ENV, recovery_sensors
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "banking77"
 DEFAULT_BASE_URL = "http://127.0.0.1:8765/v1"
@@ -49,11 +53,13 @@ def build_defs(
     quality_gates: dict[str, Any] | None = None,
     completion: dict[str, Any] | None = None,
     sensors: list[dg.SensorDefinition] | None = None,
+    s3: Any = None,
 ) -> dg.Definitions:
     """The pipeline wired to one provider endpoint.
 
     `settings`, `llm`, `quality_gates`, `completion` override fields of PipelineSettings, LLMResource (both
-    models), QualityGateSettings and CompletionSettings; `sensors` replaces the default sensors.
+    models), QualityGateSettings and CompletionSettings; `sensors` replaces the default sensors; `s3` (a
+    dagster-aws S3Resource) reads `s3://` datasets and watched prefixes (None: local files only).
     """
 
     def _llm(model: str) -> LLMResource:
@@ -76,12 +82,16 @@ def build_defs(
             "quality_gates": QualityGateSettings(**(quality_gates or {})),
             "completion": CompletionSettings(**(completion or {})),
             "io_manager": ChunkParquetIOManager(base_uri=str(home / "outputs")),
+            "s3": s3 if s3 is not None else dg.ResourceDefinition.none_resource("no S3: local files only"),
         },
     )
 
 
-def defs_from_env(home: Path | None = None) -> dg.Definitions:
-    """The pipeline configured from the CHUNKWISE_* environment variables (see the module docstring)."""
+def defs_from_env(home: Path | None = None, s3: Any = None) -> dg.Definitions:
+    """The pipeline configured from the CHUNKWISE_* environment variables (see the module docstring); `s3`
+    overrides the S3 resource they describe."""
+    if s3 is None:
+        s3 = s3_from_env(required=is_s3_uri(os.environ.get(WATCH_URI_ENV, "")))
     return build_defs(
         provider=os.environ.get("CHUNKWISE_LLM_PROVIDER", "openai"),
         base_url=os.environ.get("CHUNKWISE_LLM_BASE_URL", DEFAULT_BASE_URL),
@@ -90,6 +100,7 @@ def defs_from_env(home: Path | None = None) -> dg.Definitions:
         enrich_model=os.environ.get("CHUNKWISE_ENRICH_MODEL", "gpt-6.2-sol"),
         home=home or chunkwise_home(),
         settings=stage_modes_from_env(),
+        s3=s3,
     )
 
 

@@ -140,12 +140,15 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     # Imported late: the definitions read the provider settings from the environment set above.
     import dagster as dg
 
+    from io_managers.parquet_files import is_s3_uri
+    from io_managers.s3_config import s3_from_env
     from llm_assets.chunk_status import chunk_states
     from llm_assets.datasets import DatasetSpec, load_team_rules, register_dataset
     from llm_assets.definitions import defs_from_env
     from sensors.chunk_runs import chunk_run_request, default_provider
 
-    defs = defs_from_env(home)
+    s3 = s3_from_env(required=is_s3_uri(args.data))  # credentials: the standard AWS chain
+    defs = defs_from_env(home, s3=s3)
     instance = dg.DagsterInstance.get()
     if Path(args.data).resolve() == BANKING.resolve():
         # The shipped sample has `text,category` and no id or team: ids are derived from the row number
@@ -160,7 +163,7 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         )
     else:
         spec = DatasetSpec(uri=args.data, chunk_size=args.chunk_size)
-    dataset = register_dataset(spec, instance, home)
+    dataset = register_dataset(spec, instance, home, s3=s3)
     print(
         f"dataset {dataset.dataset_id}: {dataset.total_rows:,} items in {dataset.n_chunks} chunks of {dataset.chunk_size}"
     )

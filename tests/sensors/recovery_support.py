@@ -36,9 +36,9 @@ def write_labelled_dataset(path: Path, n: int, seed: int = 7, markers: dict[int,
 
 
 def recovery_defs(
-    base_url: str, api_key: str, home: Path, sensors: list[dg.SensorDefinition], **llm
+    base_url: str, api_key: str, home: Path, sensors: list[dg.SensorDefinition], s3=None, **llm
 ) -> dg.Definitions:
-    """The pipeline (stages, quality gates, ledger, completion) and the given sensors."""
+    """The pipeline (stages, quality gates, ledger, completion) and the given sensors (`s3`: an S3Resource)."""
     return build_defs(
         base_url=f"{base_url}/v1",
         api_key=api_key,
@@ -47,6 +47,7 @@ def recovery_defs(
         llm={**FAST_FAIL_LLM, **llm},
         completion={"min_success_rate": 0.95},
         sensors=sensors,
+        s3=s3,
     )
 
 

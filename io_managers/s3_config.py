@@ -4,7 +4,7 @@ A code location that reads or writes nothing on S3 never imports dagster_aws: it
 run worker ~0.6 s (docs/benchmarks.md). S3 is in use when any of these holds where Dagster runs:
 - `CHUNKWISE_S3_ENDPOINT_URL` is set: an S3-compatible server (MinIO, moto, ...);
 - `CHUNKWISE_S3=1`: AWS S3 itself;
-- the caller knows it needs S3 (`required=True`: an `s3://` dataset or watched prefix).
+- the caller knows it needs S3 (`required=True`: an `s3://` dataset, watched prefix or outputs URI).
 Credentials and region come from the standard AWS chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
 `AWS_REGION`, a profile, an instance role), never from Chunkwise's config, so they never show in the UI.
 """

@@ -124,6 +124,7 @@ def build_dataset_completion(
     home: Path,
     ledger: pd.DataFrame,
     success_threshold: float,
+    s3: Any = None,
 ) -> DatasetCompletion:
     """The report of a dataset whose chunks are all terminal; dg.Failure (no retry) if some are not."""
     states = chunk_states(instance, dataset.partition_keys)
@@ -139,7 +140,7 @@ def build_dataset_completion(
             allow_retries=False,
         )
     store = DeadLetterStore(str(home / "dead_letters"))
-    report = build_completion_report(instance, dataset, store, wall_clock_s(states))
+    report = build_completion_report(instance, dataset, store, wall_clock_s(states), s3)
     counts: dict[str, int] = {}
     for status in states.values():
         counts[status.state.value] = counts.get(status.state.value, 0) + 1
@@ -277,11 +278,14 @@ def dataset_complete(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     completion: CompletionSettings,
+    s3: dg.ResourceParam[Any],
     cost_ledger: pd.DataFrame,
 ) -> dg.MaterializeResult:
     home = settings.home_path()
     dataset = load_dataset(context.partition_key, home)
-    done = build_dataset_completion(context.instance, dataset, home, cost_ledger, completion.min_success_rate)
+    done = build_dataset_completion(
+        context.instance, dataset, home, cost_ledger, completion.min_success_rate, s3
+    )
     path = write_completion(done, home)
     removed, kept = clean_up_chunks(
         home, dataset.dataset_id, chunk_states(context.instance, dataset.partition_keys)

@@ -37,8 +37,10 @@ LEDGER_COLUMNS = [
 ]  # fmt: skip
 
 
-def _stage_rows(dataset_id: str, partition: str, stage: str, meta: dict[str, Any], day: str) -> pd.DataFrame:
-    frame = read_parquet(str(meta["uri"]))
+def _stage_rows(
+    dataset_id: str, partition: str, stage: str, meta: dict[str, Any], day: str, s3: Any
+) -> pd.DataFrame:
+    frame = read_parquet(str(meta["uri"]), s3=s3)
     if stage == "enriched" and "routed" in frame.columns:
         frame = frame[frame["routed"].astype(bool)]
     rows = pd.DataFrame(
@@ -78,7 +80,7 @@ def _stage_rows(dataset_id: str, partition: str, stage: str, meta: dict[str, Any
     return rows
 
 
-def build_ledger(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> pd.DataFrame:
+def build_ledger(instance: dg.DagsterInstance, dataset: RegisteredDataset, s3: Any = None) -> pd.DataFrame:
     """The ledger rows of `dataset` from the latest materialization of each stage of each chunk."""
     parts: list[pd.DataFrame] = []
     for partition in dataset.partition_keys:
@@ -87,7 +89,7 @@ def build_ledger(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> pd
             if recorded is None:
                 continue
             day = datetime.fromtimestamp(recorded.timestamp, UTC).date().isoformat()
-            parts.append(_stage_rows(dataset.dataset_id, partition, stage, recorded.metadata, day))
+            parts.append(_stage_rows(dataset.dataset_id, partition, stage, recorded.metadata, day, s3))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in LEDGER_COLUMNS})
     return pd.concat(parts, ignore_index=True)[LEDGER_COLUMNS]
@@ -133,9 +135,11 @@ def rollup(ledger: pd.DataFrame, by: str) -> dict[str, float]:
         )
     },
 )
-def cost_ledger(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+def cost_ledger(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, s3: dg.ResourceParam[Any]
+) -> dg.MaterializeResult:
     dataset = load_dataset(context.partition_key, settings.home_path())
-    ledger = build_ledger(context.instance, dataset)
+    ledger = build_ledger(context.instance, dataset, s3)
     by_team = rollup(ledger, "team")
     metadata: dict[str, Any] = {
         "cost_usd": dg.MetadataValue.float(float(ledger["cost_usd"].sum()) if len(ledger) else 0.0),

@@ -9,8 +9,9 @@ the local simulator (the demo), a real provider, or an OpenAI-compatible server:
 - `CHUNKWISE_HOME` (local state, default `./.chunkwise`)
 - `CHUNKWISE_MODE` (`online` | `batch`, default `online`: both LLM stages through the providers' Batch APIs,
   collected by `batch_poll_sensor`; docs/batch_mode.md)
-- `CHUNKWISE_S3_ENDPOINT_URL` / `CHUNKWISE_S3=1` (S3 for `s3://` datasets; on by itself when
-  `CHUNKWISE_WATCH_URI` is an `s3://` prefix; io_managers/s3_config.py)
+- `CHUNKWISE_OUTPUTS_URI` (where stage outputs go: default `$CHUNKWISE_HOME/outputs`, or `s3://bucket/prefix`)
+- `CHUNKWISE_S3_ENDPOINT_URL` / `CHUNKWISE_S3=1` (S3 for `s3://` datasets and outputs; on by itself when
+  `CHUNKWISE_WATCH_URI` or `CHUNKWISE_OUTPUTS_URI` is `s3://`; io_managers/s3_config.py)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sensors.recovery import WATCH_URI_ENV, recovery_sensors
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "banking77"
 DEFAULT_BASE_URL = "http://127.0.0.1:8765/v1"
+OUTPUTS_URI_ENV = "CHUNKWISE_OUTPUTS_URI"
 
 stage_assets = [a.with_hooks({remove_checkpoints_on_success}) for a in (items, classified, enriched)]
 
@@ -54,13 +56,21 @@ def build_defs(
     completion: dict[str, Any] | None = None,
     sensors: list[dg.SensorDefinition] | None = None,
     s3: Any = None,
+    outputs_uri: str | None = None,
 ) -> dg.Definitions:
     """The pipeline wired to one provider endpoint.
 
     `settings`, `llm`, `quality_gates`, `completion` override fields of PipelineSettings, LLMResource (both
     models), QualityGateSettings and CompletionSettings; `sensors` replaces the default sensors; `s3` (a
-    dagster-aws S3Resource) reads `s3://` datasets and watched prefixes (None: local files only).
+    dagster-aws S3Resource) reads `s3://` datasets and watched prefixes and writes `s3://` outputs (None: local
+    files only); `outputs_uri` is where stage outputs go (default `<home>/outputs`).
     """
+    outputs = outputs_uri or str(home / "outputs")
+    if is_s3_uri(outputs) and s3 is None:
+        raise ValueError(
+            f"outputs go to {outputs}, but no S3 resource was given: pass s3= (a dagster_aws S3Resource), or set "
+            "CHUNKWISE_S3_ENDPOINT_URL / CHUNKWISE_S3=1 for defs_from_env"
+        )
 
     def _llm(model: str) -> LLMResource:
         return LLMResource(provider=provider, base_url=base_url, api_key=api_key, model=model, **(llm or {}))
@@ -81,7 +91,7 @@ def build_defs(
             "judge_llm": _llm(judge_model or enrich_model),  # scores sampled items that have no gold label
             "quality_gates": QualityGateSettings(**(quality_gates or {})),
             "completion": CompletionSettings(**(completion or {})),
-            "io_manager": ChunkParquetIOManager(base_uri=str(home / "outputs")),
+            "io_manager": ChunkParquetIOManager(base_uri=outputs, s3=s3 if is_s3_uri(outputs) else None),
             "s3": s3 if s3 is not None else dg.ResourceDefinition.none_resource("no S3: local files only"),
         },
     )
@@ -90,8 +100,11 @@ def build_defs(
 def defs_from_env(home: Path | None = None, s3: Any = None) -> dg.Definitions:
     """The pipeline configured from the CHUNKWISE_* environment variables (see the module docstring); `s3`
     overrides the S3 resource they describe."""
+    outputs_uri = os.environ.get(OUTPUTS_URI_ENV) or None
     if s3 is None:
-        s3 = s3_from_env(required=is_s3_uri(os.environ.get(WATCH_URI_ENV, "")))
+        s3 = s3_from_env(
+            required=any(is_s3_uri(os.environ.get(v, "")) for v in (WATCH_URI_ENV, OUTPUTS_URI_ENV))
+        )
     return build_defs(
         provider=os.environ.get("CHUNKWISE_LLM_PROVIDER", "openai"),
         base_url=os.environ.get("CHUNKWISE_LLM_BASE_URL", DEFAULT_BASE_URL),
@@ -101,6 +114,7 @@ def defs_from_env(home: Path | None = None, s3: Any = None) -> dg.Definitions:
         home=home or chunkwise_home(),
         settings=stage_modes_from_env(),
         s3=s3,
+        outputs_uri=outputs_uri,
     )
 
 

@@ -31,9 +31,12 @@ def latest_materialization(
     return Recorded({k: v.value for k, v in materialization.metadata.items()}, records[0].timestamp)
 
 
-def load_stage_output(instance: dg.DagsterInstance, asset: str, partition: str) -> pd.DataFrame:
-    """A stage partition's output, from the path its latest materialization recorded (`uri` metadata)."""
+def load_stage_output(
+    instance: dg.DagsterInstance, asset: str, partition: str, s3: Any = None
+) -> pd.DataFrame:
+    """A stage partition's output, from the path its latest materialization recorded (`uri` metadata; `s3`, an
+    S3Resource, when outputs live on S3)."""
     recorded = latest_materialization(instance, asset, partition)
     if recorded is None or "uri" not in recorded.metadata:
         raise FileNotFoundError(f"{asset} partition {partition} has no recorded output; re-materialize it")
-    return read_parquet(str(recorded.metadata["uri"]))
+    return read_parquet(str(recorded.metadata["uri"]), s3=s3)

@@ -80,6 +80,7 @@ def build_completion_report(
     dataset: RegisteredDataset,
     dead_letters: DeadLetterStore,
     wall_clock_s: float,
+    s3: Any = None,
 ) -> CompletionReport:
     checks = checks_section(instance, dataset)
     blocked = set(checks["blocked_partitions"])
@@ -108,7 +109,7 @@ def build_completion_report(
             retried += int(meta.get("retries", 0) or 0)
             if partition not in blocked:
                 frames[stage].append(
-                    load_stage_output(instance, stage, partition).assign(_partition=partition)
+                    load_stage_output(instance, stage, partition, s3).assign(_partition=partition)
                 )
         if _latest_metadata(instance, "enriched", partition) is not None:
             materialized += 1

@@ -144,10 +144,11 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     from io_managers.s3_config import s3_from_env
     from llm_assets.chunk_status import chunk_states
     from llm_assets.datasets import DatasetSpec, load_team_rules, register_dataset
-    from llm_assets.definitions import defs_from_env
+    from llm_assets.definitions import OUTPUTS_URI_ENV, defs_from_env
     from sensors.chunk_runs import chunk_run_request, default_provider
 
-    s3 = s3_from_env(required=is_s3_uri(args.data))  # credentials: the standard AWS chain
+    # S3 when the input or the outputs are there; credentials from the standard AWS chain.
+    s3 = s3_from_env(required=is_s3_uri(args.data) or is_s3_uri(os.environ.get(OUTPUTS_URI_ENV, "")))
     defs = defs_from_env(home, s3=s3)
     instance = dg.DagsterInstance.get()
     if Path(args.data).resolve() == BANKING.resolve():

@@ -3,6 +3,7 @@
 `start_sim(config)` starts one and returns a SimHandle; every simulator started in a test is stopped at its end.
 `sim` is a simulator with the default config (models and prices of llm_sim.config, key `sk-sim-local`,
 no latency, no faults, no rate limits).
+`s3_env` is a real S3 API on localhost (moto's server mode) with the environment a deployment sets to use it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from io_managers.s3_config import S3_ENDPOINT_ENV
 from llm_sim.launcher import SimHandle, launch_sim
 
 
@@ -34,3 +36,19 @@ def start_sim() -> Iterator[Callable[..., SimHandle]]:
 def sim(start_sim: Callable[..., SimHandle]) -> SimHandle:
     """A simulator with the default config, fresh for this test."""
     return start_sim({})
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A local S3 server; the environment points Chunkwise at it (no credentials in config). Yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv(S3_ENDPOINT_ENV, f"http://{host}:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    yield f"http://{host}:{port}"
+    server.stop()

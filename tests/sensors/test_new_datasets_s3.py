@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 import pytest
-from moto.server import ThreadedMotoServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recovery_support import launch, recovery_defs, tick, write_labelled_dataset  # noqa: E402
@@ -20,20 +19,6 @@ from llm_assets.failure_class import FailureClass, run_failure_class  # noqa: E4
 from sensors.new_datasets import build_new_dataset_sensor  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def s3_env(monkeypatch):
-    """A local S3 server, and the environment a deployment would set to use it (no credentials in config)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    monkeypatch.setenv(S3_ENDPOINT_ENV, f"http://{host}:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    yield
-    server.stop()
 
 
 def test_files_landing_under_an_s3_prefix_register_once_and_their_chunks_run_from_s3(

@@ -16,7 +16,9 @@ metadata), and the rest, which is the fixed cost: Dagster + IO + checks + checkp
 fresh-process variant). Prints a table, writes the section between `<!-- pipeline:start -->` and
 `<!-- pipeline:end -->` of docs/benchmarks.md, and prints a JSON line.
 
-Usage: python bench/pipeline_overhead.py [--chunks 5]
+The first round of chunks warms every variant up (imports, caches, SQLite files) and is not counted.
+
+Usage: python bench/pipeline_overhead.py [--chunks 8]
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def _fresh_process_run(home: Path, base_url: str, key: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--chunks", type=int, default=5, help="how many 250-item BANKING77 chunks per variant"
+        "--chunks", type=int, default=8, help="how many 250-item BANKING77 chunks per variant (<= 12)"
     )
     args = parser.parse_args()
 
@@ -131,7 +133,7 @@ def main() -> None:
                 dataset = register_dataset(spec, instance, home)
                 variants[name] = (home, instance, dataset)
                 results[name] = []
-            for i in range(args.chunks):
+            for i in range(args.chunks + 1):  # round 0 warms up
                 for name, (home, instance, dataset) in variants.items():
                     key = dataset.partition_keys[i]
                     started = time.perf_counter()
@@ -160,12 +162,17 @@ def main() -> None:
                         wall = time.perf_counter() - started
                         if not ok:
                             raise SystemExit(f"{name} failed on {key}")
-                    results[name].append((wall, _llm_seconds(instance, run_id)))
+                    if i > 0:
+                        results[name].append((wall, _llm_seconds(instance, run_id)))
                     print(f"{name:22s} {key}: wall {wall:.2f}s", flush=True)
     finally:
         sim.terminate()
         sim.wait(timeout=10)
     _report(results, args.chunks)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
 
 
 def _report(results: dict[str, list[tuple[float, float]]], chunks: int) -> None:
@@ -185,7 +192,13 @@ def _report(results: dict[str, list[tuple[float, float]]], chunks: int) -> None:
             f"| {summary[name]['median_overhead_s']:.2f} |"
         )
     on, off = summary["inprocess_ckpt_on"]["median_wall_s"], summary["inprocess_ckpt_off"]["median_wall_s"]
-    ckpt_share = (on - off) / off
+    # Paired by chunk (the two variants ran the same chunk back to back), so machine noise mostly cancels.
+    ckpt_share = statistics.median(
+        (w_on - w_off) / w_off
+        for (w_on, _), (w_off, _) in zip(
+            results["inprocess_ckpt_on"], results["inprocess_ckpt_off"], strict=True
+        )
+    )
     summary["checkpoint_wall_share"] = {"value": ckpt_share}
     in_run = summary["inprocess_ckpt_on"]["median_overhead_s"]
     checks = in_run - summary["inprocess_no_checks"]["median_overhead_s"]
@@ -202,7 +215,7 @@ def _report(results: dict[str, list[tuple[float, float]]], chunks: int) -> None:
     text = (
         "## Per-partition fixed cost and checkpoint cost (`python bench/pipeline_overhead.py`)\n\n"
         f"Zero-latency simulator, BANKING77 chunks of 250 items (classify all, enrich low-confidence), "
-        f"{chunks} partitions per variant, interleaved. Fixed cost = wall time of the partition run minus the "
+        f"{chunks} partitions per variant after one warm-up round, interleaved. Fixed cost = wall time of the partition run minus the "
         "time the LLM resource spent in calls (run and step start, resource init, Parquet IO, event log, quality "
         "checks, checkpoints; for `fresh_process` also the interpreter start and imports). Measured on the "
         "2-core CI-class machine, shared.\n\n"
@@ -215,8 +228,16 @@ def _report(results: dict[str, list[tuple[float, float]]], chunks: int) -> None:
         f"location. Chunkwise adds {fresh - floor:.2f}s to it.\n"
         f"- Multiprocess executor: {multi:.2f}s ({multi / in_run:.0f}x in process; every step pays a process "
         "start), so the chunk job runs in process and parallelism comes from concurrent chunk runs.\n"
-        f"- Checkpointing on vs off (in process, median wall): {on:.2f}s vs {off:.2f}s, "
-        f"{ckpt_share * 100:+.1f}% of wall time.\n"
+        f"- Checkpointing on vs off (in process, median wall): {on:.2f}s vs {off:.2f}s; median paired "
+        f"difference {ckpt_share * 100:+.1f}% of wall time (target under 3%: {_verdict(ckpt_share < 0.03)}; zero latency "
+        "is its worst case, since real calls only add wall time).\n\n"
+        f"Target, under 2 s fixed cost per partition run: inside the run {in_run:.2f}s ({_verdict(in_run < 2.0)}); "
+        f"what Chunkwise adds to a fresh-process run {fresh - floor:.2f}s ({_verdict(fresh - floor < 2.0)}). "
+        "The fresh-process total "
+        f"({fresh:.2f}s) is {'under' if fresh < 2.0 else 'over'} 2 s; Dagster's own floor for such a run "
+        f"({floor:.2f}s) is {'under' if floor < 2.0 else 'already over'} it, so no code location importing "
+        f"pandas can do better with a process per run. Per item of a 250-item chunk: {fresh / 250 * 1000:.0f} ms "
+        "of fixed cost, paid in parallel by concurrent chunk runs.\n"
     )
     print(text)
     replace_section(ROOT / "docs" / "benchmarks.md", "pipeline", text)

@@ -43,7 +43,11 @@ dataset_completion_job = dg.define_asset_job(
 @dataclass
 class CompletionCursor:
     requested: dict[str, float] = field(default_factory=dict)
-    """dataset -> when its completion run was requested (unix s)."""
+    """dataset -> when its latest completion run was requested (unix s)."""
+    attempts: dict[str, int] = field(default_factory=dict)
+    """dataset -> completion runs requested so far (absent: 1)."""
+    gave_up: list[str] = field(default_factory=list)
+    """Datasets whose completion run failed `max_attempts` times: a person materializes them by hand."""
     done: list[str] = field(default_factory=list)
     """Datasets completed and notified: never looked at again."""
     failed_posts_total: int = 0
@@ -66,6 +70,14 @@ def _completion_summary(instance: dg.DagsterInstance, dataset_id: str) -> dict[s
     return dict(summary.value) if summary is not None else {"dataset_id": dataset_id}
 
 
+def _latest_completion_run(instance: dg.DagsterInstance, dataset_id: str) -> dg.RunRecord | None:
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=dataset_completion_job.name, tags={"dagster/partition": dataset_id}),
+        limit=1,
+    )
+    return records[0] if records else None
+
+
 def _notified(instance: dg.DagsterInstance, dataset_id: str) -> bool:
     key = NOTIFIED_KEY_PREFIX + dataset_id
     return bool(instance.run_storage.get_cursor_values({key}).get(key))
@@ -80,8 +92,14 @@ def build_completion_sensor(
     name: str = "dataset_completion_sensor",
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    max_attempts: int = 3,
+    retry_base_s: float = 60.0,
 ) -> dg.SensorDefinition:
-    """The completion sensor. Needs the `settings` resource (PipelineSettings: where datasets are registered)."""
+    """The completion sensor. Needs the `settings` resource (PipelineSettings: where datasets are registered).
+
+    A failed (or canceled) completion run is requested again, `retry_base_s` x 2^(n-1) seconds after the n-th
+    ended, up to `max_attempts` runs in all; then the sensor logs an error naming the last run and stops
+    trying for that dataset (materializing `dataset_complete` by hand then finishes it as usual)."""
 
     @dg.sensor(
         name=name,
@@ -102,6 +120,7 @@ def build_completion_sensor(
         requests: list[dg.RunRequest] = []
         open_count = notified = 0
         problem = None
+        now = time.time()
         for dataset_id in list_datasets(home):
             if dataset_id in state.done:
                 continue
@@ -126,7 +145,10 @@ def build_completion_sensor(
                 notified += 1
                 continue
             if dataset_id in state.requested:
-                continue  # its completion run is queued or running (or failed: see the run in the UI)
+                retry = _retry_request(context, state, dataset_id, now, max_attempts, retry_base_s)
+                if retry is not None:
+                    requests.append(retry)
+                continue
             try:
                 dataset = load_dataset(dataset_id, home)
             except DatasetError as exc:
@@ -146,6 +168,7 @@ def build_completion_sensor(
         summary_text = (
             f"{open_count} datasets still running, {len(requests)} completion runs requested, {notified} notified"
             + (f", webhook failed ({problem})" if problem else "")
+            + (f", {len(state.gave_up)} completion runs failed for good" if state.gave_up else "")
         )
         return dg.SensorResult(
             run_requests=requests,
@@ -154,6 +177,45 @@ def build_completion_sensor(
         )
 
     return _sensor
+
+
+def _retry_request(
+    context: dg.SensorEvaluationContext,
+    state: CompletionCursor,
+    dataset_id: str,
+    now: float,
+    max_attempts: int,
+    retry_base_s: float,
+) -> dg.RunRequest | None:
+    """Another completion run when the last one failed and its backoff is over; None while it is queued,
+    running, succeeded (its summary is read next tick), backing off, or out of attempts."""
+    if dataset_id in state.gave_up:
+        return None
+    record = _latest_completion_run(context.instance, dataset_id)
+    if record is None or record.dagster_run.status not in (
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.CANCELED,
+    ):
+        return None
+    attempt = state.attempts.get(dataset_id, 1)
+    run_id = record.dagster_run.run_id
+    if attempt >= max_attempts:
+        state.gave_up.append(dataset_id)
+        context.log.error(
+            f"the completion run of {dataset_id} failed {attempt} times (last: run {run_id}); fix what that "
+            f"run's error says, then materialize dataset_complete for partition {dataset_id} by hand"
+        )
+        return None
+    ended = record.end_time or record.update_timestamp.timestamp()
+    if now - ended < retry_base_s * 2 ** (attempt - 1):
+        return None
+    attempt += 1
+    state.attempts[dataset_id] = attempt
+    state.requested[dataset_id] = now
+    context.log.warning(
+        f"the completion run {run_id} of {dataset_id} failed; requesting attempt {attempt} of {max_attempts}"
+    )
+    return dg.RunRequest(run_key=f"complete:{dataset_id}:attempt-{attempt}", partition_key=dataset_id)
 
 
 dataset_completion_sensor = build_completion_sensor()

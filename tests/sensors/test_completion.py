@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_support import launch, recovery_defs, tick, write_labelled_dataset  # noqa: E402
+from recovery_support import launch, recovery_defs, tick, wait_until, write_labelled_dataset  # noqa: E402
 from webhook_receiver import WebhookReceiver  # noqa: E402
 
 from llm_assets.assets import classified, enriched  # noqa: E402
@@ -118,3 +118,52 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
             assert kept.exists() == kept_before  # failed chunk: kept as it was
     finally:
         hook.stop()
+
+
+def test_a_failed_completion_run_is_retried_with_backoff_then_given_up_with_an_error(start_sim, tmp_path):
+    sim = start_sim({"seed": 3})
+    home = tmp_path / "home"
+    write_labelled_dataset(tmp_path / "nightly.csv", 20)
+    completion = build_completion_sensor(max_attempts=3, retry_base_s=1.0)
+    backfill = build_backfill_sensor()  # brings the chunk job along
+    defs = recovery_defs(sim.base_url, sim.api_key, home, [backfill, completion])
+    with dg.instance_for_test() as instance:
+        dataset = register_dataset(
+            DatasetSpec(uri=str(tmp_path / "nightly.csv"), chunk_size=20), instance, home
+        )
+        (key,) = dataset.partition_keys
+        request = chunk_run_request(key, 1, "openai", "new_dataset")
+        assert launch(defs, instance, backfill, request).success
+        output = home / "outputs" / "enriched" / f"{key}.parquet"
+        aside = tmp_path / "aside.parquet"
+        output.rename(aside)  # the report cannot read the chunk's output: every completion run fails
+
+        first, cursor, _ = tick(completion, instance, defs, None)
+        assert [r.run_key for r in first] == [f"complete:{dataset.dataset_id}"]
+        assert not launch(defs, instance, completion, first[0]).success
+        backing_off, cursor, _ = tick(completion, instance, defs, cursor)
+        assert backing_off == []  # 1 s has not passed since the run ended
+        wait_until(1.05)
+        second, cursor, _ = tick(completion, instance, defs, cursor)
+        assert [r.run_key for r in second] == [f"complete:{dataset.dataset_id}:attempt-2"]
+        assert not launch(defs, instance, completion, second[0]).success
+        wait_until(1.05)
+        assert tick(completion, instance, defs, cursor)[0] == []  # attempt 3 waits 2 s after attempt 2
+        wait_until(1.0)
+        third, cursor, _ = tick(completion, instance, defs, cursor)
+        assert [r.run_key for r in third] == [f"complete:{dataset.dataset_id}:attempt-3"]
+        assert not launch(defs, instance, completion, third[0]).success
+        for _ in range(3):  # out of attempts: an error, then nothing more, said in every skip reason
+            requests, cursor, skip = tick(completion, instance, defs, cursor)
+            assert requests == [] and "1 completion runs failed for good" in skip
+        assert len(instance.get_runs(filters=dg.RunsFilter(job_name="dataset_completion"))) == 3
+
+        # A person fixes the cause and materializes the report by hand; the sensor then finishes the dataset.
+        aside.rename(output)
+        instance.add_dynamic_partitions("datasets", [dataset.dataset_id])
+        by_hand = defs.resolve_job_def("dataset_completion").execute_in_process(
+            instance=instance, partition_key=dataset.dataset_id
+        )
+        assert by_hand.success
+        requests, cursor, _ = tick(completion, instance, defs, cursor)
+        assert requests == [] and dataset.dataset_id in json.loads(cursor)["done"]

@@ -23,11 +23,20 @@ FAULTS = {
 }
 
 
-def _meta(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
+def _raw_meta(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
+    """The latest materialization's metadata entries (MetadataValue objects)."""
     record = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1
     ).records[0]
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    return dict(record.asset_materialization.metadata)
+
+
+def _meta(instance: dg.DagsterInstance, asset: str, partition: str) -> dict:
+    return {k: v.value for k, v in _raw_meta(instance, asset, partition).items()}
+
+
+PLOTTED = ("cost_usd", "input_tokens", "output_tokens", "items_succeeded", "items_failed", "dead_letters")
+NUMERIC = (dg.FloatMetadataValue, dg.IntMetadataValue)
 
 
 def test_every_item_lands_exactly_once_in_outputs_or_dead_letters(start_sim, tmp_path):
@@ -58,6 +67,9 @@ def test_every_item_lands_exactly_once_in_outputs_or_dead_letters(start_sim, tmp
                 if stage != "items":
                     # Metadata counts equal the files' row counts.
                     assert meta["items_succeeded"] == len(frame)
+                    # The UI plots numeric metadata per partition: cost, tokens and counts must be numbers.
+                    for name in PLOTTED:
+                        assert isinstance(_raw_meta(instance, stage, key)[name], NUMERIC), (stage, name)
         classified_ids = collections.Counter(i for f in outputs["classified"] for i in f["item_id"])
         enriched_ids = collections.Counter(i for f in outputs["enriched"] for i in f["item_id"])
         dead = DeadLetterStore(str(home / "dead_letters")).query(dataset.dataset_id)

@@ -24,7 +24,7 @@ from llm_assets.partitions import chunk_partitions, parse_chunk_key
 from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
 from llm_assets.routing import select_for_enrichment
 from llm_assets.settings import PipelineSettings
-from llm_assets.stages import BatchWait, StageOutcome, run_batch_stage, run_stage
+from llm_assets.stages import USAGE_COLUMNS, BatchWait, StageOutcome, run_batch_stage, run_stage
 from llm_assets.validation import validate_chunk
 from resources.dead_letters import DeadLetter, DeadLetterStore
 from resources.llm import LLMResource
@@ -51,7 +51,9 @@ _USAGE_COLUMNS = [
     dg.TableColumn("cost_usd", "float", description="USD, all attempts of this item"),
     dg.TableColumn("input_tokens", "int"),
     dg.TableColumn("cached_input_tokens", "int"),
+    dg.TableColumn("cache_write_tokens", "int"),
     dg.TableColumn("output_tokens", "int"),
+    dg.TableColumn("cache_savings_usd", "float", description="USD saved by prompt caching"),
     dg.TableColumn("attempts", "int"),
     dg.TableColumn("latency_s", "float"),
 ]
@@ -325,18 +327,12 @@ def _carry_through(
         stage="enriched", prompt_version="", model="", routed=False, summary=None, entities=None, urgency=None
     )
     passthrough["idempotency_key"] = passthrough["idempotency_key"].map(lambda k: f"{k}|not-routed")
-    for column in (
-        "cost_usd",
-        "input_tokens",
-        "cached_input_tokens",
-        "output_tokens",
-        "attempts",
-        "latency_s",
-    ):
+    for column in USAGE_COLUMNS:
         passthrough[column] = 0
     if enriched_rows.empty:
-        return passthrough.reset_index(drop=True)
-    done = enriched_rows.merge(classified[keep], on="item_id", how="left").assign(routed=True)
-    done["entities"] = done["entities"].map(lambda v: json.dumps(list(v)) if v is not None else None)
-    frame = pd.concat([done, passthrough], ignore_index=True)
+        frame = passthrough.reset_index(drop=True)
+    else:
+        done = enriched_rows.merge(classified[keep], on="item_id", how="left").assign(routed=True)
+        done["entities"] = done["entities"].map(lambda v: json.dumps(list(v)) if v is not None else None)
+        frame = pd.concat([done, passthrough], ignore_index=True)
     return frame[[c for c in _ENRICHED_COLUMNS if c in frame.columns]]

@@ -45,7 +45,6 @@ warnings.filterwarnings(
 
 CLASSIFIED = dg.AssetKey("classified")
 ENRICHED = dg.AssetKey("enriched")
-STAGE_ASSETS = (CLASSIFIED, ENRICHED)
 DRIFT_HISTORY_LIMIT = 500  # drift evaluations scanned for a dataset's recent chunks
 _MAX_EXAMPLES = 10  # offending rows/items listed in metadata
 

@@ -121,13 +121,14 @@ def wall_clock_s(states: dict[str, ChunkStatus]) -> float:
 def build_dataset_completion(
     instance: dg.DagsterInstance,
     dataset: RegisteredDataset,
+    states: dict[str, ChunkStatus],
     home: Path,
     ledger: pd.DataFrame,
     success_threshold: float,
     s3: Any = None,
 ) -> DatasetCompletion:
-    """The report of a dataset whose chunks are all terminal; dg.Failure (no retry) if some are not."""
-    states = chunk_states(instance, dataset.partition_keys)
+    """The report of a dataset whose chunks (`states`, from chunk_states) are all terminal; dg.Failure (no
+    retry) if some are not."""
     waiting = {k: s.state.value for k, s in states.items() if not s.state.terminal}
     if waiting:
         first = next(iter(waiting.items()))
@@ -241,6 +242,10 @@ def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus])
     Returns (checkpoint folders removed, checkpoint folders kept)."""
     root = checkpoint_root(home)
     removed = kept = 0
+    succeeded = {key for key, status in states.items() if status.state == ChunkState.SUCCEEDED}
+    for tmp in (home / "outputs").glob("**/.*.parquet.*.tmp"):  # one walk of the tree, not one per chunk
+        if tmp.name[1:].split(".parquet.", 1)[0] in succeeded:
+            tmp.unlink(missing_ok=True)
     for key, status in states.items():
         folder = root / dataset_id / key
         stages = [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
@@ -252,8 +257,6 @@ def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus])
             removed += 1
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-        for tmp in (home / "outputs").glob(f"**/.{key}.parquet.*.tmp"):
-            tmp.unlink(missing_ok=True)
     return removed, kept
 
 
@@ -283,13 +286,12 @@ def dataset_complete(
 ) -> dg.MaterializeResult:
     home = settings.home_path()
     dataset = load_dataset(context.partition_key, home)
+    states = chunk_states(context.instance, dataset.partition_keys)
     done = build_dataset_completion(
-        context.instance, dataset, home, cost_ledger, completion.min_success_rate, s3
+        context.instance, dataset, states, home, cost_ledger, completion.min_success_rate, s3
     )
     path = write_completion(done, home)
-    removed, kept = clean_up_chunks(
-        home, dataset.dataset_id, chunk_states(context.instance, dataset.partition_keys)
-    )
+    removed, kept = clean_up_chunks(home, dataset.dataset_id, states)
     r = done.report
     context.log.info(f"{r.dataset_id} complete: {r.headline()}; report {path}")
     return dg.MaterializeResult(

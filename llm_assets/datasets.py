@@ -111,13 +111,6 @@ class RegisteredDataset:
     duplicate_rows: dict[str, int] = field(default_factory=dict)
     """Row number (as text) -> the row that first used the same id; those rows become `invalid_input`."""
 
-    def chunk_index_of(self, partition_key: str) -> int:
-        """The chunk index of one of this dataset's partition keys."""
-        try:
-            return self.partition_keys.index(partition_key)
-        except ValueError:
-            raise DatasetError(f"{partition_key!r} is not a partition of dataset {self.dataset_id}") from None
-
 
 # ---------------------------------------------------------------- registration
 

@@ -97,14 +97,16 @@ def build_defs(
     )
 
 
+def s3_for(*uris: str) -> Any:
+    """The deployment's S3 resource (io_managers/s3_config.py); required when any of `uris`, the watched URI or
+    the outputs URI is `s3://`. None for a local-only deployment."""
+    env_uris = (os.environ.get(WATCH_URI_ENV, ""), os.environ.get(OUTPUTS_URI_ENV, ""))
+    return s3_from_env(required=any(is_s3_uri(uri) for uri in (*uris, *env_uris)))
+
+
 def defs_from_env(home: Path | None = None, s3: Any = None) -> dg.Definitions:
     """The pipeline configured from the CHUNKWISE_* environment variables (see the module docstring); `s3`
-    overrides the S3 resource they describe."""
-    outputs_uri = os.environ.get(OUTPUTS_URI_ENV) or None
-    if s3 is None:
-        s3 = s3_from_env(
-            required=any(is_s3_uri(os.environ.get(v, "")) for v in (WATCH_URI_ENV, OUTPUTS_URI_ENV))
-        )
+    (from `s3_for`) overrides the S3 resource they describe."""
     return build_defs(
         provider=os.environ.get("CHUNKWISE_LLM_PROVIDER", "openai"),
         base_url=os.environ.get("CHUNKWISE_LLM_BASE_URL", DEFAULT_BASE_URL),
@@ -113,8 +115,8 @@ def defs_from_env(home: Path | None = None, s3: Any = None) -> dg.Definitions:
         enrich_model=os.environ.get("CHUNKWISE_ENRICH_MODEL", "gpt-6.2-sol"),
         home=home or chunkwise_home(),
         settings=stage_modes_from_env(),
-        s3=s3,
-        outputs_uri=outputs_uri,
+        s3=s3 if s3 is not None else s3_for(),
+        outputs_uri=os.environ.get(OUTPUTS_URI_ENV) or None,
     )
 
 

@@ -10,6 +10,7 @@ their cost as the chunk's `cost_usd`.
 from dataclasses import dataclass
 
 from llm_assets.prompts import StagePrompt
+from llm_assets.stages import idempotency_key
 from resources.llm import BudgetScope, LLMRequest, LLMResource
 
 JUDGE_STAGE = "judge"
@@ -64,7 +65,8 @@ def judge_items(
     if not texts:
         return JudgeVerdicts({}, 0, 0.0, 0, 0)
     keys = {
-        f"{dataset_id}|{item_id}|{JUDGE_STAGE}|{prompt.version}|{llm.model}": item_id for item_id in texts
+        idempotency_key(dataset_id, item_id, JUDGE_STAGE, prompt.version, llm.model): item_id
+        for item_id in texts
     }
     # "Message:" keeps the judge's request distinct from the classifier's, so it is judged on its own.
     requests = [LLMRequest(key=key, text=f"Message: {texts[item_id]}") for key, item_id in keys.items()]

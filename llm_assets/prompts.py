@@ -8,6 +8,7 @@ Few-shot lines have the form `<text> => <label>`, one per line.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ class StagePrompt:
     schema: dict
     schema_name: str
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
+        """Read per item by the stages: hashed once (the classify prompt is ~15 KB)."""
         body = json.dumps([self.system_prompt, self.schema], sort_keys=True).encode()
         return f"{self.stage}-{hashlib.sha256(body).hexdigest()[:10]}"
 

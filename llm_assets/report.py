@@ -7,15 +7,14 @@ A dataset "succeeded" per item: an item succeeded when it is in the final `enric
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
 from llm_assets.checks import checks_section
+from llm_assets.cost_ledger import FAILED_ITEMS, NO_TEAM
 from llm_assets.datasets import RegisteredDataset
 from llm_assets.materializations import latest_materialization, load_stage_output
 from resources.dead_letters import DeadLetterStore
@@ -92,12 +91,14 @@ def build_completion_report(
     frames: dict[str, list[pd.DataFrame]] = {s: [] for s in STAGES}
     materialized = 0
     items_in_materialized = 0
-    for partition in dataset.partition_keys:
+    for index, partition in enumerate(dataset.partition_keys):
         # Spend counts wherever it happened; outputs count only for chunks that passed their gates.
+        enriched_done = False
         for stage in STAGES:
             meta = _latest_metadata(instance, stage, partition)
             if meta is None:
                 continue
+            enriched_done = enriched_done or stage == "enriched"
             cost = float(meta.get("cost_usd", 0.0))
             cost_by_stage[stage] = cost_by_stage.get(stage, 0.0) + cost
             model = str(meta.get("model", "") or "none")
@@ -111,9 +112,9 @@ def build_completion_report(
                 frames[stage].append(
                     load_stage_output(instance, stage, partition, s3).assign(_partition=partition)
                 )
-        if _latest_metadata(instance, "enriched", partition) is not None:
+        if enriched_done:
             materialized += 1
-            items_in_materialized += _chunk_size(dataset, dataset.partition_keys.index(partition))
+            items_in_materialized += _chunk_size(dataset, index)
     if checks["judge_cost_usd"]:
         cost_by_stage["judge"] = float(checks["judge_cost_usd"])
         cost_by_mode["online"] = cost_by_mode.get("online", 0.0) + float(
@@ -137,11 +138,11 @@ def build_completion_report(
         else None
     )
     if rows is not None:
-        rows["team"] = rows["team"].fillna("(no team)")
+        rows["team"] = rows["team"].fillna(NO_TEAM)
         cost_by_team = {k: float(v) for k, v in rows.groupby("team")["cost_usd"].sum().items()}
         attributed = sum(cost_by_team.values())
         if total_cost - attributed > 1e-9:
-            cost_by_team["(dead letters)"] = total_cost - attributed
+            cost_by_team[FAILED_ITEMS] = total_cost - attributed
         per_item_tokens = (rows["input_tokens"] + rows["output_tokens"]).groupby(rows["item_id"]).sum()
     top_share = 0.0
     if len(per_item_tokens) and per_item_tokens.sum() > 0:
@@ -187,13 +188,3 @@ def build_completion_report(
 
 def _chunk_size(dataset: RegisteredDataset, chunk_index: int) -> int:
     return min(dataset.chunk_size, dataset.total_rows - chunk_index * dataset.chunk_size)
-
-
-def write_report(report: CompletionReport, home: Path) -> Path:
-    """Write `<home>/reports/<dataset_id>/completion_report.json` atomically and return its path."""
-    path = home / "reports" / report.dataset_id / "completion_report.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True))
-    tmp.replace(path)
-    return path

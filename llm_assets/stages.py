@@ -121,7 +121,6 @@ class StageOutcome:
     """One row per succeeded item: the idempotency key columns, the stage output fields and usage columns."""
     dead_letters: list[DeadLetter]
     metadata: dict[str, Any]
-    checkpoint_dir: str
 
 
 def run_stage(
@@ -296,7 +295,6 @@ def _assemble(
         rows=pd.DataFrame(rows, columns=columns),
         dead_letters=dead,
         metadata=metadata,
-        checkpoint_dir=str(checkpoint.path),
     )
 
 

@@ -119,9 +119,6 @@ class DeadLetterStore:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in DEAD_LETTER_COLUMNS})
         return pd.concat(frames, ignore_index=True)[DEAD_LETTER_COLUMNS]
 
-    def count(self, dataset_id: str, partition_key: str | None = None, stage: str | None = None) -> int:
-        return len(self.query(dataset_id, partition_key, stage))
-
 
 def _check_stage(stage: str) -> None:
     if not _STAGE_RE.match(stage):

@@ -140,15 +140,12 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     # Imported late: the definitions read the provider settings from the environment set above.
     import dagster as dg
 
-    from io_managers.parquet_files import is_s3_uri
-    from io_managers.s3_config import s3_from_env
     from llm_assets.chunk_status import chunk_states
     from llm_assets.datasets import DatasetSpec, load_team_rules, register_dataset
-    from llm_assets.definitions import OUTPUTS_URI_ENV, defs_from_env
+    from llm_assets.definitions import defs_from_env, s3_for
     from sensors.chunk_runs import chunk_run_request, default_provider
 
-    # S3 when the input or the outputs are there; credentials from the standard AWS chain.
-    s3 = s3_from_env(required=is_s3_uri(args.data) or is_s3_uri(os.environ.get(OUTPUTS_URI_ENV, "")))
+    s3 = s3_for(args.data)  # None unless the input or the outputs are on S3
     defs = defs_from_env(home, s3=s3)
     instance = dg.DagsterInstance.get()
     if Path(args.data).resolve() == BANKING.resolve():

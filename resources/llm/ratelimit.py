@@ -62,7 +62,6 @@ class AdmissionController:
         self._closing = False
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
-        self.transactions = 0
         self.failure: Exception | None = None
 
     def start(self) -> None:
@@ -151,7 +150,6 @@ class AdmissionController:
                         future.set_exception(exc)
                 self._pending.clear()
                 return
-            self.transactions += 1
             for (permit, future), grant in zip(entries, result.grants, strict=False):
                 if future.done():  # cancelled while we were in the store: give its grant back
                     self.release(permit, grant)

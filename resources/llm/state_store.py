@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Protocol
 
 # Bucket kinds. OpenAI limits requests and tokens; Anthropic requests, input tokens and output tokens.
-KINDS = ("requests", "tokens", "input_tokens", "output_tokens")
 
 # Our bucket holds a bit less than the provider's so that jitter between our admission and the provider's
 # (the request takes a few ms to arrive, in varying order) never overdraws the provider's bucket.

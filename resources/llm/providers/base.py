@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -87,18 +86,6 @@ def retry_after_s(headers: httpx.Headers) -> float | None:
         except ValueError:
             return None
         return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
-
-
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_go_duration(text: str) -> float | None:
-    """'6m0s', '1.2s', '40ms' -> seconds."""
-    parts = _GO_DURATION.findall(text or "")
-    if not parts:
-        return None
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * scale[u] for n, u in parts)
 
 
 def error_body(response: httpx.Response) -> tuple[str | None, str | None, str]:

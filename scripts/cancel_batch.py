@@ -25,8 +25,7 @@ from llm_assets.stages import batch_journal_path, cancel_marker_path, checkpoint
 from resources.checkpoints import ChunkCheckpoint
 from resources.llm import BatchJournal, LLMResource
 from resources.llm.batch_journal import SUBMITTING
-
-STAGE_RESOURCES = {"classified": "classifier_llm", "enriched": "enricher_llm"}
+from sensors.batches import STAGE_RESOURCES
 
 
 def stage_folder(home: Path, partition_key: str, stage: str) -> Path:

@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def start_simulator(config: Path | None = SIM_CONFIG) -> tuple[subprocess.Popen,
 
     `config=None` runs the simulator's defaults (no latency, no faults, no limits)."""
     port = _free_port()
+    # The simulator writes here for its whole life; read only if it dies at start-up (a pipe nobody reads fills up).
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -60,16 +63,15 @@ def start_simulator(config: Path | None = SIM_CONFIG) -> tuple[subprocess.Popen,
             *(["--config", str(config)] if config else []),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         cwd=ROOT,
     )
     root = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(
-                f"the simulator exited at start-up:\n{proc.stderr.read().decode() if proc.stderr else ''}"
-            )
+            stderr.seek(0)
+            raise SystemExit(f"the simulator exited at start-up:\n{stderr.read().decode(errors='replace')}")
         try:
             if httpx.get(f"{root}/_sim/stats", timeout=1).status_code == 200:
                 return proc, root

@@ -295,7 +295,11 @@ class _Tick:
             self.state.launched_total += 1
 
     def notify(self) -> str | None:
-        _, problem = deliver(webhook_url(ALERT_WEBHOOK_ENV), self.state.notices)
+        url = webhook_url(ALERT_WEBHOOK_ENV)
+        if url is None:
+            self.state.notices.clear()  # each was logged as an error when raised; nobody to post them to
+            return None
+        _, problem = deliver(url, self.state.notices)
         if problem:
             self.state.failed_posts_total += 1
             self.log.warning(

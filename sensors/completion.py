@@ -44,8 +44,6 @@ dataset_completion_job = dg.define_asset_job(
 class CompletionCursor:
     requested: dict[str, float] = field(default_factory=dict)
     """dataset -> when its latest completion run was requested (unix s)."""
-    attempts: dict[str, int] = field(default_factory=dict)
-    """dataset -> completion runs requested so far (absent: 1)."""
     gave_up: list[str] = field(default_factory=list)
     """Datasets whose completion run failed `max_attempts` times: a person materializes them by hand."""
     done: list[str] = field(default_factory=list)
@@ -136,10 +134,12 @@ def build_completion_sensor(
                     )
                     state.done.append(dataset_id)
                     continue
-                problem = problem or post_json(url, summary)
+                if problem:
+                    continue  # the webhook already failed this tick: every dataset is retried next tick
+                problem = post_json(url, summary)
                 if problem:
                     state.failed_posts_total += 1
-                    continue  # retried next tick
+                    continue
                 _mark_notified(instance, dataset_id, "posted")
                 state.done.append(dataset_id)
                 notified += 1
@@ -197,7 +197,10 @@ def _retry_request(
         dg.DagsterRunStatus.CANCELED,
     ):
         return None
-    attempt = state.attempts.get(dataset_id, 1)
+    # Counted from the runs themselves, not the cursor: a restart that lost its cursor keeps the count.
+    attempt = context.instance.get_runs_count(
+        dg.RunsFilter(job_name=dataset_completion_job.name, tags={"dagster/partition": dataset_id})
+    )
     run_id = record.dagster_run.run_id
     if attempt >= max_attempts:
         state.gave_up.append(dataset_id)
@@ -210,7 +213,6 @@ def _retry_request(
     if now - ended < retry_base_s * 2 ** (attempt - 1):
         return None
     attempt += 1
-    state.attempts[dataset_id] = attempt
     state.requested[dataset_id] = now
     context.log.warning(
         f"the completion run {run_id} of {dataset_id} failed; requesting attempt {attempt} of {max_attempts}"

@@ -67,6 +67,10 @@ def test_every_item_lands_exactly_once_in_outputs_or_dead_letters(start_sim, tmp
                 if stage != "items":
                     # Metadata counts equal the files' row counts.
                     assert meta["items_succeeded"] == len(frame)
+                    # Each materialization counts and links its dead letters.
+                    store = DeadLetterStore(str(home / "dead_letters"))
+                    assert meta["dead_letters"] == len(store.query(dataset.dataset_id, key, stage))
+                    assert meta["dead_letters_uri"] == store.uri_for(dataset.dataset_id, key, stage=stage)
                     # The UI plots numeric metadata per partition: cost, tokens and counts must be numbers.
                     for name in PLOTTED:
                         assert isinstance(_raw_meta(instance, stage, key)[name], NUMERIC), (stage, name)
@@ -80,8 +84,10 @@ def test_every_item_lands_exactly_once_in_outputs_or_dead_letters(start_sim, tmp
     assert sorted(poison_dead["item_id"]) == sorted(kinds["poison"])
     assert set(poison_dead["error_class"]) == {"invalid_prompt"}
     invalid_dead = dead[dead["stage"] == "items"]
-    assert len(invalid_dead) == 2 and set(invalid_dead["error_class"]) == {"invalid_input"}
-    assert "item-empty" in set(invalid_dead["item_id"])
+    assert sorted(invalid_dead["item_id"]) == sorted(kinds["invalid"])  # the empty text and the repeated id
+    assert set(invalid_dead["error_class"]) == {"invalid_input"}
+    assert dead[dead["stage"] == "enriched"].empty
+    assert dead[["run_id", "partition_key", "first_attempt_at", "last_attempt_at"]].notna().all().all()
     stats = sim.stats()
     assert (
         stats["by_status"].get("429", 0) > 0 and stats["by_status"].get("500", 0) > 0
@@ -102,9 +108,33 @@ def test_rematerializing_a_partition_overwrites_never_appends(start_sim, tmp_pat
         assert by_model["gpt-6-luna"]["requests_billed"] == 30
         # The checkpoint was removed on success, so a deliberate re-materialization pays again but
         # overwrites the same file: one row per item, never appended.
-        assert not (home / "checkpoints" / dataset.dataset_id / key).exists() or not any(
-            (home / "checkpoints" / dataset.dataset_id / key).rglob("*.jsonl")
-        )
+        left = home / "checkpoints" / dataset.dataset_id / key
+        assert not left.exists() or not [p for p in left.rglob("*") if p.is_file()]  # no log, no snapshot
         assert materialize_partition(defs, instance, key).success
         frame = read_parquet(_meta(instance, "classified", key)["uri"])
         assert len(frame) == 30 and frame["idempotency_key"].is_unique
+
+
+def test_default_routing_enriches_low_confidence_items_and_carries_the_rest_through_marked(sim, tmp_path):
+    write_dataset(tmp_path / "tiny.csv", 60)
+    home = tmp_path / "home"
+    defs = pipeline_defs(f"{sim.base_url}/v1", sim.api_key, home)  # default route: low confidence
+    with dg.instance_for_test() as instance:
+        dataset = register(tmp_path / "tiny.csv", instance, home, chunk_size=60)
+        (key,) = dataset.partition_keys
+        assert materialize_partition(defs, instance, key).success
+        classified = read_parquet(_meta(instance, "classified", key)["uri"])
+        enriched = read_parquet(_meta(instance, "enriched", key)["uri"])
+        meta = _meta(instance, "enriched", key)
+
+    assert sorted(enriched["item_id"]) == sorted(classified["item_id"])  # every item once, routed or not
+    routed, passed = enriched[enriched["routed"]], enriched[~enriched["routed"]]
+    assert len(routed) == meta["items_routed"] and len(routed) > 0 and len(passed) > 0
+    assert (routed["model"] == "gpt-6.2-sol").all() and routed["summary"].notna().all()
+    assert passed["summary"].isna().all() and (passed["model"] == "").all()
+    # Not routed: the classified label carried through, and zero in every usage column (no NaN).
+    labels = classified.set_index("item_id")["label"]
+    assert (passed.set_index("item_id")["label"] == labels[passed["item_id"]]).all()
+    for column in ("cost_usd", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+                   "cache_savings_usd", "attempts", "latency_s"):  # fmt: skip
+        assert (passed[column] == 0).all(), column

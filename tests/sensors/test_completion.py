@@ -69,8 +69,9 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
             stray = home / "checkpoints" / dataset.dataset_id / ok_a / "classified"
             stray.mkdir(parents=True)
             (stray / "snapshot.json").write_text("{}")  # left by a crash before the success hook ran
-            kept = home / "checkpoints" / dataset.dataset_id / doomed
-            kept_before = kept.exists()
+            kept = home / "checkpoints" / dataset.dataset_id / doomed / "classified"
+            kept.mkdir(parents=True, exist_ok=True)
+            (kept / "snapshot.json").write_text("{}")  # a failed chunk's checkpoint, for a later re-run
 
             first, cursor, _ = tick(completion, instance, defs, None)
             again, _, _ = tick(build_completion_sensor(), instance, defs, None)  # restarted, cursor lost
@@ -115,7 +116,7 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
             assert body["kind"] == "dataset_complete" and body["dataset_id"] == dataset.dataset_id
             assert body["total_cost_usd"] == pytest.approx(cost, rel=1e-9) and body["threshold_met"] is False
             assert not stray.exists()  # succeeded chunk: checkpoint removed
-            assert kept.exists() == kept_before  # failed chunk: kept as it was
+            assert (kept / "snapshot.json").exists()  # failed chunk: checkpoint kept
     finally:
         hook.stop()
 

@@ -23,6 +23,7 @@ from llm_assets.datasets import load_dataset, read_chunk
 from llm_assets.partitions import chunk_partitions, parse_chunk_key
 from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
 from llm_assets.routing import select_for_enrichment
+from llm_assets.run_liveness import mark_run_worker
 from llm_assets.settings import PipelineSettings
 from llm_assets.stages import USAGE_COLUMNS, BatchWait, StageOutcome, run_batch_stage, run_stage
 from llm_assets.validation import validate_chunk
@@ -115,6 +116,7 @@ def _write_dead_letters(
 def items(
     context: dg.AssetExecutionContext, settings: PipelineSettings, s3: dg.ResourceParam[Any]
 ) -> dg.MaterializeResult:
+    mark_run_worker(context)
     dataset_id, chunk_index = parse_chunk_key(context.partition_key)
     dataset = load_dataset(dataset_id, settings.home_path())
     if is_s3_uri(dataset.uri) and s3 is None:
@@ -232,6 +234,7 @@ def classified(
     classifier_llm: LLMResource,
     items: pd.DataFrame,
 ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
+    mark_run_worker(context)
     dataset_id, _ = parse_chunk_key(context.partition_key)
     taxonomy = load_taxonomy(settings.taxonomy_path)
     prompt = classify_prompt(taxonomy, load_few_shot(settings.few_shot_path, taxonomy))
@@ -288,6 +291,7 @@ def enriched(
     items: pd.DataFrame,
     classified: pd.DataFrame,
 ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
+    mark_run_worker(context)
     dataset_id, _ = parse_chunk_key(context.partition_key)
     routed_ids = select_for_enrichment(classified, settings)
     to_enrich = items[items["item_id"].isin(routed_ids)]

@@ -3,7 +3,8 @@
 | check            | on                    | blocking | severity            | fails when                                     |
 | ---------------- | --------------------- | -------- | ------------------- | ---------------------------------------------- |
 | outputs_valid    | classified, enriched  | yes      | ERROR               | a row breaks its stage schema or the taxonomy  |
-| success_rate     | classified, enriched  | yes      | ERROR               | output rows / chunk items < min_success_rate   |
+| success_rate     | classified, enriched  | yes      | ERROR               | output rows / items that reached the LLM       |
+|                  |                       |          |                     | < min_success_rate (invalid inputs apart)      |
 | sampled_quality  | classified            | yes      | WARN (config ERROR) | Wilson lower bound of sampled accuracy < min   |
 | label_drift      | classified            | no       | WARN                | permutation chi-square vs recent chunks, p<max |
 | cost_per_item    | classified, enriched  | no       | WARN                | cost per item > ceiling, or top 10% of items   |
@@ -55,7 +56,8 @@ class QualityGateSettings(dg.ConfigurableResource):
 
     min_success_rate: float = Field(
         default=0.95,
-        description="Output rows / chunk items (invalid inputs and dead letters count as failed).",
+        description="Output rows / items of the chunk that reached the LLM. Items dead-lettered at a model stage "
+        "count as failed; invalid inputs (rejected by `items` before any LLM call) are reported apart, not counted.",
     )
     sample_size: int = Field(default=50, description="Items scored per chunk by sampled_quality.")
     min_sampled_accuracy: float = Field(
@@ -276,9 +278,12 @@ def _success_rate_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
         "success_rate",
         blocking=True,
         description=(
-            f"`{asset.path[-1]}` rows / items in the chunk is at least `quality_gates.min_success_rate` (default "
-            "0.95). Invalid inputs and dead-lettered items count as failed. Blocking. Metadata says how many "
-            "failed, at which stage and why, and where their dead letters are."
+            f"`{asset.path[-1]}` rows / items of the chunk that reached the LLM is at least "
+            "`quality_gates.min_success_rate` (default 0.95). The gate judges the model and the provider: items "
+            "dead-lettered at a model stage (this one or an earlier one) count as failed; invalid inputs (empty, "
+            "over-long, repeated ids: dead-lettered by `items` before any LLM call) are reported apart "
+            "(`items_invalid_input`) and not counted. Blocking: a failing chunk's rows are quarantined, not "
+            "deleted. Metadata says how many failed, at which stage and why, and where their dead letters are."
         ),
     )
 
@@ -293,22 +298,28 @@ def success_rate(
     partition = context.partition_key
     dataset_id, _ = parse_chunk_key(partition)
     items_meta = _latest_metadata(context.instance, dg.AssetKey("items"), partition)
-    attempted = int(items_meta.get("items_total", len(frame)))
+    # Invalid inputs never reached the model: they are dead letters, but not the model's or provider's failures.
+    invalid_inputs = int(items_meta.get("items_invalid", 0))
+    total_rows = int(items_meta.get("items_total", len(frame)))
+    attempted = int(items_meta.get("items_valid", total_rows - invalid_inputs))
     succeeded = len(frame)
     failed = max(0, attempted - succeeded)
     rate = succeeded / attempted if attempted else 1.0
     threshold = quality_gates.min_success_rate
     store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
     dead = store.query(dataset_id, partition)
-    upstream = ("items", "classified") if asset == CLASSIFIED else ("items", "classified", "enriched")
+    invalid = dead[dead["stage"] == "items"]
+    upstream = ("classified",) if asset == CLASSIFIED else ("classified", "enriched")
     dead = dead[dead["stage"].isin(upstream)]
     by_stage = {str(k): int(v) for k, v in dead["stage"].value_counts().items()}
     by_class = {str(k): int(v) for k, v in dead["error_class"].value_counts().items()}
     passed = rate >= threshold
     description = (
-        f"{succeeded:,} of {attempted:,} items succeeded ({rate:.1%}), {failed:,} failed; "
+        f"{succeeded:,} of {attempted:,} items sent to the model succeeded ({rate:.1%}), {failed:,} failed; "
         f"threshold {threshold:.1%}."
     )
+    if invalid_inputs:
+        description += f" Not counted: {invalid_inputs:,} invalid inputs, dead-lettered before any LLM call."
     if not passed:
         description += (
             f" Failures by class: {by_class or 'none recorded'}. Read the dead letters at "
@@ -328,6 +339,10 @@ def success_rate(
             "items_attempted": dg.MetadataValue.int(attempted),
             "items_succeeded": dg.MetadataValue.int(succeeded),
             "items_failed": dg.MetadataValue.int(failed),
+            "items_invalid_input": dg.MetadataValue.int(invalid_inputs),
+            "invalid_input_by_error_class": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in invalid["error_class"].value_counts().items()}
+            ),
             "failed_by_stage": dg.MetadataValue.json(by_stage),
             "failed_by_error_class": dg.MetadataValue.json(by_class),
             "failed_item_ids": dg.MetadataValue.json(sorted(dead["item_id"].astype(str))[:_MAX_EXAMPLES]),
@@ -384,6 +399,7 @@ def sampled_quality(
             {i: str(texts[i]) for i in unlabelled if i in texts.index},
             dataset_id=dataset_id,
             run_id=context.run.run_id,
+            partition_key=context.partition_key,
             log=context.log,
         )
         judged, judge_cost, judge_failed = verdicts.labels, verdicts.cost_usd, verdicts.failed
@@ -756,20 +772,30 @@ def _latest_evaluations(
     return latest
 
 
+def _blocked_by(latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation]) -> dict[str, str]:
+    """partition -> the first blocking check (in pipeline order: `classified`'s before `enriched`'s) whose latest
+    evaluation failed with ERROR severity, as `<asset>:<check>`."""
+    blocked: dict[str, str] = {}
+    for spec in STAGE_CHECK_SPECS:
+        for (key, partition), evaluation in latest.items():
+            if (
+                key == spec.key
+                and not evaluation.passed
+                and evaluation.blocking
+                and evaluation.severity == dg.AssetCheckSeverity.ERROR
+            ):
+                blocked.setdefault(partition, key.to_user_string())
+    return dict(sorted(blocked.items()))
+
+
 def _blocked(latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation]) -> list[str]:
-    failed = {
-        partition
-        for (_, partition), evaluation in latest.items()
-        if not evaluation.passed
-        and evaluation.blocking
-        and evaluation.severity == dg.AssetCheckSeverity.ERROR
-    }
-    return sorted(failed)
+    return sorted(_blocked_by(latest))
 
 
 def blocked_partitions(instance: dg.DagsterInstance, partitions: list[str]) -> list[str]:
-    """The partitions whose latest evaluation of a blocking check failed with ERROR severity: their outputs
-    must not feed any report (a blocking failure on `enriched` happens after it was materialized)."""
+    """The partitions whose latest evaluation of a blocking check failed with ERROR severity: their outputs are
+    quarantined (kept on disk, counted apart, never counted as succeeded; a blocking failure on `enriched` happens
+    after it was materialized)."""
     return _blocked(_latest_evaluations(instance, partitions))
 
 
@@ -777,8 +803,10 @@ def checks_section(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> 
     """The `checks` section of a dataset's completion report.
 
     Per check: partitions passed / failed / not evaluated, severity and blocking; the sampled accuracy pooled
-    over the dataset's latest sampled_quality evaluations (with its Wilson interval); the judge's spend;
-    the partitions a blocking gate stopped.
+    over the dataset's latest sampled_quality evaluations (with its Wilson interval); the judge's spend as the
+    checks recorded it (the report's `quality_checks_usd` is the spend ledger's); the partitions a blocking gate
+    stopped (`blocked_partitions`) and, for each, the gate that stopped it (`blocked_by`: their rows are
+    quarantined by that gate).
     """
     partition_keys = list(dataset.partition_keys)
     latest = _latest_evaluations(instance, partition_keys)
@@ -815,4 +843,5 @@ def checks_section(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> 
         },
         "judge_cost_usd": judge_cost,
         "blocked_partitions": _blocked(latest),
+        "blocked_by": _blocked_by(latest),
     }

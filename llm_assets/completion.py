@@ -2,10 +2,12 @@
 
 Materialized by the `dataset_completion` job (requested exactly once per dataset by the completion sensor,
 sensors/completion.py) when every chunk is terminal (llm_assets/chunk_status.py). It
-1. builds the completion report: report.py's `build_completion_report` (items, cost, tokens, retries, dead
-   letters, cost by stage/model/team, cached savings) plus what the on-call person needs on top: chunk states,
-   the success threshold and whether it was met, cost by day (from the cost ledger), the 10% most expensive
-   items with their share of tokens and dollars, the quality-gate summary, runs launched;
+1. builds the completion report: report.py's `build_completion_report` (every input row in one bucket with a
+   reason: succeeded, dead-lettered, quarantined, not processed; every dollar from the spend ledger: total,
+   useful, re-paid, wasted, quality checks, unsettled; tokens, retries, cost by stage/model/mode/team, cached
+   savings) plus what the on-call person needs on top: chunk states, the success threshold and whether it was
+   met, cost by day (from the cost ledger), the 10% most expensive items with their share of tokens and
+   dollars, the quality-gate summary, runs launched;
 2. writes it to `<home>/reports/<dataset_id>/completion_report.json` and `.md` (atomically) and attaches the
    Markdown as metadata, with a `summary` JSON the sensor POSTs to the completion webhook;
 3. cleans up: removes the checkpoint folders of succeeded chunks and leftover `*.tmp` files of their outputs;
@@ -22,13 +24,15 @@ import pandas as pd
 
 from io_managers.atomic_files import write_bytes_atomic
 from llm_assets.chunk_status import ChunkState, ChunkStatus, chunk_states
-from llm_assets.cost_ledger import FAILED_ITEMS, cost_ledger, dataset_partitions, rollup
+from llm_assets.cost_ledger import cost_ledger, dataset_partitions, rollup
 from llm_assets.datasets import RegisteredDataset, load_dataset
-from llm_assets.report import CompletionReport, build_completion_report
+from llm_assets.judge import JUDGE_STAGE
+from llm_assets.report import NOT_PROCESSED_WHY, CompletionReport, build_completion_report
 from llm_assets.settings import PipelineSettings
 from llm_assets.stages import checkpoint_root
 from resources.checkpoints import ChunkCheckpoint
 from resources.dead_letters import DeadLetterStore
+from resources.llm import LLMResource
 
 TOP_ITEMS_LISTED = 50
 
@@ -59,6 +63,7 @@ class DatasetCompletion:
     runs_launched: int
     cost_by_day: dict[str, float]
     ledger_cost_usd: float
+    """The `cost_ledger` asset's total: equals `total_cost_usd` (both are the spend ledger's billed rows)."""
     top_items: TopItems
     report_uri: str = ""
 
@@ -81,7 +86,13 @@ class DatasetCompletion:
             "total_items": r.total_items,
             "succeeded": r.succeeded,
             "failed": r.failed,
+            "buckets": r.buckets,
             "total_cost_usd": r.total_cost_usd,
+            "useful_cost_usd": r.useful_cost_usd,
+            "repaid_usd": r.repaid_usd,
+            "wasted_usd": r.wasted_usd,
+            "quality_checks_usd": r.quality_checks_usd,
+            "unsettled_max_usd": r.unsettled_max_usd,
             "cost_per_item_usd": r.cost_per_item_usd,
             "success_rate": self.success_rate,
             "threshold_met": self.threshold_met,
@@ -91,7 +102,8 @@ class DatasetCompletion:
 
 
 def top_items(ledger: pd.DataFrame) -> TopItems:
-    items = ledger[ledger["item_id"] != ""]
+    """Over the cost ledger's item spend (every billed attempt; the judge's spend is not an item's)."""
+    items = ledger[(ledger["item_id"] != "") & (ledger["stage"] != JUDGE_STAGE)]
     if items.empty:
         return TopItems(0, 0.0, 0.0)
     grouped = items.assign(tokens=items["input_tokens"] + items["output_tokens"]).groupby("item_id")
@@ -126,9 +138,12 @@ def build_dataset_completion(
     ledger: pd.DataFrame,
     success_threshold: float,
     s3: Any = None,
+    *,
+    ledger_rows: pd.DataFrame,
 ) -> DatasetCompletion:
     """The report of a dataset whose chunks (`states`, from chunk_states) are all terminal; dg.Failure (no
-    retry) if some are not."""
+    retry) if some are not. `ledger`: the cost_ledger asset's rows; `ledger_rows`: the dataset's spend-ledger
+    events (`SpendLedger.rows(dataset_id)`, for the report's money and the unsettled attempts)."""
     waiting = {k: s.state.value for k, s in states.items() if not s.state.terminal}
     if waiting:
         first = next(iter(waiting.items()))
@@ -141,7 +156,9 @@ def build_dataset_completion(
             allow_retries=False,
         )
     store = DeadLetterStore(str(home / "dead_letters"))
-    report = build_completion_report(instance, dataset, store, wall_clock_s(states), s3)
+    report = build_completion_report(
+        instance, dataset, store, wall_clock_s(states), s3, ledger_rows=ledger_rows, states=states
+    )
     counts: dict[str, int] = {}
     for status in states.values():
         counts[status.state.value] = counts.get(status.state.value, 0) + 1
@@ -170,6 +187,48 @@ def _table(title: str, values: dict[str, float]) -> list[str]:
     return lines
 
 
+def _reasons(counts: dict[str, int], meaning: dict[str, str] | None = None) -> str:
+    parts = []
+    for key, n in counts.items():
+        why = (meaning or {}).get(key)
+        parts.append(f"{key} {n:,}" + (f" ({why})" if why else ""))
+    return ", ".join(parts)
+
+
+def rows_table(r: CompletionReport) -> list[str]:
+    """Where every input row went: one line per bucket, with why; the lines add up to the row count."""
+    return [
+        "| bucket | rows | why |",
+        "| --- | ---: | --- |",
+        f"| succeeded | {r.succeeded:,} | in the final `enriched` output |",
+        f"| dead-lettered | {r.dead_lettered:,} | {_reasons(r.dead_lettered_by_reason)} |",
+        f"| quarantined | {r.quarantined:,} | {_reasons(r.quarantined_by_gate)} |",
+        f"| not processed | {r.not_processed:,} | {_reasons(r.not_processed_by_reason, NOT_PROCESSED_WHY)} |",
+        f"| **total** | **{sum(r.buckets.values()):,}** | the input's {r.total_items:,} rows |",
+    ]
+
+
+def cost_table(r: CompletionReport) -> list[str]:
+    """Where every dollar went: the provider's bill split into useful, re-paid, wasted and quality checks."""
+    lines = [
+        "| spend | USD |",
+        "| --- | ---: |",
+        f"| useful work (the kept output of each item and stage, paid once) | {_money(r.useful_cost_usd)} |",
+        f"| re-paid (the same output paid again: crash, retry, re-materialization) | {_money(r.repaid_usd)} |",
+        "| wasted (invalid or refused replies, dead-lettered and unprocessed items, discarded outputs) "
+        f"| {_money(r.wasted_usd)} |",
+        f"| quality checks (the sampled_quality judge) | {_money(r.quality_checks_usd)} |",
+        f"| **total billed** | **{_money(r.total_cost_usd)}** |",
+    ]
+    if r.unsettled_requests:
+        lines += [
+            "",
+            f"{r.unsettled_requests:,} requests were in flight when a process died and never settled: the "
+            f"provider may have billed up to {_money(r.unsettled_max_usd)} more (not in the total).",
+        ]
+    return lines
+
+
 def render_markdown(done: DatasetCompletion) -> str:
     """The report as Markdown, for the materialization's metadata and the `.md` file beside the JSON."""
     r = done.report
@@ -178,22 +237,26 @@ def render_markdown(done: DatasetCompletion) -> str:
         f"# Dataset `{r.dataset_id}`: completion report",
         "",
         f"**{r.succeeded:,} of {r.total_items:,} items succeeded, {r.failed:,} failed** "
-        f"({r.dead_lettered:,} dead-lettered, {r.not_processed:,} not processed). "
+        f"({r.dead_lettered:,} dead-lettered, {r.quarantined:,} quarantined, {r.not_processed:,} not processed). "
         f"Success rate {done.success_rate:.1%}, threshold {done.success_threshold:.0%}: "
         f"**{'met' if done.threshold_met else 'NOT met'}**.",
         "",
-        f"- Total cost {_money(r.total_cost_usd)} ({_money(r.cost_per_item_usd)} per item); "
-        f"cached-token savings {_money(r.cache_savings_usd)}",
+        f"- Total billed {_money(r.total_cost_usd)} ({_money(r.cost_per_item_usd)} per item): useful "
+        f"{_money(r.useful_cost_usd)}, re-paid {_money(r.repaid_usd)}, wasted {_money(r.wasted_usd)}, quality "
+        f"checks {_money(r.quality_checks_usd)}; cached-token savings {_money(r.cache_savings_usd)}",
         f"- Tokens: {r.input_tokens:,} input ({r.cached_input_tokens:,} cached), {r.output_tokens:,} output",
         f"- Chunks: {r.partitions_total} ({', '.join(f'{k} {v}' for k, v in sorted(done.chunk_states.items()))}); "
         f"runs launched {done.runs_launched}; request retries {r.retried}",
         f"- Wall-clock time {r.wall_clock_s:,.1f} s",
-        f"- Failed items: `{r.failed_items_uri}`"
-        + (
-            f" ({', '.join(f'{k}: {v}' for k, v in r.dead_letters_by_class.items())})"
-            if r.dead_letters_by_class
-            else ""
-        ),
+        f"- Failed items: `{r.failed_items_uri}`",
+        "",
+        "## Where every row went",
+        "",
+        *rows_table(r),
+        "",
+        "## Where every dollar went",
+        "",
+        *cost_table(r),
         "",
         *_table("team", r.cost_by_team),
         "",
@@ -221,8 +284,7 @@ def render_markdown(done: DatasetCompletion) -> str:
             "",
             *[f"- `{k}`: {v}" for k, v in sorted(done.failed_chunks.items())],
         ]
-    if FAILED_ITEMS in r.cost_by_team or done.ledger_cost_usd:
-        lines += ["", f"Cost ledger total {_money(done.ledger_cost_usd)} (includes spend on failed items)."]
+    lines += ["", f"Cost ledger total {_money(done.ledger_cost_usd)} (one row per billed attempt)."]
     return "\n".join(lines) + "\n"
 
 
@@ -273,8 +335,10 @@ class CompletionSettings(dg.ConfigurableResource):
     owners=["team:data-platform"],
     description=(
         "Materialized once per dataset (partition = dataset id) when every chunk succeeded or failed for good: "
-        "the completion report (JSON + Markdown in metadata), whether the success threshold was met. Depend "
-        "on this asset to run when a nightly dataset is done."
+        "the completion report (JSON + Markdown in metadata): every input row as succeeded, dead-lettered, "
+        "quarantined or not processed, with why; the provider's bill as useful, re-paid, wasted and quality "
+        "checks; whether the success threshold was met. Depend on this asset to run when a nightly dataset is "
+        "done."
     ),
 )
 def dataset_complete(
@@ -282,13 +346,23 @@ def dataset_complete(
     settings: PipelineSettings,
     completion: CompletionSettings,
     s3: dg.ResourceParam[Any],
+    classifier_llm: LLMResource,
     cost_ledger: pd.DataFrame,
 ) -> dg.MaterializeResult:
     home = settings.home_path()
     dataset = load_dataset(context.partition_key, home)
     states = chunk_states(context.instance, dataset.partition_keys)
+    # Every LLM resource writes the same spend ledger (one state folder); the classifier's finds it.
+    events = classifier_llm.spend_ledger().rows(dataset.dataset_id)
     done = build_dataset_completion(
-        context.instance, dataset, states, home, cost_ledger, completion.min_success_rate, s3
+        context.instance,
+        dataset,
+        states,
+        home,
+        cost_ledger,
+        completion.min_success_rate,
+        s3,
+        ledger_rows=events,
     )
     path = write_completion(done, home)
     removed, kept = clean_up_chunks(home, dataset.dataset_id, states)
@@ -302,7 +376,15 @@ def dataset_complete(
             "total_items": dg.MetadataValue.int(r.total_items),
             "succeeded": dg.MetadataValue.int(r.succeeded),
             "failed": dg.MetadataValue.int(r.failed),
+            "dead_lettered": dg.MetadataValue.int(r.dead_lettered),
+            "quarantined": dg.MetadataValue.int(r.quarantined),
+            "not_processed": dg.MetadataValue.int(r.not_processed),
             "total_cost_usd": dg.MetadataValue.float(r.total_cost_usd),
+            "useful_cost_usd": dg.MetadataValue.float(r.useful_cost_usd),
+            "repaid_usd": dg.MetadataValue.float(r.repaid_usd),
+            "wasted_usd": dg.MetadataValue.float(r.wasted_usd),
+            "quality_checks_usd": dg.MetadataValue.float(r.quality_checks_usd),
+            "unsettled_max_usd": dg.MetadataValue.float(r.unsettled_max_usd),
             "cost_per_item_usd": dg.MetadataValue.float(r.cost_per_item_usd),
             "success_rate": dg.MetadataValue.float(done.success_rate),
             "threshold_met": dg.MetadataValue.bool(done.threshold_met),

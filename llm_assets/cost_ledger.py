@@ -1,106 +1,59 @@
-"""The cost ledger: every dollar and token a dataset spent, one row per item per stage, one partition per dataset.
+"""The cost ledger: every dollar and token a dataset was billed, one row per billed attempt, one partition per dataset.
 
-Answers "what did dataset X cost, per team, per model, per stage, per day" with a group-by (`rollup`).
-Built from what the stages recorded, nothing estimated:
-- one row per item that produced output (the stage Parquet files carry per-item usage columns and `team`);
-  `enriched` rows the routing rule did not send to the model cost nothing and are left out;
-- one `(failed items)` row per chunk and stage for the spend of items that failed for good (dead letters were
-  billed too): the stage's `cost_usd`/token metadata minus the item rows, so the ledger always adds up to the
-  metadata and to the provider's bill;
-- `day` is the UTC day the stage's chunk materialized (when the money was spent, to the run).
-Every chunk whose stage materialized counts, including chunks a quality gate later blocked: money spent is spent.
-Stage outputs are read from the paths in their materialization metadata (local outputs; S3 outputs need the
-IO manager's S3 resource, not wired here yet).
+Answers "what did dataset X cost, per team, per model, per stage, per day, and how much of it was useful" with a
+group-by (`rollup`). Built from the spend ledger (resources/llm/spend_ledger.py), the append-only table every
+request attempt is written to before its result is used, so it adds up to the provider's bill after crashes,
+retries, budget halts, re-materializations and backfills, nothing estimated:
+- one row per `billed` event (an HTTP reply with usage, or a collected batch line) of the dataset, valid or not,
+  the quality gates' judge included;
+- `kind` is `useful`, `repaid`, `wasted` or `quality_checks`, defined in llm_assets/report.py (`spend_kinds`):
+  the last paid `ok` reply of a kept output is useful, earlier ones re-paid, the judge's spend quality checks,
+  everything else billed wasted;
+- `team` is the team billed for the item, `(no team)` when it has none, `(quality checks)` for the judge;
+- `day` is the UTC day the provider billed the attempt (batch lines: the day they were collected).
+Attempts that were sent and never settled (a process killed mid-request) are not rows: nobody knows their cost.
+The completion report counts them (`unsettled_requests`, `unsettled_max_usd`).
 """
 
-from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
-from io_managers.parquet_files import read_parquet
-from llm_assets.datasets import RegisteredDataset, load_dataset
-from llm_assets.materializations import latest_materialization
+from llm_assets.datasets import load_dataset
+from llm_assets.report import NO_TEAM, QUALITY_CHECKS, SPEND_KINDS, STAGES, item_buckets, spend_rows, sum_by
 from llm_assets.settings import PipelineSettings
+from resources.dead_letters import DeadLetterStore
+from resources.llm import LLMResource
 
 dataset_partitions = dg.DynamicPartitionsDefinition(name="datasets")
 """One partition per registered dataset id (the completion sensor adds it when the dataset finishes)."""
 
-LEDGER_STAGES = ("classified", "enriched")
-FAILED_ITEMS = "(failed items)"
-NO_TEAM = "(no team)"
+LEDGER_STAGES = STAGES
 TOKEN_COLUMNS = ("input_tokens", "cached_input_tokens", "output_tokens")
 LEDGER_COLUMNS = [
-    "dataset_id", "partition_key", "item_id", "team", "stage", "model", "day",
+    "dataset_id", "partition_key", "item_id", "team", "stage", "model", "mode", "day", "kind", "outcome",
+    "attempt", "run_id", "idempotency_key", "provider_request_id",
     *TOKEN_COLUMNS, "cost_usd", "cache_savings_usd",
 ]  # fmt: skip
+__all__ = ["NO_TEAM", "QUALITY_CHECKS", "SPEND_KINDS", "build_ledger", "cost_ledger", "rollup"]
 
 
-def _stage_rows(
-    dataset_id: str, partition: str, stage: str, meta: dict[str, Any], day: str, s3: Any
-) -> pd.DataFrame:
-    frame = read_parquet(str(meta["uri"]), s3=s3)
-    if stage == "enriched" and "routed" in frame.columns:
-        frame = frame[frame["routed"].astype(bool)]
-    rows = pd.DataFrame(
-        {
-            "dataset_id": dataset_id,
-            "partition_key": partition,
-            "item_id": frame["item_id"].astype(str),
-            "team": frame["team"].fillna(NO_TEAM).astype(str).replace("", NO_TEAM),
-            "stage": stage,
-            "model": frame["model"].astype(str),
-            "day": day,
-            **{c: frame[c].fillna(0).astype("int64") for c in TOKEN_COLUMNS},
-            "cost_usd": frame["cost_usd"].fillna(0.0).astype(float),
-            "cache_savings_usd": frame.get("cache_savings_usd", pd.Series(0.0, index=frame.index))
-            .fillna(0.0)
-            .astype(float),
-        }
-    )
-    residual = {
-        "cost_usd": float(meta.get("cost_usd", 0.0)) - float(rows["cost_usd"].sum()),
-        "cache_savings_usd": float(meta.get("cache_savings_usd", 0.0))
-        - float(rows["cache_savings_usd"].sum()),
-        **{c: int(meta.get(c, 0)) - int(rows[c].sum()) for c in TOKEN_COLUMNS},
-    }
-    if abs(residual["cost_usd"]) > 1e-12 or any(residual[c] for c in TOKEN_COLUMNS):
-        failed = {
-            "dataset_id": dataset_id,
-            "partition_key": partition,
-            "item_id": "",
-            "team": FAILED_ITEMS,
-            "stage": stage,
-            "model": str(meta.get("model", "")),
-            "day": day,
-            **residual,
-        }
-        rows = pd.concat([rows, pd.DataFrame([failed])], ignore_index=True)
-    return rows
-
-
-def build_ledger(instance: dg.DagsterInstance, dataset: RegisteredDataset, s3: Any = None) -> pd.DataFrame:
-    """The ledger rows of `dataset` from the latest materialization of each stage of each chunk."""
-    parts: list[pd.DataFrame] = []
-    for partition in dataset.partition_keys:
-        for stage in LEDGER_STAGES:
-            recorded = latest_materialization(instance, stage, partition)
-            if recorded is None:
-                continue
-            day = datetime.fromtimestamp(recorded.timestamp, UTC).date().isoformat()
-            parts.append(_stage_rows(dataset.dataset_id, partition, stage, recorded.metadata, day, s3))
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in LEDGER_COLUMNS})
-    return pd.concat(parts, ignore_index=True)[LEDGER_COLUMNS]
+def build_ledger(ledger_rows: pd.DataFrame, dataset_id: str, kept_keys: set[str]) -> pd.DataFrame:
+    """The cost ledger of `dataset_id` from its spend-ledger events (`SpendLedger.rows(dataset_id)`) and the
+    idempotency keys whose output is kept (`item_buckets(...).kept_keys`)."""
+    rows = spend_rows(ledger_rows, dataset_id, kept_keys)
+    frame = rows.reindex(columns=LEDGER_COLUMNS)
+    for column in (*TOKEN_COLUMNS, "attempt"):
+        frame[column] = frame[column].fillna(0).astype("int64")
+    for column in ("cost_usd", "cache_savings_usd"):
+        frame[column] = frame[column].fillna(0.0).astype(float)
+    return frame.reset_index(drop=True)
 
 
 def rollup(ledger: pd.DataFrame, by: str) -> dict[str, float]:
-    """USD per value of `by` (`team`, `model`, `stage`, `day`, ...), largest first."""
-    if ledger.empty:
-        return {}
-    sums = ledger.groupby(by)["cost_usd"].sum().sort_values(ascending=False)
-    return {str(k): float(v) for k, v in sums.items()}
+    """USD per value of `by` (`team`, `model`, `stage`, `day`, `kind`, ...), largest first."""
+    return sum_by(ledger, by)
 
 
 @dg.asset(
@@ -110,22 +63,30 @@ def rollup(ledger: pd.DataFrame, by: str) -> dict[str, float]:
     kinds={"pandas", "parquet"},
     owners=["team:data-platform"],
     description=(
-        "Per-item cost rows of one dataset (partition = dataset id): dataset, chunk, item, team, stage, model, "
-        "UTC day, tokens, USD. Spend of failed items is one `(failed items)` row per chunk and stage, so the "
-        "ledger adds up to the stages' metadata. Numeric metadata `team_cost_usd/<team>` per team."
+        "Every billed request attempt of one dataset (partition = dataset id), from the spend ledger: chunk, "
+        "item, team, stage, model, mode, UTC day, tokens, USD, and `kind` (useful / repaid / wasted / "
+        "quality_checks). Sums to the provider's bill. Numeric metadata `team_cost_usd/<team>` per team and "
+        "`<kind>_usd` per kind."
     ),
     metadata={
         "dagster/column_schema": dg.TableSchema(
             columns=[
                 dg.TableColumn("dataset_id", "string"),
                 dg.TableColumn("partition_key", "string", description="the chunk"),
-                dg.TableColumn("item_id", "string", description="empty on `(failed items)` rows"),
+                dg.TableColumn("item_id", "string"),
                 dg.TableColumn(
-                    "team", "string", description="who is billed; `(failed items)` for dead letters"
+                    "team", "string", description="who is billed; `(quality checks)` for the judge"
                 ),
-                dg.TableColumn("stage", "string"),
+                dg.TableColumn("stage", "string", description="classified, enriched or judge"),
                 dg.TableColumn("model", "string"),
-                dg.TableColumn("day", "string", description="UTC day the chunk's stage materialized"),
+                dg.TableColumn("mode", "string", description="online or batch"),
+                dg.TableColumn("day", "string", description="UTC day the attempt was billed"),
+                dg.TableColumn("kind", "string", description="useful, repaid, wasted or quality_checks"),
+                dg.TableColumn("outcome", "string", description="ok, invalid, refusal or content_filter"),
+                dg.TableColumn("attempt", "int", description="the item's attempt number (batch: the round)"),
+                dg.TableColumn("run_id", "string"),
+                dg.TableColumn("idempotency_key", "string"),
+                dg.TableColumn("provider_request_id", "string", description="the provider's id of the reply"),
                 dg.TableColumn("input_tokens", "int", description="all input tokens, cached included"),
                 dg.TableColumn("cached_input_tokens", "int"),
                 dg.TableColumn("output_tokens", "int"),
@@ -136,20 +97,30 @@ def rollup(ledger: pd.DataFrame, by: str) -> dict[str, float]:
     },
 )
 def cost_ledger(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, s3: dg.ResourceParam[Any]
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    s3: dg.ResourceParam[Any],
+    classifier_llm: LLMResource,
 ) -> dg.MaterializeResult:
-    dataset = load_dataset(context.partition_key, settings.home_path())
-    ledger = build_ledger(context.instance, dataset, s3)
+    home = settings.home_path()
+    dataset = load_dataset(context.partition_key, home)
+    buckets = item_buckets(context.instance, dataset, DeadLetterStore(str(home / "dead_letters")), s3=s3)
+    events = classifier_llm.spend_ledger().rows(dataset.dataset_id)
+    ledger = build_ledger(events, dataset.dataset_id, buckets.kept_keys)
     by_team = rollup(ledger, "team")
+    by_kind = {kind: 0.0 for kind in SPEND_KINDS} | rollup(ledger, "kind")
     metadata: dict[str, Any] = {
-        "cost_usd": dg.MetadataValue.float(float(ledger["cost_usd"].sum()) if len(ledger) else 0.0),
-        "items": dg.MetadataValue.int(int(ledger.loc[ledger["item_id"] != "", "item_id"].nunique())),
-        "input_tokens": dg.MetadataValue.int(int(ledger["input_tokens"].sum()) if len(ledger) else 0),
-        "output_tokens": dg.MetadataValue.int(int(ledger["output_tokens"].sum()) if len(ledger) else 0),
+        "cost_usd": dg.MetadataValue.float(float(ledger["cost_usd"].sum())),
+        "requests_billed": dg.MetadataValue.int(len(ledger)),
+        "items": dg.MetadataValue.int(int(ledger.loc[ledger["team"] != QUALITY_CHECKS, "item_id"].nunique())),
+        "input_tokens": dg.MetadataValue.int(int(ledger["input_tokens"].sum())),
+        "output_tokens": dg.MetadataValue.int(int(ledger["output_tokens"].sum())),
+        "cost_by_kind": dg.MetadataValue.json(by_kind),
         "cost_by_team": dg.MetadataValue.json(by_team),
         "cost_by_model": dg.MetadataValue.json(rollup(ledger, "model")),
         "cost_by_stage": dg.MetadataValue.json(rollup(ledger, "stage")),
         "cost_by_day": dg.MetadataValue.json(rollup(ledger, "day")),
+        **{f"{kind}_usd": dg.MetadataValue.float(usd) for kind, usd in by_kind.items()},
         **{f"team_cost_usd/{team}": dg.MetadataValue.float(usd) for team, usd in by_team.items()},
     }
     return dg.MaterializeResult(value=ledger, metadata=metadata)

@@ -21,6 +21,20 @@ kept with ``_read_error`` set. ``_row_number`` is the row's 0-based position in 
 
 Text encoding: UTF-8 (a leading BOM is ignored). CSV: RFC 4180 quoting (quoted fields may hold newlines),
 rows end in ``\\n`` or ``\\r\\n``.
+
+Ids are used exactly as given: a CSV id is the field's text, never trimmed or parsed (``"007"``, ``" a "``,
+``"1e3"`` and ``"NaN"`` stay those strings). The one conversion: an id that is not text in the file (a JSON
+number, a Parquet integer or float column) becomes ``str(value)`` (``7`` -> ``"7"``, JSON ``1e3`` ->
+``"1000.0"``), counted in ``RegisteredDataset.ids_not_text``; keep ids as strings in the file to avoid it. A
+missing id (empty field, JSON ``null``/``NaN``, Parquet null/NaN) or one that is only whitespace is not
+repaired: the ``items`` asset dead-letters the row as ``invalid_input``.
+
+Bad input: registration raises ``DatasetError`` before any partition is added, for a missing or unreadable file,
+an empty file, a header with no data rows, a missing ``text``/``id`` column, bytes that are not UTF-8, a file that
+is not the format its extension says, a bad ``chunk_size`` (a whole number of rows, ``MIN_CHUNK_SIZE`` or more).
+The message is one line: the file as given, where (``line N`` of the file, and for CSV ``data row N``,
+1-based, and the column when known), what is wrong, and what to do. A JSONL line after the first that is not
+a JSON object is not a registration error: it stays a row with ``_read_error`` (dead-lettered, the chunk goes on).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import sqlite3
@@ -41,6 +56,7 @@ from typing import Any, BinaryIO
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from io_managers.atomic_files import write_bytes_atomic
@@ -57,10 +73,34 @@ _PARQUET_READ_BUFFER_BYTES = 1024 * 1024
 # Long texts are the length policy's business (items asset), not a reason to fail parsing.
 _CSV_FIELD_LIMIT = 64 * 1024 * 1024
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_EXPECTED = {
+    "csv": "a header row naming the columns (id,text,...) and then one row per item",
+    "jsonl": 'one JSON object per line, e.g. {"id": "1", "text": "..."}',
+    "parquet": "a Parquet file with `id` and `text` columns",
+}
+_IDS_NOT_TEXT = "ids_not_text"  # frame.attrs key set by _to_frame
+
+
+MIN_CHUNK_SIZE = 1  # rows; the upper bound is the file's: at most MAX_CHUNKS_PER_DATASET chunks
 
 
 class DatasetError(ValueError):
-    """A dataset cannot be registered or read as configured; the message says what to change."""
+    """A dataset cannot be registered or read as configured.
+
+    The message is one line that names the file as given (and the line, data row and column where one is at
+    fault) and says what to change: tools print it as it is, without a traceback."""
+
+
+class _NotUtf8(Exception):
+    """Line ``line`` (1-based), starting at byte ``start``, is not UTF-8; the scanner turns it into a DatasetError."""
+
+    def __init__(self, line: int, start: int, raw: bytes, exc: UnicodeDecodeError) -> None:
+        super().__init__(exc.reason)
+        self.line, self.start, self.raw, self.exc = line, start, raw, exc
+
+    def describe(self) -> str:
+        bad = self.raw[self.exc.start : self.exc.start + 1].hex()
+        return f"is not UTF-8 (byte 0x{bad} at byte offset {self.start + self.exc.start}: {self.exc.reason})"
 
 
 @dataclass(frozen=True)
@@ -110,6 +150,8 @@ class RegisteredDataset:
     team_source: str = "none"  # "column" | "label_rule" | "none": where read_chunk's `team` comes from
     duplicate_rows: dict[str, int] = field(default_factory=dict)
     """Row number (as text) -> the row that first used the same id; those rows become `invalid_input`."""
+    ids_not_text: int = 0
+    """Ids that were numbers (or other non-text values) in the file, turned into text by ``str()``."""
 
 
 # ---------------------------------------------------------------- registration
@@ -118,23 +160,41 @@ class RegisteredDataset:
 def register_dataset(
     spec: DatasetSpec, instance: dg.DagsterInstance, home: Path, s3: Any = None
 ) -> RegisteredDataset:
-    """Register ``spec.uri`` (idempotent): manifest under ``home/datasets/<id>/``, one partition per chunk."""
-    if spec.chunk_size < 1:
-        raise DatasetError(f"chunk_size must be >= 1 row, got {spec.chunk_size}; fix `chunk_size`")
+    """Register ``spec.uri`` (idempotent): manifest under ``home/datasets/<id>/``, one partition per chunk.
+
+    Bad input raises ``DatasetError`` (one line: file, line/row/column, what to do) before any partition is added.
+    """
+    chunk_size = spec.chunk_size
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK_SIZE:
+        raise DatasetError(
+            f"cannot register {spec.uri}: chunk_size must be a whole number of rows, {MIN_CHUNK_SIZE} or more "
+            f"(got {chunk_size!r}); fix `chunk_size` (100-500 suits most runs)"
+        )
     fmt = _format_of(spec.uri)
     # Local paths are stored absolute: chunks are read later by runs whose working directory may differ.
     uri = spec.uri if is_s3_uri(spec.uri) else os.path.abspath(spec.uri)
     hasher = hashlib.sha256()
-    with open_binary(uri, s3) as f:
-        if fmt == "csv":
-            scan = _scan_csv(f, hasher, spec.chunk_size)
-        elif fmt == "jsonl":
-            scan = _scan_jsonl(f, hasher, spec.chunk_size)
-        else:
-            scan = _scan_parquet(f, hasher, spec.chunk_size)
-    _check_columns(spec, scan.columns)
+    try:
+        if size_bytes(uri, s3) == 0:
+            raise DatasetError(
+                f"{spec.uri} is empty (0 bytes): expected {_EXPECTED[fmt]}; fix the file and run again"
+            )
+        with open_binary(uri, s3) as f:
+            if fmt == "csv":
+                scan = _scan_csv(f, hasher, spec)
+            elif fmt == "jsonl":
+                scan = _scan_jsonl(f, hasher, spec)
+            else:
+                scan = _scan_parquet(f, hasher, spec)
+    except Exception as exc:
+        if not _is_storage_error(exc):
+            raise
+        raise DatasetError(f"cannot read {spec.uri}: {_storage_reason(exc, spec.uri, uri)}") from None
     if scan.total_rows == 0:
-        raise DatasetError(f"{spec.uri} has no data rows; nothing to register")
+        what = {"csv": f"a header ({','.join(scan.columns)}) but no data rows", "jsonl": "only blank lines"}
+        raise DatasetError(
+            f"{spec.uri} has {what.get(fmt, 'no data rows')}; nothing to register: add rows or pick another file"
+        )
     n_chunks = len(scan.chunks)
     if n_chunks > MAX_CHUNKS_PER_DATASET:
         raise DatasetError(
@@ -179,38 +239,40 @@ def register_dataset(
         team_source=team_source,
     )
     if spec.id_column is not None:
-        ds = replace(ds, duplicate_rows=_duplicate_rows(ds, s3))
+        duplicates, not_text = _audit_ids(ds, s3)
+        ds = replace(ds, duplicate_rows=duplicates, ids_not_text=not_text)
     write_bytes_atomic(manifest_path, json.dumps(asdict(ds), indent=1).encode())
     add_chunk_partitions(instance, keys)
     return ds
 
 
-def _duplicate_rows(ds: RegisteredDataset, s3: Any) -> dict[str, int]:
-    """Rows whose id an earlier row of the file already used, across chunks.
+def _audit_ids(ds: RegisteredDataset, s3: Any) -> tuple[dict[str, int], int]:
+    """Rows whose id an earlier row of the file already used, across chunks; and how many ids were not text.
+
+    Ids are compared exactly as given (no trimming): ``" a "`` and ``"a"`` are two ids.
 
     One more streamed pass, chunk by chunk, with the ids in a temporary SQLite table on disk: memory stays flat
     however large the file (a Python set of 10M ids would take ~1 GB).
     """
     duplicates: dict[str, int] = {}
+    not_text = 0
     with tempfile.TemporaryDirectory() as tmp:
         db = sqlite3.connect(os.path.join(tmp, "ids.sqlite"))
         try:
             db.execute("CREATE TABLE ids (id TEXT PRIMARY KEY, first_row INTEGER) WITHOUT ROWID")
             for index in range(ds.n_chunks):
                 frame = read_chunk(ds, index, s3)
-                for item_id, row in zip(frame[ID], frame[ROW_NUMBER], strict=True):
-                    if item_id is None or (isinstance(item_id, float) and item_id != item_id):
-                        continue
-                    key = str(item_id).strip()
-                    if not key:
-                        continue
+                not_text += frame.attrs.get(_IDS_NOT_TEXT, 0)
+                for key, row in zip(frame[ID], frame[ROW_NUMBER], strict=True):
+                    if key is None or not key.strip():
+                        continue  # no id: the items asset dead-letters the row
                     inserted = db.execute("INSERT OR IGNORE INTO ids VALUES (?, ?)", (key, int(row))).rowcount
                     if not inserted:
                         first = db.execute("SELECT first_row FROM ids WHERE id = ?", (key,)).fetchone()[0]
                         duplicates[str(int(row))] = int(first)
         finally:
             db.close()
-    return duplicates
+    return duplicates, not_text
 
 
 def manifest_path_for(home: Path, dataset_id: str) -> Path:
@@ -306,28 +368,31 @@ class _Scan:
 
 
 class _Counter:
-    """Byte position of the line iterator, so record boundaries map to byte offsets."""
+    """Byte position and line count of the line iterator, so records map to byte offsets and file lines."""
 
     def __init__(self, start: int = 0) -> None:
         self.pos = start
+        self.line = 0  # lines consumed so far (the current line's 1-based number while it is processed)
 
 
 def _hashed_lines(f: BinaryIO, hasher: Any, counter: _Counter) -> Iterator[bytes]:
     for raw in f:
         hasher.update(raw)
         counter.pos += len(raw)
+        counter.line += 1
         yield raw
+
+
+def _decode_line(raw: bytes, counter: _Counter, first: bool) -> str:
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise _NotUtf8(counter.line, counter.pos - len(raw), raw, exc) from None
 
 
 def _decoded(lines: Iterator[bytes], counter: _Counter, first: bool) -> Iterator[str]:
     for raw in lines:
-        try:
-            yield raw.decode("utf-8-sig" if first else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise DatasetError(
-                f"bytes near offset {counter.pos - len(raw)} are not UTF-8 ({exc.reason}); "
-                "re-encode the file as UTF-8"
-            ) from None
+        yield _decode_line(raw, counter, first)
         first = False
 
 
@@ -347,73 +412,116 @@ def _chunk_locators_from_starts(
     return out
 
 
-def _scan_csv(f: BinaryIO, hasher: Any, chunk_size: int) -> _Scan:
+_RE_ENCODE = "re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) and run again"
+
+
+def _scan_csv(f: BinaryIO, hasher: Any, spec: DatasetSpec) -> _Scan:
     counter = _Counter()
     reader = _csv_reader(_decoded(_hashed_lines(f, hasher, counter), counter, first=True))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DatasetError("the CSV file is empty: expected a header row naming the columns") from None
+    header: list[str] | None = None
     starts: list[int] = []
     n = 0
-    record_start = (
-        counter.pos
-    )  # csv pulls exactly the lines of one record, so this is the next record's start
+    record_start = 0  # csv pulls exactly the lines of one record, so this is the next record's start
     try:
+        header = next(reader, None)
+        if header is None:  # only reached for a file of blank lines: 0 bytes is caught before
+            raise DatasetError(f"{spec.uri} has no header row naming the columns; fix the file and run again")
+        _check_columns(spec, header)  # before the (possibly long) scan: a wrong file fails at once
+        record_start = counter.pos
         for record in reader:
             if record:  # blank lines are not rows
-                if n % chunk_size == 0:
+                if n % spec.chunk_size == 0:
                     starts.append(record_start)
                 n += 1
             record_start = counter.pos
+    except _NotUtf8 as bad:
+        where = "the header" if header is None else f"data row {n + 1}"
+        column = _csv_column_of(bad, header) if bad.start == record_start else None
+        raise DatasetError(
+            f"{spec.uri}: line {bad.line} ({where}{f', column {column!r}' if column else ''}) "
+            f"{bad.describe()}; {_RE_ENCODE}"
+        ) from None
     except csv.Error as exc:
-        raise DatasetError(f"CSV parse error after data row {n}: {exc}; fix the file's quoting") from None
-    return _Scan(header, n, _chunk_locators_from_starts(starts, counter.pos, n, chunk_size), counter.pos)
+        raise DatasetError(
+            f"{spec.uri}: line {counter.line} (data row {n + 1}) cannot be parsed as CSV ({exc}); "
+            "fix the file's quoting and run again"
+        ) from None
+    return _Scan(header, n, _chunk_locators_from_starts(starts, counter.pos, n, spec.chunk_size), counter.pos)
 
 
-def _scan_jsonl(f: BinaryIO, hasher: Any, chunk_size: int) -> _Scan:
+def _csv_column_of(bad: _NotUtf8, header: list[str] | None) -> str | None:
+    """The column holding the bad byte, when the line is a whole record (quoted newlines make it a guess)."""
+    if not header:
+        return None
+    fields = next(csv.reader([bad.raw.decode("utf-8", "surrogateescape")]), [])
+    for name, value in zip(header, fields, strict=False):
+        if any("\udc80" <= ch <= "\udcff" for ch in value):
+            return name
+    return None
+
+
+def _scan_jsonl(f: BinaryIO, hasher: Any, spec: DatasetSpec) -> _Scan:
     counter = _Counter()
     starts: list[int] = []
     columns: list[str] | None = None
     n = 0
-    for raw in _hashed_lines(f, hasher, counter):
-        if not raw.strip():
-            continue
-        if n % chunk_size == 0:
-            starts.append(counter.pos - len(raw))
-        if columns is None:
-            columns = _jsonl_columns(raw, n)
-        n += 1
+    try:
+        for raw in _hashed_lines(f, hasher, counter):
+            # Decoded here only to find bytes that are not UTF-8 (one bad line means a wrong encoding).
+            _decode_line(raw, counter, first=counter.line == 1)
+            if not raw.strip():
+                continue
+            if n % spec.chunk_size == 0:
+                starts.append(counter.pos - len(raw))
+            if columns is None:
+                columns = _jsonl_columns(raw, counter.line, spec)
+                _check_columns(spec, columns)
+            n += 1
+    except _NotUtf8 as bad:
+        raise DatasetError(f"{spec.uri}: line {bad.line} {bad.describe()}; {_RE_ENCODE}") from None
     return _Scan(
-        columns or [], n, _chunk_locators_from_starts(starts, counter.pos, n, chunk_size), counter.pos
+        columns or [], n, _chunk_locators_from_starts(starts, counter.pos, n, spec.chunk_size), counter.pos
     )
 
 
-def _jsonl_columns(raw: bytes, row: int) -> list[str]:
+def _jsonl_columns(raw: bytes, line: int, spec: DatasetSpec) -> list[str]:
     # The first record names the columns; later records may differ (read_chunk keeps whatever they hold).
     try:
         first = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise DatasetError(
-            f"JSONL row {row} is not valid JSON ({exc}); is the file really JSON Lines?"
+            f"{spec.uri}: line {line} (the first record) is not valid JSON ({exc}); each line must be one "
+            "JSON object (JSON Lines): fix the file and run again"
         ) from None
     if not isinstance(first, dict):
-        raise DatasetError(f"JSONL row {row} is a {type(first).__name__}, expected a JSON object per line")
+        raise DatasetError(
+            f"{spec.uri}: line {line} (the first record) is a JSON {type(first).__name__}, expected one JSON "
+            "object per line; fix the file and run again"
+        )
     return list(first)
 
 
-def _scan_parquet(f: BinaryIO, hasher: Any, chunk_size: int) -> _Scan:
+def _scan_parquet(f: BinaryIO, hasher: Any, spec: DatasetSpec) -> _Scan:
     size = 0
     while block := f.read(_HASH_BLOCK_BYTES):
         hasher.update(block)
         size += len(block)
     f.seek(0)
-    meta = pq.ParquetFile(f).metadata  # footer only: row counts per row group, no data pages
+    try:
+        meta = pq.ParquetFile(f).metadata  # footer only: row counts per row group, no data pages
+        names = list(meta.schema.to_arrow_schema().names)
+    except pa.ArrowException as exc:
+        raise DatasetError(
+            f"{spec.uri} is not a Parquet file pyarrow can read ({exc}); check the file, or give it the "
+            "extension of its real format (.csv, .jsonl)"
+        ) from None
+    _check_columns(spec, names)
     group_starts = []
     total = 0
     for g in range(meta.num_row_groups):
         group_starts.append(total)
         total += meta.row_group(g).num_rows
+    chunk_size = spec.chunk_size
     chunks = []
     group = 0
     for i, first in enumerate(range(0, total, chunk_size)):
@@ -428,7 +536,31 @@ def _scan_parquet(f: BinaryIO, hasher: Any, chunk_size: int) -> _Scan:
                 row_offset=first - group_starts[group],
             )
         )
-    return _Scan(list(meta.schema.to_arrow_schema().names), total, chunks, size)
+    return _Scan(names, total, chunks, size)
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """A file system error, or an S3 error (botocore's, matched by module so botocore is imported only for S3)."""
+    return isinstance(exc, OSError) or type(exc).__module__.startswith(("botocore.", "boto3."))
+
+
+def _storage_reason(exc: BaseException, given: str, resolved: str) -> str:
+    """Why the file cannot be read, in a few words and with what to do; never the S3 request or credentials."""
+    looked = "" if given == resolved else f" (looked for {resolved})"
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file{looked}; check the path and run again"
+    if isinstance(exc, IsADirectoryError):
+        return "it is a folder, not a file; give the path of a .csv, .jsonl or .parquet file"
+    if isinstance(exc, PermissionError):
+        return f"permission denied{looked}; make the file readable and run again"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or type(exc).__name__}{looked}; check the file and run again"
+    code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")) or type(exc).__name__
+    if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+        return "no such object in S3; check the bucket and key and run again"
+    if code in ("403", "AccessDenied"):
+        return "S3 denied access; check the credentials' permissions on the bucket and run again"
+    return f"S3 error {code}; check the URI, the endpoint and the credentials and run again"
 
 
 # ---------------------------------------------------------------- chunk readers
@@ -448,6 +580,11 @@ def _read_csv_chunk(data: bytes, loc: ChunkLocator, header: list[str]) -> list[d
             records.append(row)
     except csv.Error as exc:
         raise DatasetError(f"CSV parse error in chunk {loc.index}: {exc}") from None
+    except _NotUtf8 as bad:  # registration read every byte as UTF-8: the file was edited in place since
+        raise DatasetError(
+            f"chunk {loc.index}: line {bad.line} of the chunk {bad.describe()}; the file changed after "
+            "registration: register it again"
+        ) from None
     return records
 
 
@@ -506,13 +643,14 @@ def _check_columns(spec: DatasetSpec, columns: list[str]) -> None:
     found = ", ".join(repr(c) for c in columns) or "none"
     if TEXT not in mapped:
         raise DatasetError(
-            f"{spec.uri} has no 'text' column (columns found: {found}); map the column holding the text with "
-            "`column_map`, e.g. column_map={'body': 'text'}"
+            f"{spec.uri} has no 'text' column (columns found: {found}); rename the column holding the text to "
+            "'text', or map it with `column_map`, e.g. column_map={'body': 'text'}"
         )
     if spec.id_column is not None and ID not in mapped:
         raise DatasetError(
-            f"{spec.uri} has no id column {spec.id_column!r} (columns found: {found}); set `id_column` to the "
-            "column holding stable item ids, or id_column=None to derive ids from the row number"
+            f"{spec.uri} has no id column {spec.id_column!r} (columns found: {found}); add a column of stable "
+            f"item ids named {spec.id_column!r}, set `id_column` to the column holding them, or id_column=None "
+            "to derive ids from the row number"
         )
 
 
@@ -556,7 +694,7 @@ def _to_frame(records: list[dict[str, Any]], ds: RegisteredDataset, first_row: i
                 passthrough.append(key)
     columns = CORE_COLUMNS + passthrough + [ROW_NUMBER, READ_ERROR]
     values = {c: [row.get(c) for row in rows] for c in columns}
-    values[ID] = [None if v is None else str(v) for v in values[ID]]
+    values[ID] = [_id_text(v) for v in values[ID]]
     values[LABEL] = [None if v is None else str(v) for v in values[LABEL]]
     if ds.team_source == "label_rule":
         values[TEAM] = [team_for_label(v, spec.team_from_label or {}) for v in values[LABEL]]
@@ -565,7 +703,19 @@ def _to_frame(records: list[dict[str, Any]], ds: RegisteredDataset, first_row: i
     # object dtype keeps None as None (pandas 3 would turn it into NaN in a "str" column)
     frame = pd.DataFrame({c: pd.Series(values[c], dtype=object) for c in columns})
     frame[ROW_NUMBER] = frame[ROW_NUMBER].astype("int64")
+    if spec.id_column is not None:
+        raw_ids = [row.get(ID) for row in rows]
+        frame.attrs[_IDS_NOT_TEXT] = sum(not isinstance(v, str) and _id_text(v) is not None for v in raw_ids)
     return frame
+
+
+def _id_text(value: Any) -> str | None:
+    """The id as text, exactly as given; None when missing (a float NaN is missing, not the id "nan")."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
 
 
 def _format_of(uri: str) -> str:

@@ -9,6 +9,7 @@ the local simulator (the demo), a real provider, or an OpenAI-compatible server:
 - `CHUNKWISE_HOME` (local state, default `./.chunkwise`)
 - `CHUNKWISE_MODE` (`online` | `batch`, default `online`: both LLM stages through the providers' Batch APIs,
   collected by `batch_poll_sensor`; docs/batch_mode.md)
+- `CHUNKWISE_BUDGET_RUN_USD` / `CHUNKWISE_BUDGET_DATASET_USD` / `CHUNKWISE_BUDGET_DAY_USD` (hard caps, USD)
 - `CHUNKWISE_OUTPUTS_URI` (where stage outputs go: default `$CHUNKWISE_HOME/outputs`, or `s3://bucket/prefix`)
 - `CHUNKWISE_S3_ENDPOINT_URL` / `CHUNKWISE_S3=1` (S3 for `s3://` datasets and outputs; on by itself when
   `CHUNKWISE_WATCH_URI` or `CHUNKWISE_OUTPUTS_URI` is `s3://`; io_managers/s3_config.py)
@@ -28,7 +29,6 @@ from io_managers.s3_config import s3_from_env
 from llm_assets.assets import classified, enriched, items
 from llm_assets.checks import QualityGateSettings, stage_checks
 from llm_assets.completion import CompletionSettings, ledger_assets
-from llm_assets.hooks import remove_checkpoints_on_success
 from llm_assets.settings import PipelineSettings, chunkwise_home, stage_modes_from_env
 from resources.llm import LLMResource
 from sensors.alerts import check_alert_sensor
@@ -38,7 +38,9 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "banking77"
 DEFAULT_BASE_URL = "http://127.0.0.1:8765/v1"
 OUTPUTS_URI_ENV = "CHUNKWISE_OUTPUTS_URI"
 
-stage_assets = [a.with_hooks({remove_checkpoints_on_success}) for a in (items, classified, enriched)]
+# Checkpoints are not removed when a stage succeeds: only the completion step removes them, once every stage of
+# the chunk is materialized, so a kill between two stages never makes the restart pay a finished stage again.
+stage_assets = [items, classified, enriched]
 
 
 def build_defs(
@@ -115,9 +117,33 @@ def defs_from_env(home: Path | None = None, s3: Any = None) -> dg.Definitions:
         enrich_model=os.environ.get("CHUNKWISE_ENRICH_MODEL", "gpt-6.2-sol"),
         home=home or chunkwise_home(),
         settings=stage_modes_from_env(),
+        llm=budgets_from_env(),
         s3=s3 if s3 is not None else s3_for(),
         outputs_uri=os.environ.get(OUTPUTS_URI_ENV) or None,
     )
+
+
+BUDGET_ENV = {
+    "CHUNKWISE_BUDGET_RUN_USD": "budget_run_usd",
+    "CHUNKWISE_BUDGET_DATASET_USD": "budget_dataset_usd",
+    "CHUNKWISE_BUDGET_DAY_USD": "budget_day_usd",
+}
+
+
+def budgets_from_env() -> dict[str, float]:
+    """Hard USD caps from CHUNKWISE_BUDGET_{RUN,DATASET,DAY}_USD (unset: no cap), for every LLM resource."""
+    caps: dict[str, float] = {}
+    for name, field in BUDGET_ENV.items():
+        text = os.environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            caps[field] = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{name}={text!r} is not a number of US dollars; set it like {name}=12.50"
+            ) from None
+    return caps
 
 
 defs = defs_from_env()

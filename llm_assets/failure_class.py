@@ -73,3 +73,16 @@ def _error_class_names(entry: dg.EventLogEntry) -> set[str]:
             names.add(error.cls_name)
         pending += [e for e in (error.cause, error.context) if e is not None]
     return names
+
+
+def job_fatal_reason(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
+    """(reason, message) of a job-fatal step failure: JobFatalError's `reason` metadata and its description."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        data = entry.dagster_event.step_failure_data if entry.dagster_event else None
+        if data is None:
+            continue
+        meta = data.user_failure_data.metadata if data.user_failure_data else {}
+        reason = meta.get("reason")
+        message = data.error.message.strip() if data.error else ""
+        return (str(reason.value) if reason is not None else "unknown"), message
+    return "unknown", ""

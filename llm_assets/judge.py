@@ -55,6 +55,7 @@ def judge_items(
     *,
     dataset_id: str,
     run_id: str,
+    partition_key: str = "",
     log: object | None = None,
 ) -> JudgeVerdicts:
     """Ask the judge for the label of each `item_id -> text`; spend counts against the run's and dataset's budget.
@@ -75,7 +76,7 @@ def judge_items(
         system_prompt=prompt.system_prompt,
         schema=prompt.schema,
         schema_name=prompt.schema_name,
-        scope=BudgetScope(run_id=run_id, dataset_id=dataset_id),
+        scope=BudgetScope(run_id=run_id, dataset_id=dataset_id, partition_key=partition_key),
         stage=JUDGE_STAGE,
         log=log,
     )

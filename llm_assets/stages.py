@@ -6,7 +6,9 @@ Both `classified` and `enriched` call `run_stage`. It
 3. on a chunk-level failure (retryable or job-fatal) lets the exception through with the checkpoint kept,
    so the retry (Dagster's RetryPolicy, then the backfill sensor) pays only for what was not done;
 4. on success returns one output row per succeeded item and one dead letter per failed item.
-The checkpoint is removed by `remove_checkpoints_on_success` after the IO manager has stored the output.
+The checkpoint outlives the step: it is removed only when the dataset completes (`clean_up_chunks` in
+completion.py, for chunks whose every stage is materialized), so a kill anywhere between a stage's last request
+and the chunk's last materialization re-pays nothing (a re-run reads every result from the checkpoint).
 
 `run_batch_stage` is the same stage through the provider's Batch API (half price, results within 24 h). A run
 never waits for a batch: it collects the batches that ended (results into the same checkpoint, exactly as
@@ -146,7 +148,9 @@ def run_stage(
     )
     done = _load_checkpoint(checkpoint, stage, partition_key)
     by_key = _items_by_key(items, dataset_id, prompt, llm)
-    pending = [LLMRequest(key=key, text=row.text) for key, row in by_key.items() if key not in done]
+    pending = [
+        LLMRequest(key=key, text=row.text, team=_team(row)) for key, row in by_key.items() if key not in done
+    ]
     skipped = len(by_key) - len(pending)
     if skipped:
         context.log.info(
@@ -161,7 +165,7 @@ def run_stage(
                 system_prompt=prompt.system_prompt,
                 schema=prompt.schema,
                 schema_name=prompt.schema_name,
-                scope=BudgetScope(run_id=context.run_id, dataset_id=dataset_id),
+                scope=BudgetScope(run_id=context.run_id, dataset_id=dataset_id, partition_key=partition_key),
                 stage=stage,
                 on_result=lambda r: checkpoint.record(r.key, _result_record(r, context.run_id)),
                 log=context.log,
@@ -173,6 +177,11 @@ def run_stage(
 
     records = checkpoint.load()
     return _assemble(context, records, by_key, prompt, llm, dataset_id, summary, skipped, checkpoint)
+
+
+def _team(row: Any) -> str:
+    team = getattr(row, "team", "")
+    return team if isinstance(team, str) else ""
 
 
 def _load_checkpoint(
@@ -406,11 +415,11 @@ def run_batch_stage(
             resuming = [h.round for h in journal.pending if h.status == SUBMITTING]
             round_ = min(resuming) if resuming else journal.last_round + 1
             llm.submit_batch(
-                [LLMRequest(key=key, text=by_key[key].text) for key in uncovered],
+                [LLMRequest(key=key, text=by_key[key].text, team=_team(by_key[key])) for key in uncovered],
                 system_prompt=prompt.system_prompt,
                 schema=prompt.schema,
                 schema_name=prompt.schema_name,
-                scope=BudgetScope(run_id=context.run_id, dataset_id=dataset_id),
+                scope=BudgetScope(run_id=context.run_id, dataset_id=dataset_id, partition_key=partition_key),
                 stage=stage,
                 journal=journal,
                 round=round_,

@@ -83,7 +83,7 @@ def message_body(prompt: Prompt, outcome: Outcome) -> dict[str, Any]:
     usage = outcome.usage
     content = [] if outcome.content is None else [{"type": "text", "text": outcome.content}]
     return {
-        "id": new_id("msg_"),
+        "id": outcome.reply_id or new_id("msg_"),
         "type": "message",
         "role": "assistant",
         "model": prompt.model,

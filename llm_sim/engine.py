@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ class Outcome:
     prompt_tokens: int = 0
     billed_usd: float = 0.0
     latency_s: float = 0.0
+    reply_id: str | None = None  # online replies: the body's `id`, also in the request log
 
 
 class Engine:
@@ -158,6 +160,14 @@ class Engine:
         multiplier = self.config.batch_price_multiplier if batch else 1.0
         outcome.billed_usd = outcome.usage.cost_usd(spec, multiplier)
         self.cache.commit(plan, now)
+        if not batch:
+            latency = self.config.latency
+            jitter = self.latency_rng.uniform(0, latency.jitter_ms) if latency.jitter_ms else 0.0
+            outcome.latency_s = (
+                latency.base_ms + latency.per_output_token_ms * outcome.usage.output + jitter
+            ) / 1000.0
+            outcome.reply_id = "chatcmpl-" if prompt.provider == "openai" else "msg_"
+            outcome.reply_id += secrets.token_hex(12)
         self.ledger.record(
             provider=prompt.provider,
             model=prompt.model,
@@ -169,13 +179,9 @@ class Engine:
             custom_id=custom_id,
             batch_id=batch_id,
             fault=fault,
+            reply_id=outcome.reply_id,
+            latency_s=outcome.latency_s,
         )
-        if not batch:
-            latency = self.config.latency
-            jitter = self.latency_rng.uniform(0, latency.jitter_ms) if latency.jitter_ms else 0.0
-            outcome.latency_s = (
-                latency.base_ms + latency.per_output_token_ms * outcome.usage.output + jitter
-            ) / 1000.0
         return outcome
 
     def _answer(self, prompt: Prompt, fault: str | None) -> Outcome:

@@ -57,6 +57,10 @@ class RequestRecord:
     custom_id: str | None = None
     batch_id: str | None = None
     fault: str | None = None
+    reply_id: str | None = (
+        None  # the `id` of the reply body (`chatcmpl-...` / `msg_...`): what the client saw
+    )
+    latency_s: float = 0.0  # how long the reply was held after billing: in flight over [t, t + latency_s]
     usage: Usage = field(default_factory=Usage, repr=False)
 
 
@@ -89,6 +93,8 @@ class Ledger:
         custom_id: str | None = None,
         batch_id: str | None = None,
         fault: str | None = None,
+        reply_id: str | None = None,
+        latency_s: float = 0.0,
     ) -> RequestRecord:
         usage = usage or Usage()
         record = RequestRecord(
@@ -107,6 +113,8 @@ class Ledger:
             custom_id=custom_id,
             batch_id=batch_id,
             fault=fault,
+            reply_id=reply_id,
+            latency_s=latency_s,
             usage=usage,
         )
         self.records.append(record)

@@ -91,7 +91,7 @@ def completion_body(prompt: Prompt, outcome: Outcome, engine: Engine) -> dict[st
     if spec.bills_cache_write:
         details["cache_write_tokens"] = usage.cache_write
     return {
-        "id": new_id("chatcmpl-"),
+        "id": outcome.reply_id or new_id("chatcmpl-"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": prompt.model,

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 
@@ -35,6 +38,45 @@ SIM_KEY = "sk-sim-local"
 # The console shows the pipeline's own INFO lines (progress, check results), not Dagster's DEBUG event stream;
 # every event is still in the instance for `make ui`.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Failures Chunkwise expects and explains (bad key, budget, outage, a failed gate): their message says what to
+# do, so the console leaves out the stack trace (it stays in the run's event log for `make ui`).
+EXPECTED_FAILURES = (
+    "JobFatalError",
+    "ChunkRetryableError",
+    "DagsterAssetCheckFailedError",
+    "BudgetExhausted",
+)
+
+
+class _TrimExpectedTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Stack Trace:" in message and any(name in message for name in EXPECTED_FAILURES):
+            record.msg = (
+                message.split("\n\nStack Trace:", 1)[0].rstrip()
+                + "  (stack trace: the run's logs in `make ui`)"
+            )
+            record.args = ()
+        return True
+
+
+def demo_console_logger():
+    """Dagster's console logger for the demo: INFO and up, expected failures without their stack trace."""
+    import dagster as dg
+
+    @dg.logger(
+        config_schema={"log_level": dg.Field(str, is_required=False, default_value="INFO")},
+        description="The demo's console: INFO and up; expected failures without a stack trace.",
+    )
+    def console(init_context: dg.InitLoggerContext) -> logging.Logger:
+        logger = logging.Logger("chunkwise", level=init_context.logger_config["log_level"])
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(levelname)s - %(message)s"))
+        handler.addFilter(_TrimExpectedTracebacks())
+        logger.addHandler(handler)
+        return logger
+
+    return console
 
 
 def _free_port() -> int:
@@ -90,12 +132,36 @@ def _prepare_instance(home: Path) -> None:
     os.environ["DAGSTER_HOME"] = str(dagster_home)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line on stderr and exit code 2, like every other bad input (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"chunkwise: {message}; see `python -m scripts.demo --help`\n")
+
+
+def _chunk_size(value: str) -> int:
+    from llm_assets.datasets import MIN_CHUNK_SIZE  # the rule registration enforces
+
+    try:
+        size = int(value)
+    except ValueError:
+        size = None
+    if size is None or size < MIN_CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of rows, {MIN_CHUNK_SIZE} or more (100-500 suits most runs), got {value!r}"
+        )
+    return size
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(BANKING), help="CSV/Parquet/JSONL file, local or s3://")
-    parser.add_argument("--chunk-size", type=int, default=250)
+    parser.add_argument(
+        "--chunk-size",
+        type=_chunk_size,
+        default=250,
+        help="rows per chunk (one partition each): a whole number, 1 or more; 100-500 suits most runs",
+    )
     parser.add_argument(
         "--mode",
         default=os.environ.get("CHUNKWISE_MODE", "online") or "online",
@@ -125,6 +191,13 @@ def _main(args: argparse.Namespace) -> int:
     _prepare_instance(home)
     sim = None
     sim_root = None
+    if os.environ.get("CHUNKWISE_LLM_BASE_URL") and not os.environ.get("CHUNKWISE_LLM_API_KEY"):
+        print(
+            f"chunkwise: CHUNKWISE_LLM_BASE_URL is {os.environ['CHUNKWISE_LLM_BASE_URL']} but CHUNKWISE_LLM_API_KEY "
+            "is not set; export the provider's key as CHUNKWISE_LLM_API_KEY and run again",
+            file=sys.stderr,
+        )
+        return 2
     if not os.environ.get("CHUNKWISE_LLM_BASE_URL"):
         sim, sim_root = start_simulator()
         os.environ["CHUNKWISE_LLM_BASE_URL"] = f"{sim_root}/v1"
@@ -143,13 +216,28 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     import dagster as dg
 
     from llm_assets.chunk_status import chunk_states
-    from llm_assets.datasets import DatasetSpec, load_team_rules, register_dataset
+    from llm_assets.datasets import DatasetError, DatasetSpec, load_team_rules, register_dataset
     from llm_assets.definitions import defs_from_env, s3_for
+    from llm_assets.failure_class import FailureClass, job_fatal_reason, run_failure_class
+    from llm_assets.run_liveness import fail_orphaned_runs, process_tags
+    from resources.llm.resource import spend_ledger_for
     from sensors.chunk_runs import chunk_run_request, default_provider
 
     s3 = s3_for(args.data)  # None unless the input or the outputs are on S3
-    defs = defs_from_env(home, s3=s3)
+    defs = dg.Definitions.merge(
+        defs_from_env(home, s3=s3), dg.Definitions(loggers={"console": demo_console_logger()})
+    )
     instance = dg.DagsterInstance.get()
+    orphaned = fail_orphaned_runs(instance)
+    if orphaned:
+        print(
+            f"marked {len(orphaned)} unfinished runs failed: their process was killed (chunks resume from checkpoints)"
+        )
+    # Running the demo again by hand is a person's decision to go on after a job-fatal stop (key, quota, model).
+    for halt in spend_ledger_for(instance.storage_directory()).clear_halts():
+        print(
+            f"lifted the earlier stop ({halt.reason}); if its cause is not fixed the first request stops again"
+        )
     if Path(args.data).resolve() == BANKING.resolve():
         # The shipped sample has `text,category` and no id or team: ids are derived from the row number
         # (`r0000042`) and the billed team from the intent family (data/banking77/teams.json).
@@ -163,7 +251,11 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         )
     else:
         spec = DatasetSpec(uri=args.data, chunk_size=args.chunk_size)
-    dataset = register_dataset(spec, instance, home, s3=s3)
+    try:
+        dataset = register_dataset(spec, instance, home, s3=s3)
+    except DatasetError as exc:  # bad input: one line that says what to fix, no traceback, nothing sent
+        print(f"chunkwise: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 2
     print(
         f"dataset {dataset.dataset_id}: {dataset.total_rows:,} items in {dataset.n_chunks} chunks of {dataset.chunk_size}"
     )
@@ -178,7 +270,11 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         started = time.monotonic()
         request = chunk_run_request(key, attempt=1, provider=default_provider(), launched_by="demo")
         result = job.execute_in_process(
-            instance=instance, partition_key=key, raise_on_error=False, tags=request.tags, run_config=QUIET
+            instance=instance,
+            partition_key=key,
+            raise_on_error=False,
+            tags={**request.tags, **process_tags()},  # a kill leaves a run the next start marks failed
+            run_config=QUIET,
         )
         cost = sum(
             float(e.event_specific_data.materialization.metadata["cost_usd"].value)
@@ -191,14 +287,31 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         print(
             f"[{n}/{len(todo)}] {key}: {status} in {time.monotonic() - started:.1f}s, ${cost:.4f}", flush=True
         )
+        if not result.success and run_failure_class(instance, result.run_id) == FailureClass.JOB_FATAL:
+            # Bad key, no quota, unknown model, spent budget: every further chunk would fail the same way.
+            reason, message = job_fatal_reason(instance, result.run_id)
+            message = re.sub(r"^[\w.]+Error: ", "", " ".join(message.split()))
+            print(f"chunkwise: stopped ({reason}): {message}", file=sys.stderr, flush=True)
+            print(
+                f"{len(todo) - n} chunks not started. Fix the cause and run `make demo` again: "
+                "work already done is kept and not paid again."
+            )
+            return 3
     if args.mode == "batch" and todo:
         collect_batches(defs, instance, home, dataset.partition_keys, args.batch_timeout_s)
 
     report_path = home / "reports" / dataset.dataset_id / "completion_report.json"
-    if todo or not report_path.exists():
+    completed = dataset.dataset_id in instance.get_materialized_partitions(dg.AssetKey("dataset_complete"))
+    if (
+        todo or not completed or not report_path.exists()
+    ):  # a kill in the completion step leaves it unrecorded
         instance.add_dynamic_partitions("datasets", [dataset.dataset_id])
         completion = defs.resolve_job_def("dataset_completion").execute_in_process(
-            instance=instance, partition_key=dataset.dataset_id, raise_on_error=False, run_config=QUIET
+            instance=instance,
+            partition_key=dataset.dataset_id,
+            raise_on_error=False,
+            run_config=QUIET,
+            tags=process_tags(),
         )
         if not completion.success:
             print("the completion report could not be written: some chunk is not done (see `make ui`)")
@@ -215,6 +328,7 @@ def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeo
     import dagster as dg
 
     from llm_assets.chunk_status import chunk_states
+    from llm_assets.run_liveness import process_tags
     from sensors.batches import STAGE_RESOURCES, evaluate_batches, find_pending_batches
 
     job = defs.resolve_job_def("chunk_pipeline")
@@ -244,7 +358,7 @@ def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeo
                     instance=instance,
                     partition_key=request.partition_key,
                     asset_selection=request.asset_selection,
-                    tags={**request.tags, "dagster/run_key": request.run_key},
+                    tags={**request.tags, "dagster/run_key": request.run_key, **process_tags()},
                     raise_on_error=False,
                     run_config=QUIET,
                 )
@@ -269,12 +383,32 @@ def _print_summary(r: dict, sim_root: str | None) -> None:
     print()
     print(
         f"{r['succeeded']:,} of {r['total_items']:,} items succeeded, {r['failed']:,} failed "
-        f"({r['dead_lettered']:,} dead-lettered); threshold {r['success_threshold']:.0%} "
+        f"({r['dead_lettered']:,} dead-lettered, {r['quarantined']:,} quarantined, "
+        f"{r['not_processed']:,} not processed); threshold {r['success_threshold']:.0%} "
         f"{'met' if r['threshold_met'] else 'NOT met'}"
     )
+    b = r["buckets"]
     print(
-        f"  cost: ${r['total_cost_usd']:.4f} (${r['cost_per_item_usd']:.6f} per item), cache savings ${r['cache_savings_usd']:.4f}"
+        f"  rows: {b['succeeded']:,} succeeded + {b['dead_lettered']:,} dead-lettered + {b['quarantined']:,} "
+        f"quarantined + {b['not_processed']:,} not processed = {sum(b.values()):,}"
     )
+    for label, field in (
+        ("dead-lettered", "dead_lettered_by_reason"),
+        ("quarantined", "quarantined_by_gate"),
+        ("not processed", "not_processed_by_reason"),
+    ):
+        if r[field]:
+            print(f"    {label}: {', '.join(f'{k} {v:,}' for k, v in r[field].items())}")
+    print(
+        f"  cost: ${r['total_cost_usd']:.4f} billed = ${r['useful_cost_usd']:.4f} useful + ${r['repaid_usd']:.4f} "
+        f"re-paid + ${r['wasted_usd']:.4f} wasted + ${r['quality_checks_usd']:.4f} quality checks "
+        f"(${r['cost_per_item_usd']:.6f} per item), cache savings ${r['cache_savings_usd']:.4f}"
+    )
+    if r["unsettled_requests"]:
+        print(
+            f"  unsettled: {r['unsettled_requests']:,} requests were in flight when a process died; the provider "
+            f"may have billed up to ${r['unsettled_max_usd']:.4f} more"
+        )
     print(
         f"  tokens: {r['input_tokens']:,} in ({r['cached_input_tokens']:,} cached), {r['output_tokens']:,} out"
     )

@@ -1,6 +1,7 @@
 """The backfill sensor: re-run chunk partitions whose latest run failed for a retryable reason, with backoff.
 
 Each tick:
+0. marks failed the runs orphaned by a kill (llm_assets/run_liveness.py), so they are read as failures below;
 1. reads the runs that failed since the last tick (run-failure events, in order, from the cursor on) and, for
    each one that is still its chunk's latest run, classifies the failure (llm_assets/failure_class.py):
    - retryable (outage, rate-limit storm, timeouts): schedules attempt n+1 after
@@ -26,8 +27,8 @@ nor launches a duplicate.
 Clearing a block (after fixing the key, the quota or the budget):
     python -m sensors.backfill clear openai        # or: anthropic
 writes `chunkwise/backfill/clear/<provider>` into the Dagster instance's key-value store (same
-`$DAGSTER_HOME`); the next tick lifts the block and re-runs the chunks the failure stopped, as their next
-attempt. `python -m sensors.backfill status` prints what is blocked.
+`$DAGSTER_HOME`) and lifts the provider's halts in the spend ledger (sensors/halts.py), so requests may be sent
+again; the next tick lifts the block and re-runs the chunks the failure stopped, as their next attempt. `python -m sensors.backfill status` prints what is blocked.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ from llm_assets.chunk_status import (
     PROVIDER_TAG,
     RETRY_SCHEDULED,
 )
-from llm_assets.failure_class import FailureClass, run_failure_class
+from llm_assets.failure_class import FailureClass, job_fatal_reason, run_failure_class
 from llm_assets.partitions import parse_chunk_key
+from llm_assets.run_liveness import fail_orphaned_runs
 from sensors.chunk_runs import chunk_pipeline_job, chunk_run_request, default_provider
+from sensors.halts import clear_provider, cleared_at, provider_stop, record_block
 from sensors.webhooks import deliver, webhook_url
 
 ALERT_WEBHOOK_ENV = "CHUNKWISE_ALERT_WEBHOOK_URL"
-CLEAR_KEY_PREFIX = "chunkwise/backfill/clear/"
 
 
 @dataclass(frozen=True)
@@ -100,29 +102,6 @@ class BackfillCursor:
     @classmethod
     def from_json(cls, text: str | None) -> BackfillCursor:
         return cls(**json.loads(text)) if text else cls()
-
-
-def clear_provider(instance: dg.DagsterInstance, provider: str) -> None:
-    """Tell the backfill sensor a person fixed what stopped `provider` (its next tick lifts the block)."""
-    instance.run_storage.set_cursor_values({CLEAR_KEY_PREFIX + provider: str(time.time())})
-
-
-def _cleared_at(instance: dg.DagsterInstance, provider: str) -> float:
-    key = CLEAR_KEY_PREFIX + provider
-    return float(instance.run_storage.get_cursor_values({key}).get(key) or 0.0)
-
-
-def _job_fatal_reason(instance: dg.DagsterInstance, run_id: str) -> tuple[str, str]:
-    """(reason, message) of a job-fatal step failure: JobFatalError's `reason` metadata and its description."""
-    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
-        data = entry.dagster_event.step_failure_data if entry.dagster_event else None
-        if data is None:
-            continue
-        meta = data.user_failure_data.metadata if data.user_failure_data else {}
-        reason = meta.get("reason")
-        message = data.error.message.strip() if data.error else ""
-        return (str(reason.value) if reason is not None else "unknown"), message
-    return "unknown", ""
 
 
 def _is_latest_run(instance: dg.DagsterInstance, partition: str, run_id: str) -> bool:
@@ -239,14 +218,14 @@ class _Tick:
     ) -> None:
         self._tag(run_id, NEEDS_HUMAN)
         entry = {"attempt": attempt + 1, "provider": provider, "failed_run": run_id}
-        if _cleared_at(self.instance, provider) > failed_at:
+        if cleared_at(self.instance, provider) > failed_at:
             self.state.scheduled[partition] = {**entry, "due_at": self.now}  # cleared since: just re-run it
             return
         self.state.held[partition] = entry
         self.state.scheduled.pop(partition, None)
         if provider in self.state.blocked:
             return  # one alert per block, however many chunks the failure stopped
-        reason, message = _job_fatal_reason(self.instance, run_id)
+        reason, message = job_fatal_reason(self.instance, run_id)
         self.state.blocked[provider] = {
             "since": failed_at,
             "reason": reason,
@@ -254,6 +233,7 @@ class _Tick:
             "run_id": run_id,
             "message": message,
         }
+        record_block(self.instance, provider, self.state.blocked[provider])
         if not first_time:
             return  # alerted before this cursor was lost
         self.state.needs_human_total += 1
@@ -265,7 +245,7 @@ class _Tick:
 
     def lift_cleared_blocks(self) -> None:
         for provider, block in list(self.state.blocked.items()):
-            if _cleared_at(self.instance, provider) <= block["since"]:
+            if cleared_at(self.instance, provider) <= block["since"]:
                 continue
             del self.state.blocked[provider]
             resumed = [p for p, h in self.state.held.items() if h["provider"] == provider]
@@ -279,9 +259,14 @@ class _Tick:
     def launch_due(self) -> None:
         room: dict[str, int] = {}
         due = sorted(self.state.scheduled.items(), key=lambda kv: kv[1]["due_at"])
+        stopped: dict[str, str | None] = {}
         for partition, entry in due:
             provider = entry["provider"]
             if entry["due_at"] > self.now or provider in self.state.blocked:
+                continue
+            if provider not in stopped:  # halted by a job-fatal answer another run got (spend ledger)
+                stopped[provider] = provider_stop(self.instance, provider)
+            if stopped[provider] is not None:
                 continue
             if provider not in room:
                 room[provider] = self.policy.max_in_flight - _in_flight(self.instance, provider)
@@ -334,6 +319,9 @@ def build_backfill_sensor(
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        orphaned = fail_orphaned_runs(context.instance)  # killed runs become failures this tick reads
+        if orphaned:
+            context.log.warning(f"marked {len(orphaned)} runs failed whose process is gone: {orphaned}")
         tick = _Tick(context, chosen, provider or default_provider(), read_limit)
         read = tick.read_failures()
         tick.lift_cleared_blocks()
@@ -369,11 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with dg.DagsterInstance.get() as instance:
         if args.command == "clear":
-            clear_provider(instance, args.provider)
+            lifted = clear_provider(instance, args.provider)
+            if lifted:
+                print(f"lifted the stop of {args.provider} ({', '.join(lifted)}): requests may be sent again")
             print(f"cleared {args.provider}: the backfill sensor's next tick resumes its chunks")
             return 0
         for provider in ("openai", "anthropic"):
-            at = _cleared_at(instance, provider)
+            at = cleared_at(instance, provider)
             print(f"{provider}: last cleared {time.ctime(at) if at else 'never'}")
     return 0
 

@@ -30,6 +30,7 @@ import dagster as dg
 from io_managers.parquet_files import is_s3_uri, parse_s3_uri, s3_client
 from llm_assets.datasets import DatasetError, DatasetSpec, register_dataset
 from sensors.chunk_runs import chunk_pipeline_job, chunk_run_request, default_provider
+from sensors.halts import provider_stop
 
 DATA_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet", ".pq")
 SUCCESS_SUFFIX = "._SUCCESS"
@@ -50,6 +51,8 @@ class NewDatasetCursor:
     """uri -> {size, mtime, dataset_id}"""
     rejected: dict[str, dict[str, Any]] = field(default_factory=dict)
     """uri -> {size, mtime, error}: skipped until the file changes."""
+    held: list[str] = field(default_factory=list)
+    """chunk partition keys registered while their provider was stopped: launched once it is cleared."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -135,7 +138,13 @@ def build_new_dataset_sensor(
         home = context.resources.settings.home_path()
         state = NewDatasetCursor.from_json(context.cursor)
         files, markers = list_input_files(watch_uri, s3)
+        chosen = provider or default_provider()
+        stopped = provider_stop(context.instance, chosen)
         requests: list[dg.RunRequest] = []
+        if state.held and stopped is None:
+            requests += [chunk_run_request(k, 1, chosen, "new_dataset") for k in state.held]
+            context.log.info(f"provider {chosen} cleared: launching {len(state.held)} held chunk runs")
+            state.held = []
         waiting = 0
         for seen in sorted(files, key=lambda f: f.uri):
             signature = [seen.size, seen.mtime]
@@ -160,13 +169,21 @@ def build_new_dataset_sensor(
                 "mtime": seen.mtime,
                 "dataset_id": dataset.dataset_id,
             }
-            chosen = provider or default_provider()
+            if stopped is not None:
+                state.held += dataset.partition_keys
+                context.log.warning(
+                    f"registered {seen.uri} as {dataset.dataset_id}: {dataset.n_chunks} chunk runs held, provider "
+                    f"{chosen} is stopped ({stopped}); `python -m sensors.backfill clear {chosen}` after fixing it"
+                )
+                continue
             requests += [chunk_run_request(k, 1, chosen, "new_dataset") for k in dataset.partition_keys]
             context.log.info(
                 f"registered {seen.uri} as {dataset.dataset_id}: {dataset.total_rows} rows in "
                 f"{dataset.n_chunks} chunks; requested {dataset.n_chunks} runs"
             )
         summary = f"{len(files)} data files, {waiting} still being written, {len(requests)} runs requested"
+        if state.held:
+            summary += f", {len(state.held)} chunk runs held: provider {chosen} is stopped ({stopped})"
         return dg.SensorResult(
             run_requests=requests,
             cursor=state.to_json(),

@@ -38,10 +38,19 @@ from resources.llm.errors import (
 from resources.llm.providers import adapter_for
 from resources.llm.providers.anthropic_batches import AnthropicBatches, created_s
 from resources.llm.providers.openai_batches import OpenAIBatches
+from resources.llm.spend_ledger import INVALID, OK, AttemptContext, Billed, SpendLedger
 from resources.llm.state_store import BudgetNeed, Permit, Settlement
 from resources.llm.structured import parse_json_object, validate
 from resources.llm.tokens import conservative_input_tokens, estimate_prompt_tokens
-from resources.llm.types import BatchLineResult, BudgetScope, ItemResult, ItemUsage, LLMRequest, UsageSummary
+from resources.llm.types import (
+    BatchLineResult,
+    BudgetScope,
+    ItemResult,
+    ItemUsage,
+    LLMRequest,
+    TokenUsage,
+    UsageSummary,
+)
 
 
 @dataclass
@@ -326,6 +335,7 @@ def submit(
                 budget_scopes=list(scopes) if caps.any else [],
                 empty_keys=empty if i == 0 else [],
                 repair_keys=[x.key for x in part if x.repaired],
+                teams={x.key: by_key[x.key].team for x in part if by_key[x.key].team},
             )
             if not part:  # only empty items: nothing to send, collectable at once
                 handle.status, handle.ended_at = ENDED, _now_iso()
@@ -547,6 +557,45 @@ class _ItemContext:
         return _Judged(self.key, resubmit=True)
 
 
+def _record_bills(
+    resource: Any,
+    handle: BatchHandle,
+    bills: list[tuple[str, BatchLineResult, TokenUsage, float, float, str]],
+) -> None:
+    """Every billed line into the spend ledger before any result is used; a line collected twice (a crash
+    during collection) is recorded once (its dedupe key is the batch id and custom id)."""
+    ledger = resource.spend_ledger()
+    dataset_id, partition = (handle.submission_id.split(":") + ["", ""])[:2]
+    for key, line, usage, cost, savings, verdict in bills:
+        ctx = AttemptContext(
+            idempotency_key=key,
+            dataset_id=dataset_id,
+            partition_key=partition,
+            stage=handle.stage,
+            team=handle.teams.get(key, ""),
+            provider=handle.provider,
+            model=handle.model,
+            mode="batch",
+        )
+        usage_billed = Billed(
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.cache_write_tokens,
+            usage.output_tokens,
+            cost,
+            savings,
+        )
+        ledger.billed(
+            SpendLedger.new_attempt_id(),
+            ctx,
+            handle.round,
+            usage_billed,
+            verdict,
+            provider_request_id=line.custom_id,
+            dedupe_key=f"batch:{handle.batch_id}:{line.custom_id}",
+        )
+
+
 def collect(
     resource: Any,
     handle: BatchHandle,
@@ -601,6 +650,7 @@ def collect(
     now = dt.datetime.now(dt.UTC)
     submitted = dt.datetime.fromisoformat(handle.submitted_at) if handle.submitted_at else now
     totals = UsageSummary(provider=handle.provider, model=handle.model)
+    bills: list[tuple[str, BatchLineResult, TokenUsage, float, float, str]] = []
     judged: list[_Judged] = []
     usages: dict[str, ItemUsage] = {}
     repair_keys = set(handle.repair_keys)
@@ -676,14 +726,17 @@ def collect(
         totals.cached_input_tokens += reply.usage.cached_input_tokens
         totals.cache_write_tokens += reply.usage.cache_write_tokens
         totals.output_tokens += reply.usage.output_tokens
+        bill = (key, line, reply.usage, cost, savings)
         if reply.refusal is not None or reply.finish_reason in ("refusal", "content_filter"):
             error_class = "content_filter" if reply.finish_reason == "content_filter" else "refusal"
+            bills.append((*bill, error_class))
             why = reply.refusal if isinstance(reply.refusal, str) else reply.finish_reason
             judged.append(
                 _Judged(key, finish(False, error_class=error_class, message=f"the model declined: {why}"))
             )
             continue
         if schema is None:
+            bills.append((*bill, OK))
             judged.append(
                 _Judged(
                     key, finish(True, output={"text": reply.content or ""}, finish_reason=reply.finish_reason)
@@ -694,6 +747,7 @@ def collect(
         if value is not None:
             errors = validate(value, schema)
             problem = "; ".join(errors[:5]) if errors else None
+        bills.append((*bill, OK if problem is None else INVALID))
         if problem is None:
             judged.append(_Judged(key, finish(True, output=value, finish_reason=reply.finish_reason)))
         elif key in repair_keys or attempts >= resource.max_attempts:
@@ -715,6 +769,7 @@ def collect(
         else:
             judged.append(_Judged(key, resubmit=True, repair=(reply.content or "", problem)))
 
+    _record_bills(resource, handle, bills)
     fatal = [j for j in judged if j.fatal is not None]
     if fatal:
         # Nothing is handed out or recorded: once the cause is fixed the same batch can be collected again.

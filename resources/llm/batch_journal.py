@@ -59,6 +59,7 @@ class BatchHandle:
     repair_keys: list[str] = field(default_factory=list)  # keys sent with their one schema repair
     collected_at: str | None = None
     cost_usd: float = 0.0  # actual, at batch prices, known once collected
+    teams: dict[str, str] = field(default_factory=dict)  # key -> billed team, for the spend ledger
 
     @property
     def pending(self) -> bool:

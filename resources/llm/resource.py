@@ -20,6 +20,7 @@ from resources.llm.prices import ModelPrice, PriceTable
 from resources.llm.providers import adapter_for
 from resources.llm.ratelimit import AdmissionController, limit_spec
 from resources.llm.runner import EngineSettings, PromptRun
+from resources.llm.spend_ledger import SPEND_LEDGER_FILE, SpendLedger
 from resources.llm.state_store import SQLiteStateStore
 from resources.llm.types import BudgetScope, CallOutcome, ItemResult, LLMRequest
 
@@ -33,6 +34,12 @@ def default_state_dir(instance_storage_dir: str | None = None) -> Path:
         return Path(instance_storage_dir) / "chunkwise"
     home = os.environ.get("CHUNKWISE_HOME") or str(Path.home() / ".chunkwise")
     return Path(home) / "state"
+
+
+def spend_ledger_for(instance_storage_dir: str | None, state_dir: str | None = None) -> SpendLedger:
+    """The spend ledger LLM resources with this `state_dir` (default: beside the instance's storage) write."""
+    base = Path(state_dir) if state_dir else default_state_dir(instance_storage_dir)
+    return SpendLedger(base / SPEND_LEDGER_FILE)
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -83,6 +90,7 @@ class LLMResource(dg.ConfigurableResource):
 
     _price: ModelPrice | None = PrivateAttr(default=None)
     _store: SQLiteStateStore | None = PrivateAttr(default=None)
+    _ledger: SpendLedger | None = PrivateAttr(default=None)
     _instance_storage: str | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     # Test seam for crash-resume tests: called as hook(step, handle) at "uploaded", "before_create", "created".
@@ -100,6 +108,9 @@ class LLMResource(dg.ConfigurableResource):
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
 
     # -- public ------------------------------------------------------------------------------------------
     def price(self) -> ModelPrice:
@@ -114,6 +125,17 @@ class LLMResource(dg.ConfigurableResource):
     def state_path(self) -> Path:
         base = Path(self.state_dir) if self.state_dir else default_state_dir(self._instance_storage)
         return base / STATE_FILE
+
+    def spend_ledger_path(self) -> Path:
+        """The spend ledger (every attempt and what it was billed) beside the limit store."""
+        return self.state_path().parent / SPEND_LEDGER_FILE
+
+    def spend_ledger(self) -> SpendLedger:
+        """The append-only spend ledger and the job halts this resource writes and honours."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = SpendLedger(self.spend_ledger_path())
+            return self._ledger
 
     def run_prompts(
         self,
@@ -163,6 +185,7 @@ class LLMResource(dg.ConfigurableResource):
             burst_s=self.rate_limit_burst_s,
         )
         store = self._shared_store() if (spec is not None or caps.any) else None
+        ledger = self.spend_ledger()
 
         async def main() -> CallOutcome:
             admission = AdmissionController(store, spec, caps_by_scope(caps, keys))
@@ -177,6 +200,8 @@ class LLMResource(dg.ConfigurableResource):
                 on_result=on_result,
                 log=log,
                 mode=mode,
+                ledger=ledger,
+                scope=scope,
             )
             return await run.run(list(requests))
 
@@ -296,7 +321,10 @@ def _run_coroutine(factory: Callable[[], Any]) -> Any:
     """asyncio.run in the calling thread; if that thread already runs a loop, in a helper thread instead."""
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
+        in_loop = False
+    if not in_loop:  # outside the except block, so an error raised here does not carry that RuntimeError
         return asyncio.run(factory())
     box: dict[str, Any] = {}
 

@@ -34,10 +34,27 @@ from resources.llm.errors import (
 from resources.llm.prices import ModelPrice
 from resources.llm.providers.base import ProviderAdapter
 from resources.llm.ratelimit import AdmissionController
+from resources.llm.spend_ledger import (
+    INVALID,
+    OK,
+    AttemptContext,
+    Billed,
+    SpendLedger,
+    endpoint_scope,
+    model_scope,
+)
 from resources.llm.state_store import BudgetNeed, Permit, Settlement
 from resources.llm.structured import parse_json_object, validate
 from resources.llm.tokens import conservative_input_tokens, estimate_prompt_tokens
-from resources.llm.types import CallOutcome, ItemResult, ItemUsage, LLMRequest, TokenUsage, UsageSummary
+from resources.llm.types import (
+    BudgetScope,
+    CallOutcome,
+    ItemResult,
+    ItemUsage,
+    LLMRequest,
+    TokenUsage,
+    UsageSummary,
+)
 
 CONNECTIONS_PER_CLIENT = 8
 
@@ -94,6 +111,12 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _reply_id(payload: Any) -> str | None:
+    """The provider's id of a reply (`chatcmpl-...`, `msg_...`): what its own logs call the request."""
+    value = payload.get("id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -118,8 +141,17 @@ class PromptRun:
         on_result: Callable[[ItemResult], None] | None,
         log: logging.Logger | logging.LoggerAdapter | None,
         mode: str,
+        ledger: SpendLedger | None = None,
+        scope: BudgetScope | None = None,
     ) -> None:
         self.s = settings
+        self.ledger = ledger
+        self.scope = scope
+        # A job-fatal answer halts these for every process sharing the ledger (resources/llm/spend_ledger.py).
+        self._halt_scopes = (
+            endpoint_scope(settings.adapter.name, settings.base_url, settings.api_key),
+            model_scope(settings.adapter.name, settings.base_url, settings.model),
+        )
         self.admission = admission
         self.budget_scopes = budget_scopes
         self.system_prompt = system_prompt
@@ -220,11 +252,44 @@ class PromptRun:
                     self._callback_error = exc
                     self._stop.set()
 
-    def _stop_fatal(self, reason: str, description: str) -> None:
+    def _stop_fatal(self, reason: str, description: str, halt_scope: str | None = None) -> None:
         if self._fatal is None:
             self._fatal = (reason, redact(description, self.s.api_key))
             self.log.error("llm %s: stopping, %s", self.stage, self._fatal[1])
+        if halt_scope is not None and self.ledger is not None:
+            run_id = self.scope.run_id if self.scope else ""
+            self.ledger.halt(halt_scope, reason, redact(description, self.s.api_key), run_id)
         self._stop.set()
+
+    def _attempt_context(self, st: _ItemState) -> AttemptContext:
+        scope = self.scope
+        return AttemptContext(
+            idempotency_key=st.request.key,
+            dataset_id=scope.dataset_id if scope else "",
+            partition_key=scope.partition_key if scope else "",
+            stage=self.stage,
+            team=st.request.team,
+            provider=self.s.adapter.name,
+            model=self.s.model,
+            mode=self.mode,
+            run_id=scope.run_id if scope else "",
+        )
+
+    def _check_halt(self) -> bool:
+        """True (and the run stops) when a job-fatal answer halted this endpoint, key or model, here or in
+        another process: after the first such answer only requests already in flight are sent."""
+        if self.ledger is None:
+            return False
+        halt = self.ledger.halted(self._halt_scopes)
+        if halt is None:
+            return False
+        self._stop_fatal(
+            halt.reason,
+            f"{halt.message} (halted since {dt.datetime.fromtimestamp(halt.since, dt.UTC):%Y-%m-%d %H:%M:%S} UTC; "
+            "after fixing it, clear with `python -m sensors.backfill clear "
+            f"{self.s.adapter.name}` or run `make demo` again)",
+        )
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         """Back off, but wake at once when the run stops."""
@@ -288,11 +353,24 @@ class PromptRun:
                     "state_store", f"the shared limit/budget store failed ({type(exc).__name__}: {exc})"
                 )
                 return None
-            if self._stop.is_set():
+            if self._stop.is_set() or self._check_halt():
                 self.admission.release(permit, grant)
                 return None
 
             st.attempts += 1
+            ctx = self._attempt_context(st)
+            attempt_id = SpendLedger.new_attempt_id()
+            if self.ledger is not None:
+                worst_usd = (
+                    budget.usd
+                    if budget is not None
+                    else self.s.price.worst_case_usd(
+                        conservative_input_tokens(prompt_tokens),
+                        self.s.max_output_tokens,
+                        batch=self.mode == "batch",
+                    )
+                )
+                self.ledger.sent(attempt_id, ctx, st.attempts, worst_usd)
             st.first_at = st.first_at or _utcnow()
             st.last_at = _utcnow()
             self.c.requests += 1
@@ -321,6 +399,8 @@ class PromptRun:
                         FailureLevel.RETRYABLE, "bad_response", "a 200 reply whose body is not JSON"
                     )
                 )
+                if self.ledger is not None:
+                    self.ledger.lost(attempt_id, ctx, st.attempts, classified.error_class)
                 if not await self._retryable(st, classified):
                     return None
                 continue
@@ -334,8 +414,13 @@ class PromptRun:
                 settlement.rate_limited = classified.is_rate_limit
                 settlement.retry_after_s = classified.retry_after_s
                 self.admission.settle(settlement)  # failed requests are not billed
+                if self.ledger is not None:
+                    self.ledger.not_billed(attempt_id, ctx, st.attempts, classified.error_class)
                 if classified.level is FailureLevel.FATAL:
-                    self._stop_fatal(classified.error_class, self._fatal_description(classified))
+                    halt_scope = (
+                        self._halt_scopes[1] if classified.error_class == "config" else self._halt_scopes[0]
+                    )
+                    self._stop_fatal(classified.error_class, self._fatal_description(classified), halt_scope)
                     return None
                 if classified.level is FailureLevel.ITEM:
                     return self._finish(
@@ -358,21 +443,40 @@ class PromptRun:
             self.c.consecutive_retryable = 0
             self._cached_prefix_tokens = reply.usage.cached_input_tokens
 
+            # Judge the content, then record the bill with its verdict, before the result is used.
+            problem: str | None = None
+            value: dict[str, Any] | None = None
             if reply.refusal is not None or reply.finish_reason in ("refusal", "content_filter"):
-                error_class = "content_filter" if reply.finish_reason == "content_filter" else "refusal"
+                verdict = "content_filter" if reply.finish_reason == "content_filter" else "refusal"
+            elif self.schema is None:
+                verdict, value = OK, {"text": reply.content or ""}
+            else:
+                value, problem = parse_json_object(reply.content)
+                if value is not None:
+                    errors = validate(value, self.schema)
+                    problem = "; ".join(errors[:5]) if errors else None
+                verdict = OK if problem is None else INVALID
+            if self.ledger is not None:
+                self.ledger.billed(
+                    attempt_id,
+                    ctx,
+                    st.attempts,
+                    Billed(
+                        reply.usage.input_tokens,
+                        reply.usage.cached_input_tokens,
+                        reply.usage.cache_write_tokens,
+                        reply.usage.output_tokens,
+                        cost,
+                        self.s.price.cache_savings_usd(reply.usage, batch=self.mode == "batch"),
+                    ),
+                    verdict,
+                    provider_request_id=_reply_id(payload),
+                )
+
+            if verdict in ("refusal", "content_filter"):
                 why = reply.refusal if isinstance(reply.refusal, str) else reply.finish_reason
-                return self._finish(
-                    st, ok=False, error_class=error_class, message=f"the model declined: {why}"
-                )
-            if self.schema is None:
-                return self._finish(
-                    st, ok=True, output={"text": reply.content or ""}, finish=reply.finish_reason
-                )
-            value, problem = parse_json_object(reply.content)
-            if value is not None:
-                errors = validate(value, self.schema)
-                problem = "; ".join(errors[:5]) if errors else None
-            if problem is None:
+                return self._finish(st, ok=False, error_class=verdict, message=f"the model declined: {why}")
+            if verdict == OK:
                 # finish_reason "length" is fine when the content is complete and valid.
                 return self._finish(st, ok=True, output=value, finish=reply.finish_reason)
             if repaired:
@@ -383,7 +487,7 @@ class PromptRun:
                     message=f"output failed its schema after one repair: {problem}",
                 )
             repaired = True
-            repair = (reply.content or "", problem)
+            repair = (reply.content or "", problem or "invalid")
 
     async def _retryable(self, st: _ItemState, classified: Classified) -> bool:
         """Count a retryable failure and back off; False when the run must stop (circuit breaker)."""

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from resources.local_sqlite import open_shared_sqlite, pid_alive
+
 # Bucket kinds. OpenAI limits requests and tokens; Anthropic requests, input tokens and output tokens.
 
 # Our bucket holds a bit less than the provider's so that jitter between our admission and the provider's
@@ -136,16 +138,6 @@ CREATE TABLE IF NOT EXISTS reclaimed (
 """
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SQLiteStateStore:
     """Shared SQLite store (one file per machine by default). Safe across threads and processes.
 
@@ -155,24 +147,11 @@ class SQLiteStateStore:
 
     def __init__(self, path: str | os.PathLike, *, reservation_ttl_s: float = 3600.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.reservation_ttl_s = reservation_ttl_s
         self._host = socket.gethostname()
         self._pid = os.getpid()
         self._last_reclaim = 0.0
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        # Several processes may create the file at once; switching to WAL can report "locked" without waiting.
-        for attempt in range(200):
-            try:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                self._conn.executescript(_SCHEMA)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 199:
-                    raise
-                time.sleep(0.05)
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn = open_shared_sqlite(self.path, _SCHEMA)
 
     def close(self) -> None:
         self._conn.close()
@@ -441,7 +420,7 @@ class SQLiteStateStore:
         for rid, scopes, usd, tokens, pid, host, created_at in cur.execute(
             "SELECT id, scopes, usd, tokens, pid, host, created_at FROM reservations"
         ).fetchall():
-            gone = host == self._host and pid != self._pid and not _pid_alive(pid)
+            gone = host == self._host and pid != self._pid and not pid_alive(pid)
             if gone or now - created_at > self.reservation_ttl_s:
                 dead.append((rid, scopes, usd, tokens, pid))
         for rid, scopes, usd, tokens, pid in dead:

@@ -13,18 +13,22 @@ from resources.llm.errors import ProviderError
 
 @dataclass(frozen=True)
 class LLMRequest:
-    """One item to send. `key` is the item's idempotency key; `text` the user content."""
+    """One item to send. `key` is the item's idempotency key; `text` the user content; `team` who is billed
+    (recorded in the spend ledger with every attempt)."""
 
     key: str
     text: str
+    team: str = ""
 
 
 @dataclass(frozen=True)
 class BudgetScope:
-    """Who pays: the Dagster run and the dataset. The day scope is derived (UTC date) when reserving."""
+    """Who pays: the Dagster run and the dataset (and, for the spend ledger, the chunk partition). The day
+    scope is derived (UTC date) when reserving."""
 
     run_id: str
     dataset_id: str
+    partition_key: str = ""
 
 
 @dataclass

@@ -131,6 +131,7 @@ def test_sampled_gate_passes_clean_chunk_and_blocks_a_degraded_one_with_exactly_
     assert section["checks"]["enriched:outputs_valid"]["not_evaluated"] == 1
     assert section["sampled_accuracy"]["scored"] == 80
     assert section["blocked_partitions"] == [degraded]
+    assert section["blocked_by"] == {degraded: "classified:sampled_quality"}  # its rows are quarantined by it
 
 
 def test_the_same_partition_run_twice_samples_the_same_items(start_sim, tmp_path):
@@ -207,6 +208,7 @@ def test_success_rate_below_threshold_blocks_enriched_and_says_where_the_failure
     assert not rate.passed and rate.severity == dg.AssetCheckSeverity.ERROR
     assert (meta["items_attempted"], meta["items_succeeded"], meta["items_failed"]) == (40, 36, 4)
     assert meta["success_rate"] == pytest.approx(0.9) and meta["threshold"] == 0.95
+    assert meta["items_invalid_input"] == 0
     assert meta["failed_by_error_class"] == {"invalid_prompt": 4}
     assert meta["failed_by_stage"] == {"classified": 4}
     assert meta["dead_letters_uri"].endswith(f"dataset={key.split('__')[0]}")

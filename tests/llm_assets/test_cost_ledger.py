@@ -1,4 +1,4 @@
-"""The cost ledger asset: per-item rows that add up to the stages' metadata and to the provider's bill."""
+"""The cost ledger asset: one row per billed attempt, from the spend ledger, adding up to the provider's bill."""
 
 import sys
 from pathlib import Path
@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sensors"))
 from recovery_support import launch, recovery_defs, write_labelled_dataset  # noqa: E402
 
 from io_managers.parquet_files import read_parquet  # noqa: E402
-from llm_assets.cost_ledger import FAILED_ITEMS, dataset_partitions, rollup  # noqa: E402
+from llm_assets.cost_ledger import SPEND_KINDS, dataset_partitions, rollup  # noqa: E402
 from llm_assets.datasets import DatasetSpec, register_dataset  # noqa: E402
 from sensors.backfill import build_backfill_sensor  # noqa: E402
 from sensors.chunk_runs import chunk_run_request  # noqa: E402
@@ -18,12 +18,11 @@ from sensors.chunk_runs import chunk_run_request  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_ledger_rows_roll_up_to_the_metadata_and_the_simulator_bill(start_sim, tmp_path):
+def test_ledger_has_one_row_per_billed_attempt_and_adds_up_to_the_simulator_bill(start_sim, tmp_path):
     sim = start_sim({"seed": 4})
     home = tmp_path / "home"
-    write_labelled_dataset(
-        tmp_path / "nightly.csv", 40, markers={5: "[[refuse]]"}
-    )  # billed, then dead-lettered
+    # item 5 is billed, then refused and dead-lettered: its attempt is wasted spend, not an item's useful cost.
+    write_labelled_dataset(tmp_path / "nightly.csv", 40, markers={5: "[[refuse]]"})
     sensor = build_backfill_sensor()
     defs = recovery_defs(sim.base_url, sim.api_key, home, [sensor])
     with dg.instance_for_test() as instance:
@@ -43,35 +42,34 @@ def test_ledger_rows_roll_up_to_the_metadata_and_the_simulator_bill(start_sim, t
         assert result.success
         meta = result.asset_materializations_for_node("cost_ledger")[0].metadata
         ledger = read_parquet(str(meta["uri"].value))
-        stage_cost = 0.0
-        stage_output_tokens = 0
-        for stage in ("classified", "enriched"):
-            for key in dataset.partition_keys:
-                m = (
-                    instance.fetch_materializations(
-                        dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage), asset_partitions=[key]), limit=1
-                    )
-                    .records[0]
-                    .asset_materialization.metadata
-                )
-                stage_cost += m["cost_usd"].value
-                stage_output_tokens += m["output_tokens"].value
 
     billed = sim.stats()
-    assert ledger["cost_usd"].sum() == pytest.approx(stage_cost, rel=1e-9)
     assert ledger["cost_usd"].sum() == pytest.approx(billed["billed_usd"], rel=1e-9)
-    assert ledger["output_tokens"].sum() == stage_output_tokens == billed["tokens"]["output"]
-    # One row per item per stage that produced output, plus the refused item's spend on a (failed items) row.
-    items = ledger[ledger["item_id"] != ""]
-    assert len(items[items["stage"] == "classified"]) == 39 and items["item_id"].is_unique is False
-    failed = ledger[ledger["team"] == FAILED_ITEMS]
-    assert len(failed) == 1 and failed["stage"].tolist() == ["classified"] and failed["cost_usd"].iloc[0] > 0
+    assert len(ledger) == billed["requests_billed"]  # one row per billed attempt, nothing estimated
+    assert ledger["output_tokens"].sum() == billed["tokens"]["output"]
+    assert ledger["provider_request_id"].notna().all()
+    # 39 items classified and enriched (route: all), each paid once: useful. The refusal: wasted.
+    useful = ledger[ledger["kind"] == "useful"]
+    assert (
+        len(useful[useful["stage"] == "classified"]) == 39
+        and len(useful[useful["stage"] == "enriched"]) == 39
+    )
+    assert useful["idempotency_key"].is_unique and set(useful["outcome"]) == {"ok"}
+    wasted = ledger[ledger["kind"] == "wasted"]
+    assert wasted["item_id"].tolist() == ["item-0005"] and wasted["outcome"].tolist() == ["refusal"]
+    assert wasted["cost_usd"].iloc[0] > 0 and wasted["team"].iloc[0] == "cards"
+    assert set(ledger["kind"]) == {"useful", "wasted"}  # nothing re-paid, no judge (gold labels)
     assert set(ledger["model"]) == {"gpt-6-luna", "gpt-6.2-sol"}
     assert set(ledger["day"]) and all(len(d) == 10 for d in ledger["day"])
     by_team = rollup(ledger, "team")
-    assert set(by_team) == {"cards", "payments", FAILED_ITEMS}
+    assert set(by_team) == {"cards", "payments"}  # the refused item's spend is billed to its own team
     for team, usd in by_team.items():
         assert meta[f"team_cost_usd/{team}"].value == pytest.approx(usd)
-    assert meta["cost_usd"].value == pytest.approx(stage_cost, rel=1e-9)
-    assert sum(meta["cost_by_model"].value.values()) == pytest.approx(stage_cost, rel=1e-9)
-    assert sum(meta["cost_by_stage"].value.values()) == pytest.approx(stage_cost, rel=1e-9)
+    for kind in SPEND_KINDS:
+        assert meta[f"{kind}_usd"].value == pytest.approx(
+            ledger.loc[ledger["kind"] == kind, "cost_usd"].sum()
+        )
+    assert meta["cost_usd"].value == pytest.approx(billed["billed_usd"], rel=1e-9)
+    assert sum(meta["cost_by_kind"].value.values()) == pytest.approx(billed["billed_usd"], rel=1e-9)
+    assert sum(meta["cost_by_model"].value.values()) == pytest.approx(billed["billed_usd"], rel=1e-9)
+    assert sum(meta["cost_by_stage"].value.values()) == pytest.approx(billed["billed_usd"], rel=1e-9)

@@ -257,6 +257,6 @@ def test_non_utf8_csv_and_header_only_csv_are_clear_errors(instance, tmp_path):
         register_dataset(DatasetSpec(uri=str(latin)), instance, tmp_path)
     header_only = tmp_path / "empty.csv"
     header_only.write_text("id,text\n")
-    with pytest.raises(DatasetError, match="has no data rows"):
+    with pytest.raises(DatasetError, match=r"empty\.csv has a header \(id,text\) but no data rows"):
         register_dataset(DatasetSpec(uri=str(header_only)), instance, tmp_path)
     assert instance.get_dynamic_partitions("chunks") == []

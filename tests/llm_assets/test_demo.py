@@ -29,6 +29,12 @@ def test_demo_writes_a_report_and_a_second_run_sends_nothing(tmp_path, monkeypat
     assert report["succeeded"] == len(kinds["ok"])
     assert report["dead_lettered"] == len(kinds["poison"])
     assert report["total_cost_usd"] > 0
+    assert report["buckets"] == {
+        "succeeded": len(kinds["ok"]), "dead_lettered": len(kinds["poison"]), "quarantined": 0, "not_processed": 0,
+    }  # fmt: skip
+    parts = ("useful_cost_usd", "repaid_usd", "wasted_usd", "quality_checks_usd")
+    assert sum(report[p] for p in parts) == pytest.approx(report["total_cost_usd"], abs=1e-9)
+    assert "0 quarantined, 0 not processed); threshold" in "\n".join(first)
 
     monkeypatch.delenv("CHUNKWISE_LLM_BASE_URL")  # a new `make demo` starts a new simulator
     assert demo.main(["--data", str(tmp_path / "tiny.csv"), "--chunk-size", "30"]) == 0

@@ -106,13 +106,20 @@ def test_rematerializing_a_partition_overwrites_never_appends(start_sim, tmp_pat
         by_model = sim.stats()["by_model"]
         # 30 classified (cheap model); 30 enriched + the quality gate's judge on its sample (stronger model).
         assert by_model["gpt-6-luna"]["requests_billed"] == 30
-        # The checkpoint was removed on success, so a deliberate re-materialization pays again but
-        # overwrites the same file: one row per item, never appended.
+        # The checkpoint outlives the run (removed only when the dataset completes), so re-materializing the
+        # partition before then pays nothing again; the output is overwritten: one row per item, never appended.
         left = home / "checkpoints" / dataset.dataset_id / key
-        assert not left.exists() or not [p for p in left.rglob("*") if p.is_file()]  # no log, no snapshot
+        assert {p.name for p in left.iterdir()} >= {"classified", "enriched"}
+        billed = sim.stats()["requests_billed"]
         assert materialize_partition(defs, instance, key).success
         frame = read_parquet(_meta(instance, "classified", key)["uri"])
         assert len(frame) == 30 and frame["idempotency_key"].is_unique
+        assert sim.stats()["requests_billed"] - billed <= by_model.get("gpt-6.2-sol", {}).get(
+            "requests_billed", 0
+        )
+        assert (
+            sim.stats()["by_model"]["gpt-6-luna"]["requests_billed"] == 30
+        )  # the classifier was not paid again
 
 
 def test_default_routing_enriches_low_confidence_items_and_carries_the_rest_through_marked(sim, tmp_path):

@@ -67,7 +67,7 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
             requests, _, _ = tick(backfill, instance, defs, None)  # max_attempts=1: the chunk is given up
             assert requests == []
             stray = home / "checkpoints" / dataset.dataset_id / ok_a / "classified"
-            stray.mkdir(parents=True)
+            stray.mkdir(parents=True, exist_ok=True)
             (stray / "snapshot.json").write_text("{}")  # left by a crash before the success hook ran
             kept = home / "checkpoints" / dataset.dataset_id / doomed / "classified"
             kept.mkdir(parents=True, exist_ok=True)
@@ -105,12 +105,23 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
             assert sum(report["cost_by_day"].values()) == pytest.approx(cost, rel=1e-9)
             assert (report["total_items"], report["succeeded"], report["failed"]) == (60, 38, 22)
             assert report["dead_lettered"] == 2 and report["not_processed"] == 20
+            assert report["buckets"] == {
+                "succeeded": 38, "dead_lettered": 2, "quarantined": 0, "not_processed": 20,
+            }  # fmt: skip
+            assert report["not_processed_by_reason"] == {"gave_up": 20}
+            assert report["dead_lettered_by_reason"] == {"refusal": 1, "invalid_prompt": 1}
+            # The refusal was billed, then dead-lettered: wasted. The rest is the kept output, paid once.
+            assert report["wasted_usd"] > 0 and report["repaid_usd"] == report["quality_checks_usd"] == 0
+            assert report["useful_cost_usd"] + report["wasted_usd"] == pytest.approx(cost, rel=1e-9)
+            assert "(failed items)" not in report["cost_by_team"]
             assert report["failed_chunks"] == {doomed: "gave_up"}
             assert report["threshold_met"] is False and report["success_threshold"] == 0.95
             assert report["top_items"]["count"] == 3 and 0 < report["top_items"]["token_share"] < 1
             assert report["failed_items_uri"]
             markdown = (home / "reports" / dataset.dataset_id / "completion_report.md").read_text()
             assert "38 of 60 items succeeded" in markdown and "NOT met" in markdown
+            assert "| not processed | 20 | gave_up 20 (gave up after every retry) |" in markdown
+            assert "| **total** | **60** |" in markdown
 
             body = hook.received[0]
             assert body["kind"] == "dataset_complete" and body["dataset_id"] == dataset.dataset_id

@@ -95,3 +95,34 @@ def test_a_file_that_cannot_be_registered_is_reported_and_skipped_until_it_chang
         assert "no 'text' column" in rejected["error"]
         requests, cursor, _ = tick(watcher, instance, defs, cursor)
         assert requests == [] and NewDatasetCursor.from_json(cursor).seen == {}
+
+
+def test_a_stopped_provider_holds_new_chunk_runs_until_a_person_clears_it(start_sim, tmp_path):
+    from resources.llm.resource import spend_ledger_for
+    from sensors.halts import clear_provider
+
+    sim = start_sim({"seed": 5})
+    home, inbox = tmp_path / "home", tmp_path / "inbox"
+    inbox.mkdir()
+    watcher = build_new_dataset_sensor(watch_uri=str(inbox), chunk_size=20)
+    defs = recovery_defs(sim.base_url, sim.api_key, home, [watcher])
+    with dg.instance_for_test() as instance:
+        # What a run writes when the provider answers 401 (resources/llm/runner.py).
+        ledger = spend_ledger_for(instance.storage_directory())
+        ledger.halt(f"openai|{sim.openai_base_url}|key:0123456789ab", "auth", "authentication failed (401)")
+        write_labelled_dataset(inbox / "tickets.csv", 40)
+        (inbox / "tickets.csv._SUCCESS").write_text("")
+        requests, cursor, skip = tick(watcher, instance, defs, None)
+        assert requests == []
+        assert "2 chunk runs held: provider openai is stopped (auth" in skip
+        assert len(instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME)) == 2  # registered, not launched
+        requests, cursor, _ = tick(watcher, instance, defs, cursor)
+        assert requests == []
+
+        assert clear_provider(instance, "openai") == ["auth"]
+        assert ledger.halts() == []
+        requests, cursor, _ = tick(watcher, instance, defs, cursor)
+        assert sorted(r.partition_key for r in requests) == sorted(
+            instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME)
+        )
+        assert tick(watcher, instance, defs, cursor)[0] == []

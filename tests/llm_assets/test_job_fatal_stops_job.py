@@ -1,0 +1,92 @@
+"""A job-fatal answer stops the whole job, not one chunk: counted from the simulator's request log.
+
+Drives the real demo (`python -m scripts.demo`) as a new user does, against a simulator this test starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import write_dataset
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_CONCURRENCY = 32  # LLMResource's default: what may already be in flight when the first refusal arrives
+SIM = {"seed": 3, "latency": {"base_ms": 20, "jitter_ms": 10}}
+
+
+def _demo(data: Path, home: Path, sim, extra_env: dict[str, str] | None = None, key: str | None = None):
+    env = {
+        **os.environ,
+        "CHUNKWISE_HOME": str(home),
+        "CHUNKWISE_LLM_BASE_URL": sim.openai_base_url,
+        "CHUNKWISE_LLM_API_KEY": key or sim.api_key,
+        **(extra_env or {}),
+    }
+    env.pop("CHUNKWISE_MODE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.demo", "--data", str(data), "--chunk-size", "100"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _billed(sim) -> tuple[int, float]:
+    records = [r for r in sim.requests() if r["status"] == "200"]
+    return len(records), sum(r["billed_usd"] for r in records)
+
+
+def test_a_wrong_key_stops_the_whole_job_after_the_requests_in_flight(start_sim, tmp_path) -> None:
+    sim = start_sim(SIM)
+    data = write_dataset(tmp_path / "messages.csv", 600)  # 6 chunks
+    done = _demo(data, tmp_path / "home", sim, key="sk-not-the-right-key")
+    out = done.stdout + done.stderr
+    refused = [r for r in sim.requests() if r["status"] == "401"]
+    assert done.returncode == 3, out
+    assert 0 < len(refused) <= MAX_CONCURRENCY, f"{len(refused)} requests after the first 401"
+    assert len(sim.requests()) == len(refused)
+    assert "Traceback" not in out
+    stops = [line for line in done.stderr.splitlines() if line.startswith("chunkwise: stopped (auth)")]
+    assert len(stops) == 1 and "CHUNKWISE_LLM_API_KEY" in stops[0]
+    assert "sk-not-the-right-key" not in out
+    assert "5 chunks not started" in done.stdout
+
+    # The next start (a person fixed the key) lifts the stop and finishes the job.
+    again = _demo(data, tmp_path / "home", sim)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "lifted the earlier stop (auth)" in again.stdout
+
+
+def test_budget_halt_then_raise_resumes_without_paying_twice(start_sim, tmp_path) -> None:
+    data = write_dataset(tmp_path / "messages.csv", 600)
+    clean_sim = start_sim(SIM)
+    clean = _demo(data, tmp_path / "clean", clean_sim)
+    assert clean.returncode == 0, clean.stdout[-2000:]
+    clean_requests, clean_usd = _billed(clean_sim)
+
+    sim = start_sim(SIM)
+    cap = round(0.3 * clean_usd, 4)
+    halted = _demo(data, tmp_path / "home", sim, {"CHUNKWISE_BUDGET_DATASET_USD": str(cap)})
+    out = halted.stdout + halted.stderr
+    assert halted.returncode == 3, out[-3000:]
+    assert "Traceback" not in out
+    assert [line for line in halted.stderr.splitlines() if line.startswith("chunkwise: stopped (budget)")]
+    _, spent = _billed(sim)
+    assert spent <= cap + 1e-9
+
+    resumed = _demo(data, tmp_path / "home", sim, {"CHUNKWISE_BUDGET_DATASET_USD": str(clean_usd * 3)})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    requests, usd = _billed(sim)
+    # Every item is billed once: the halt sent nothing past the cap and the resume re-paid nothing.
+    assert requests - clean_requests <= MAX_CONCURRENCY
+    assert requests == clean_requests
+    assert usd == pytest.approx(clean_usd, rel=0.02)

@@ -275,7 +275,9 @@ def main() -> int:
             "",
             f"{s['rows']:,} rows (BANKING77 texts, unique), chunks of 250, {s['kills']} kill -9 of the whole "
             f"`scripts.demo` process group at seeded points ({s['kill_triggers']}), then one run to the end. "
-            "Counted from the simulator's request log.",
+            "Counted from the simulator's request log. In flight at a kill: billed replies the simulator was still "
+            f"holding then, had let go of less than {GRACE_S} s before it (unread in the client's socket) or received "
+            f"up to {ARRIVAL_S} s after it (sent before it). Every re-paid request is a reply Chunkwise never saw.",
             "",
             "| measure | value |",
             "| --- | ---: |",

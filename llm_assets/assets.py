@@ -72,7 +72,7 @@ def _dead_letter_store(settings: PipelineSettings) -> DeadLetterStore:
     return DeadLetterStore(str(settings.home_path() / "dead_letters"))
 
 
-def _write_dead_letters(
+def write_dead_letters(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     dataset_id: str,
@@ -134,8 +134,24 @@ def items(
         count_tokens=count_tokens,
         duplicate_rows=dataset.duplicate_rows,
     )
+    dead = items_dead_letters(context, dataset_id, checked)
+    metadata = {
+        "items_total": dg.MetadataValue.int(len(raw)),
+        "items_valid": dg.MetadataValue.int(len(checked.valid)),
+        "items_invalid": dg.MetadataValue.int(len(checked.rejected)),
+        "items_truncated": dg.MetadataValue.int(checked.truncated),
+        "length_policy": dg.MetadataValue.text(
+            f"{settings.length_policy} above {settings.max_input_tokens} tokens"
+        ),
+        **write_dead_letters(context, settings, dataset_id, "items", dead),
+    }
+    return dg.MaterializeResult(value=checked.valid, metadata=metadata)
+
+
+def items_dead_letters(context: dg.AssetExecutionContext, dataset_id: str, checked: Any) -> list[DeadLetter]:
+    """A dead letter (stage `items`, no attempt) for every row validation rejected."""
     now = pd.Timestamp.now(tz="UTC").isoformat()
-    dead = [
+    return [
         DeadLetter(
             dataset_id=dataset_id,
             partition_key=context.partition_key,
@@ -153,17 +169,6 @@ def items(
         )
         for r in checked.rejected
     ]
-    metadata = {
-        "items_total": dg.MetadataValue.int(len(raw)),
-        "items_valid": dg.MetadataValue.int(len(checked.valid)),
-        "items_invalid": dg.MetadataValue.int(len(checked.rejected)),
-        "items_truncated": dg.MetadataValue.int(checked.truncated),
-        "length_policy": dg.MetadataValue.text(
-            f"{settings.length_policy} above {settings.max_input_tokens} tokens"
-        ),
-        **_write_dead_letters(context, settings, dataset_id, "items", dead),
-    }
-    return dg.MaterializeResult(value=checked.valid, metadata=metadata)
 
 
 def _run_llm_stage(
@@ -196,7 +201,7 @@ def _stage_result(
 ) -> dg.MaterializeResult:
     metadata = {
         **outcome.metadata,
-        **_write_dead_letters(
+        **write_dead_letters(
             context, settings, dataset_id, context.assets_def.key.path[-1], outcome.dead_letters
         ),
         **(extra or {}),

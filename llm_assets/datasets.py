@@ -62,7 +62,12 @@ import pyarrow.parquet as pq
 from io_managers.atomic_files import write_bytes_atomic
 from io_managers.object_reader import open_binary, read_range, size_bytes
 from io_managers.parquet_files import is_s3_uri, parse_s3_uri
-from llm_assets.partitions import MAX_CHUNKS_PER_DATASET, add_chunk_partitions, dataset_partition_keys
+from llm_assets.partitions import (
+    CHUNK_PARTITIONS_NAME,
+    MAX_CHUNKS_PER_DATASET,
+    add_chunk_partitions,
+    dataset_partition_keys,
+)
 
 TEXT, ID, TEAM, LABEL = "text", "id", "team", "label"
 ROW_NUMBER, READ_ERROR = "_row_number", "_read_error"
@@ -113,6 +118,8 @@ class DatasetSpec:
     column_map: dict[str, str] = field(default_factory=dict)
     id_column: str | None = "id"  # None => ids derived as f"r{row_number:07d}" (0-based data row number)
     team_from_label: dict[str, str] | None = None  # label prefix -> team; longest prefix wins; "" = fallback
+    text_columns: tuple[str, ...] = ()  # several source columns joined (with text_separator) into `text`
+    text_separator: str = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,11 @@ class RegisteredDataset:
 
 
 def register_dataset(
-    spec: DatasetSpec, instance: dg.DagsterInstance, home: Path, s3: Any = None
+    spec: DatasetSpec,
+    instance: dg.DagsterInstance,
+    home: Path,
+    s3: Any = None,
+    partitions_name: str = CHUNK_PARTITIONS_NAME,
 ) -> RegisteredDataset:
     """Register ``spec.uri`` (idempotent): manifest under ``home/datasets/<id>/``, one partition per chunk.
 
@@ -211,7 +222,7 @@ def register_dataset(
     if manifest_path.exists():
         existing = load_dataset(dataset_id, home)
         _check_same_registration(existing, spec, sha)
-        add_chunk_partitions(instance, existing.partition_keys)
+        add_chunk_partitions(instance, existing.partition_keys, partitions_name=partitions_name)
         return existing
 
     labels_present = LABEL in _mapped(scan.columns, spec)
@@ -242,7 +253,7 @@ def register_dataset(
         duplicates, not_text = _audit_ids(ds, s3)
         ds = replace(ds, duplicate_rows=duplicates, ids_not_text=not_text)
     write_bytes_atomic(manifest_path, json.dumps(asdict(ds), indent=1).encode())
-    add_chunk_partitions(instance, keys)
+    add_chunk_partitions(instance, keys, partitions_name=partitions_name)
     return ds
 
 
@@ -289,7 +300,7 @@ def load_dataset(dataset_id: str, home: Path) -> RegisteredDataset:
             f"dataset {dataset_id} is not registered under {home} (no {path}); register it first "
             "(register_dataset / the new-dataset sensor), and check CHUNKWISE_HOME"
         ) from None
-    raw["spec"] = DatasetSpec(**raw["spec"])
+    raw["spec"] = DatasetSpec(**{**raw["spec"], "text_columns": tuple(raw["spec"].get("text_columns", ()))})
     raw["chunks"] = [ChunkLocator(**c) for c in raw["chunks"]]
     return RegisteredDataset(**raw)
 
@@ -641,7 +652,13 @@ def _mapped(columns: list[str], spec: DatasetSpec) -> list[str]:
 def _check_columns(spec: DatasetSpec, columns: list[str]) -> None:
     mapped = _mapped(columns, spec)
     found = ", ".join(repr(c) for c in columns) or "none"
-    if TEXT not in mapped:
+    missing_text = [c for c in spec.text_columns if c not in columns]
+    if missing_text:
+        raise DatasetError(
+            f"{spec.uri} has no column {missing_text[0]!r} of the text columns {list(spec.text_columns)} (columns "
+            f"found: {found}); fix `input.columns.text` in the pipeline spec or the file's header"
+        )
+    if TEXT not in mapped and not spec.text_columns:
         raise DatasetError(
             f"{spec.uri} has no 'text' column (columns found: {found}); rename the column holding the text to "
             "'text', or map it with `column_map`, e.g. column_map={'body': 'text'}"
@@ -663,7 +680,7 @@ def _check_same_registration(existing: RegisteredDataset, spec: DatasetSpec, sha
     old = existing.spec
     differs = [
         k
-        for k in ("chunk_size", "column_map", "id_column", "team_from_label")
+        for k in ("chunk_size", "column_map", "id_column", "team_from_label", "text_columns")
         if getattr(old, k) != getattr(spec, k)
     ]
     if differs:
@@ -682,6 +699,9 @@ def _to_frame(records: list[dict[str, Any]], ds: RegisteredDataset, first_row: i
     rows = []
     for offset, record in enumerate(records):
         row = {rename.get(k, k): v for k, v in record.items()}
+        if spec.text_columns:
+            parts = [record.get(c) for c in spec.text_columns]
+            row[TEXT] = spec.text_separator.join(str(p) for p in parts if p is not None and str(p) != "")
         row_number = first_row + offset
         if spec.id_column is None:
             row[ID] = f"r{row_number:07d}"

@@ -65,18 +65,22 @@ def dataset_partition_keys(dataset_id: str, n_chunks: int) -> list[str]:
 
 
 def add_chunk_partitions(
-    instance: dg.DagsterInstance, keys: list[str], max_live: int | None = MAX_LIVE_CHUNK_PARTITIONS
+    instance: dg.DagsterInstance,
+    keys: list[str],
+    max_live: int | None = MAX_LIVE_CHUNK_PARTITIONS,
+    partitions_name: str = CHUNK_PARTITIONS_NAME,
 ) -> list[str]:
     """Add the keys not yet present (in order); returns the keys that were new.
 
     Membership is checked only for ``keys`` (bounded ``IN (...)`` queries), so re-registering is cheap however
     many datasets exist. When keys are missing, the live partition count is checked once against ``max_live``
     (PartitionLimitExceeded, nothing added); ``max_live=None`` skips the check (benchmarks only).
+    ``partitions_name``: the dynamic partitions set (a pipeline spec's is ``<pipeline>__chunks``).
     """
     added: list[str] = []
-    missing_total = len(keys) - len(instance.get_existing_dynamic_partitions(CHUNK_PARTITIONS_NAME, keys))
+    missing_total = len(keys) - len(instance.get_existing_dynamic_partitions(partitions_name, keys))
     if missing_total and max_live is not None:
-        live = len(instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME))
+        live = len(instance.get_dynamic_partitions(partitions_name))
         if live + missing_total > max_live:
             raise PartitionLimitExceeded(
                 f"adding {missing_total} chunk partitions would bring the instance to {live + missing_total}, over "
@@ -85,10 +89,10 @@ def add_chunk_partitions(
             )
     for start in range(0, len(keys), _ADD_BATCH_SIZE):
         batch = keys[start : start + _ADD_BATCH_SIZE]
-        existing = instance.get_existing_dynamic_partitions(CHUNK_PARTITIONS_NAME, batch)
+        existing = instance.get_existing_dynamic_partitions(partitions_name, batch)
         missing = [k for k in batch if k not in existing]
         if missing:
-            instance.add_dynamic_partitions(CHUNK_PARTITIONS_NAME, missing)
+            instance.add_dynamic_partitions(partitions_name, missing)
             added.extend(missing)
     return added
 

@@ -1,0 +1,421 @@
+"""A pipeline spec as Dagster assets: `<pipeline>/items`, then one asset per stage, each partitioned by chunk.
+
+This is the generic stage factory of issue 12 (llm_assets/spec.py describes the spec). For a spec it builds
+- its own dynamic partitions, `<pipeline>__chunks` (one per chunk of each registered dataset);
+- `<pipeline>/items`: the chunk's rows, validated, the text joined from the configured columns, the length
+  policy applied;
+- `<pipeline>/<stage>` for each stage, in order: the stage's route is evaluated on the rows that reached it
+  (earlier stages' outputs as `stage.field`, input columns by role and by name), its user template is rendered
+  per routed row, the model runs through `run_stage` / `run_batch_stage` (checkpointed, resumable, every attempt
+  in the spend ledger), and the rows not routed are carried through marked `routed=False`. The stage's
+  `version()` is the asset's `code_version`, so Dagster marks partitions made by an older spec unsynced; its
+  `prompt_version()` is in every idempotency key, so outputs of two versions never mix;
+- one LLM resource per stage (`<pipeline>__<stage>__llm`) from its provider profile and the pipeline budgets;
+- the job `<pipeline>__chunk_job` that materializes a chunk through every stage.
+
+Not yet built from a spec (the built-in BANKING77 code location in definitions.py still provides them):
+quality gates, the cost ledger and completion report assets, and the sensors.
+"""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from io_managers.chunk_parquet import ChunkParquetIOManager
+from llm_assets.assets import items_dead_letters, write_dead_letters
+from llm_assets.datasets import DatasetSpec, RegisteredDataset, load_dataset, load_team_rules, read_chunk
+from llm_assets.partitions import parse_chunk_key
+from llm_assets.prompts import StagePrompt
+from llm_assets.run_liveness import mark_run_worker
+from llm_assets.settings import PipelineSettings
+from llm_assets.spec import PipelineSpec, StageSpec
+from llm_assets.spec_template import render
+from llm_assets.stages import USAGE_COLUMNS, BatchWait, StageOutcome, run_batch_stage, run_stage
+from llm_assets.validation import validate_chunk
+from resources.llm import LLMResource
+from resources.llm.tokens import count_tokens
+
+ROUTED = "routed"
+
+
+@dataclass(frozen=True)
+class SpecStagePrompt(StagePrompt):
+    """A stage prompt whose version is the spec's `prompt_version()` (it covers a custom user template)."""
+
+    spec_version: str = ""
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self.spec_version
+
+
+def chunks_partitions_name(spec: PipelineSpec) -> str:
+    return f"{spec.name}__chunks"
+
+
+def asset_key(spec: PipelineSpec, name: str) -> dg.AssetKey:
+    """`<pipeline>/<name>`: `items` or a stage name."""
+    return dg.AssetKey([spec.name, name])
+
+
+def llm_resource_key(spec: PipelineSpec, stage: StageSpec) -> str:
+    return f"{spec.name}__{stage.name}__llm"
+
+
+def chunk_job_name(spec: PipelineSpec) -> str:
+    return f"{spec.name}__chunk_job"
+
+
+def stage_prompt(stage: StageSpec) -> SpecStagePrompt:
+    """What is sent for this stage: the filled system prompt and the resolved schema."""
+    return SpecStagePrompt(
+        stage=stage.name,
+        system_prompt=stage.filled_system_prompt(),
+        schema=stage.resolved_schema(),
+        schema_name=stage.effective_schema_name(),
+        spec_version=stage.prompt_version(),
+    )
+
+
+def dataset_spec(spec: PipelineSpec, uri: str, chunk_size: int | None = None) -> DatasetSpec:
+    """How this pipeline reads a dataset file: its column mapping, ids, team rule, chunk size."""
+    columns = spec.input.columns
+    column_map: dict[str, str] = {}
+    if columns.team:
+        column_map[columns.team] = "team"
+    if columns.label:
+        column_map[columns.label] = "label"
+    text_columns: tuple[str, ...] = ()
+    if len(columns.text) == 1:
+        if columns.text[0] != "text":
+            column_map[columns.text[0]] = "text"
+    else:
+        text_columns = tuple(columns.text)
+    stem = Path(uri).stem if not uri.startswith("s3://") else uri.rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+    return DatasetSpec(
+        uri=uri,
+        name=f"{spec.name.replace('_', '-')}-{stem}",
+        chunk_size=chunk_size or spec.input.chunk_size,
+        column_map=column_map,
+        id_column=columns.id,
+        team_from_label=load_team_rules(Path(spec.input.team_from_label))
+        if spec.input.team_from_label and not columns.team
+        else None,
+        text_columns=text_columns,
+        text_separator=columns.text_separator,
+    )
+
+
+def register(
+    spec: PipelineSpec,
+    uri: str,
+    instance: dg.DagsterInstance,
+    home: Path,
+    s3: Any = None,
+    chunk_size: int | None = None,
+) -> RegisteredDataset:
+    """Register `uri` as a dataset of this pipeline: its chunks become `<pipeline>__chunks` partitions."""
+    from llm_assets.datasets import register_dataset
+
+    return register_dataset(
+        dataset_spec(spec, uri, chunk_size),
+        instance,
+        home,
+        s3=s3,
+        partitions_name=chunks_partitions_name(spec),
+    )
+
+
+def build_llm_resource(spec: PipelineSpec, stage: StageSpec, home: Path) -> LLMResource:
+    """The stage's LLM resource: its provider profile, model and output cap, and the pipeline's budgets."""
+    profile = spec.profile(stage)
+    budgets = spec.budgets
+    price_file = profile.price_file
+    if profile.prices:
+        price_file = str(_write_price_rows(spec, stage.provider, profile, home))
+    return LLMResource(
+        provider=profile.provider,
+        base_url=profile.base_url,
+        api_key=dg.EnvVar(profile.api_key_env),
+        model=stage.model,
+        max_output_tokens=stage.effective_max_output_tokens(),
+        timeout_s=profile.timeout_s,
+        max_concurrency=profile.max_concurrency,
+        max_attempts=profile.max_attempts,
+        structured_output=profile.structured_output,
+        requests_per_minute=profile.requests_per_minute,
+        tokens_per_minute=profile.tokens_per_minute,
+        input_tokens_per_minute=profile.input_tokens_per_minute,
+        output_tokens_per_minute=profile.output_tokens_per_minute,
+        rate_limit_burst_s=profile.rate_limit_burst_s,
+        circuit_breaker_failures=profile.circuit_breaker_failures,
+        budget_run_usd=budgets.run_usd,
+        budget_dataset_usd=budgets.dataset_usd,
+        budget_day_usd=budgets.day_usd,
+        budget_run_tokens=budgets.run_tokens,
+        budget_dataset_tokens=budgets.dataset_tokens,
+        budget_day_tokens=budgets.day_tokens,
+        price_table_path=price_file,
+        allow_unpriced_model=profile.allow_unpriced,
+    )
+
+
+def _write_price_rows(spec: PipelineSpec, name: str, profile: Any, home: Path) -> Path:
+    """A profile's inline price rows as a price file the LLM resource reads (rewritten only when they change)."""
+    rows = [
+        {
+            **row.model_dump(exclude_none=True),
+            "provider": row.provider or profile.provider,
+        }
+        for row in profile.prices
+    ]
+    if profile.price_file:
+        base = json.loads(Path(profile.price_file).read_text())
+        rows = [*base.get("models", []), *rows]
+    path = home / "prices" / f"{spec.name}__{name}.json"
+    text = json.dumps({"models": rows}, indent=2, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ items
+
+
+def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=asset_key(spec, "items"),
+        partitions_def=partitions,
+        group_name=spec.name,
+        kinds={"pandas", "parquet"},
+        owners=spec.owners or None,
+        description=(
+            f"The chunk's input rows of pipeline `{spec.name}`, validated: rows with no id, a repeated id or an "
+            "empty text become dead letters (`invalid_input`); the length policy applies before any call."
+        ),
+    )
+    def _items(
+        context: dg.AssetExecutionContext, settings: PipelineSettings, s3: dg.ResourceParam[Any]
+    ) -> dg.MaterializeResult:
+        mark_run_worker(context)
+        dataset_id, chunk_index = parse_chunk_key(context.partition_key)
+        dataset = load_dataset(dataset_id, settings.home_path())
+        raw = read_chunk(dataset, chunk_index, s3=s3)
+        checked = validate_chunk(
+            raw,
+            chunk_index=chunk_index,
+            max_input_tokens=spec.length_policy.max_input_tokens,
+            length_policy=spec.length_policy.action,
+            count_tokens=count_tokens,
+            duplicate_rows=dataset.duplicate_rows,
+        )
+        metadata = {
+            "items_total": dg.MetadataValue.int(len(raw)),
+            "items_valid": dg.MetadataValue.int(len(checked.valid)),
+            "items_invalid": dg.MetadataValue.int(len(checked.rejected)),
+            "items_truncated": dg.MetadataValue.int(checked.truncated),
+            **write_dead_letters(
+                context, settings, dataset_id, "items", items_dead_letters(context, dataset_id, checked)
+            ),
+        }
+        return dg.MaterializeResult(value=checked.valid, metadata=metadata)
+
+    return _items
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def input_values(spec: PipelineSpec, items: pd.DataFrame) -> pd.DataFrame:
+    """One row per item (index item_id): input columns by role (`id`, `text`, `team`, `label`) and by their
+    own names (passthrough and the mapped columns), as prompts and routes name them."""
+    columns = spec.input.columns
+    frame = pd.DataFrame(
+        {
+            "id": items["item_id"].astype(str).to_numpy(),
+            "text": items["text"].to_numpy(),
+            "team": items["team"].to_numpy() if "team" in items else None,
+            "label": items["gold_label"].to_numpy() if "gold_label" in items else None,
+        },
+        index=items["item_id"].astype(str).to_numpy(),
+    )
+    for role, name in (("id", columns.id), ("team", columns.team), ("label", columns.label)):
+        if name and name not in frame.columns:
+            frame[name] = frame[role]
+    if "extra_json" in items:
+        extra = pd.DataFrame(
+            [json.loads(v) if isinstance(v, str) and v else {} for v in items["extra_json"]],
+            index=frame.index,
+        )
+        for name in extra.columns:
+            if name not in frame.columns:
+                frame[name] = extra[name]
+    return frame
+
+
+def stage_values(spec: PipelineSpec, items: pd.DataFrame, earlier: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """`input_values` plus every earlier stage's output fields as `stage.field` (empty where the stage did not
+    process the item)."""
+    frame = input_values(spec, items)
+    for name, output in earlier.items():
+        fields = spec.stage(name).output_fields()
+        by_item = output.set_index(output["item_id"].astype(str))
+        for field in fields:
+            if field in by_item.columns:
+                frame[f"{name}.{field}"] = by_item[field].reindex(frame.index)
+            else:
+                frame[f"{name}.{field}"] = None
+    return frame
+
+
+def _stage_asset(
+    spec: PipelineSpec, index: int, partitions: dg.DynamicPartitionsDefinition
+) -> dg.AssetsDefinition:
+    stage = spec.stages[index]
+    earlier = [s.name for s in spec.stages[:index]]
+    previous = earlier[-1] if earlier else None
+    llm_key = llm_resource_key(spec, stage)
+    ins = {"items": dg.AssetIn(key=asset_key(spec, "items"))}
+    ins.update({name: dg.AssetIn(key=asset_key(spec, name)) for name in earlier})
+    prompt = stage_prompt(stage)
+    route = stage.route_condition()
+
+    @dg.asset(
+        key=asset_key(spec, stage.name),
+        ins=ins,
+        partitions_def=partitions,
+        group_name=spec.name,
+        kinds={spec.profile(stage).provider, "pandas", "parquet"},
+        owners=spec.owners or None,
+        description=stage.description or f"Stage `{stage.name}` of pipeline `{spec.name}` ({stage.model}).",
+        code_version=stage.version(),
+        retry_policy=spec.retry.retry_policy(),
+        required_resource_keys={llm_key, "settings"},
+        output_required=False,  # batch mode: a run that only submits a provider batch materializes nothing
+        metadata={"model": stage.model, "route": stage.route, "prompt_version": stage.prompt_version()},
+    )
+    def _stage(context: dg.AssetExecutionContext, **inputs: pd.DataFrame) -> Iterator[Any]:
+        mark_run_worker(context)
+        settings: PipelineSettings = context.resources.settings
+        llm: LLMResource = getattr(context.resources, llm_key)
+        dataset_id, _ = parse_chunk_key(context.partition_key)
+        items = inputs["items"]
+        reached = items if previous is None else _reached(items, inputs[previous])
+        values = stage_values(spec, reached, {name: inputs[name] for name in earlier})
+        chosen = route.evaluate(values) if len(values) else pd.Series(dtype=bool)
+        routed_ids = set(values.index[chosen.to_numpy(dtype=bool)]) if len(values) else set()
+        to_send = reached[reached["item_id"].astype(str).isin(routed_ids)].copy()
+        if len(to_send):
+            to_send["text"] = [
+                render(stage.user_template, values.loc[str(item_id)].to_dict())
+                for item_id in to_send["item_id"]
+            ]
+        common = {
+            "llm": llm,
+            "prompt": prompt,
+            "items": to_send,
+            "dataset_id": dataset_id,
+            "home": settings.home_path(),
+            "checkpoint_every": settings.checkpoint_every,
+        }
+        outcome: StageOutcome | BatchWait
+        if stage.mode == "batch":
+            outcome = run_batch_stage(context, **common)
+        else:
+            outcome = run_stage(context, checkpointing=settings.checkpointing, **common)
+        if isinstance(outcome, BatchWait):
+            context.log.info(outcome.message())
+            yield dg.AssetObservation(
+                asset_key=context.asset_key, partition=context.partition_key, metadata=outcome.metadata()
+            )
+            return
+        frame = _carry_through(stage, reached, outcome.rows, routed_ids)
+        metadata = {
+            **outcome.metadata,
+            **write_dead_letters(context, settings, dataset_id, stage.name, outcome.dead_letters),
+            "items_routed": dg.MetadataValue.int(len(to_send)),
+            "route": dg.MetadataValue.text(stage.route),
+        }
+        yield dg.MaterializeResult(value=frame, metadata=metadata)
+
+    return _stage
+
+
+def _reached(items: pd.DataFrame, previous_output: pd.DataFrame) -> pd.DataFrame:
+    """The items the previous stage kept (processed or carried through), in input order."""
+    kept = set(previous_output["item_id"].astype(str))
+    return items[items["item_id"].astype(str).isin(kept)]
+
+
+def _carry_through(
+    stage: StageSpec, reached: pd.DataFrame, rows: pd.DataFrame, routed_ids: set[str]
+) -> pd.DataFrame:
+    """One row per item that reached the stage, minus the routed ones it dead-lettered: routed rows with the
+    model's fields, the others marked `routed=False` with empty fields and zero usage."""
+    fields = stage.output_fields()
+    done = rows.assign(**{ROUTED: True})
+    for field in fields:  # arrays and objects as JSON text: one Parquet type per column whatever the reply
+        if field in done.columns:
+            done[field] = done[field].map(_as_cell)
+    not_routed = reached[~reached["item_id"].astype(str).isin(routed_ids)]
+    passthrough = pd.DataFrame(
+        {
+            "idempotency_key": [f"{stage.name}|{i}|not-routed" for i in not_routed["item_id"].astype(str)],
+            "dataset_id": rows["dataset_id"].iloc[0] if len(rows) else None,
+            "item_id": not_routed["item_id"].astype(str).to_numpy(),
+            "stage": stage.name,
+            "prompt_version": "",
+            "model": "",
+            "team": not_routed["team"].to_numpy() if "team" in not_routed else None,
+            ROUTED: False,
+            **{field: None for field in fields},
+            **{column: 0 for column in USAGE_COLUMNS},
+        }
+    )
+    frame = (
+        pd.concat([f for f in (done, passthrough) if len(f)], ignore_index=True)
+        if len(done) or len(passthrough)
+        else done
+    )
+    return frame.reset_index(drop=True)
+
+
+def _as_cell(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, sort_keys=isinstance(value, dict))
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ wiring
+
+
+def pipeline_definitions(
+    spec: PipelineSpec, *, home: Path, outputs_uri: str | None = None, s3: Any = None
+) -> dg.Definitions:
+    """The pipeline's assets, per-stage LLM resources, IO manager and chunk job (local outputs unless `s3`)."""
+    partitions = dg.DynamicPartitionsDefinition(name=chunks_partitions_name(spec))
+    assets = [_items_asset(spec, partitions)] + [
+        _stage_asset(spec, i, partitions) for i in range(len(spec.stages))
+    ]
+    outputs = outputs_uri or str(home / "outputs")
+    job = dg.define_asset_job(
+        chunk_job_name(spec),
+        selection=dg.AssetSelection.assets(*[a.key for a in assets]),
+        partitions_def=partitions,
+        tags={"chunkwise/pipeline": spec.name},
+    )
+    resources: dict[str, Any] = {
+        "settings": PipelineSettings(home=str(home)),
+        "io_manager": ChunkParquetIOManager(base_uri=outputs, s3=s3),
+        "s3": s3 if s3 is not None else dg.ResourceDefinition.none_resource("no S3: local files only"),
+        **{llm_resource_key(spec, stage): build_llm_resource(spec, stage, home) for stage in spec.stages},
+    }
+    return dg.Definitions(assets=assets, jobs=[job], resources=resources)

@@ -1,0 +1,111 @@
+"""A pipeline written only as a spec file runs through every stage as its own assets (issue 12)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import jsonschema
+import pandas as pd
+import pytest
+
+from io_managers.parquet_files import read_parquet
+from llm_assets.pipeline_assets import asset_key, chunk_job_name, pipeline_definitions, register, stage_values
+from llm_assets.spec import load_pipeline
+from resources.llm.resource import spend_ledger_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def sim_env(start_sim, monkeypatch):
+    sim = start_sim({"seed": 9})
+    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", sim.openai_base_url)
+    monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", sim.api_key)
+    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_BASE_URL", sim.base_url)
+    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_API_KEY", sim.api_key)
+    return sim
+
+
+def _output(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> pd.DataFrame:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    assert records, f"{key.to_user_string()} {partition} was not materialized"
+    return read_parquet(str(records[0].asset_materialization.metadata["uri"].value))
+
+
+def test_the_reviews_spec_runs_three_stages_as_its_own_assets(sim_env, tmp_path):
+    sim = sim_env
+    spec = load_pipeline(ROOT / "pipelines" / "reviews.yaml")
+    home = tmp_path / "home"
+    defs = pipeline_definitions(spec, home=home)
+    with dg.instance_for_test() as instance:
+        dataset = register(spec, spec.input.demo_data, instance, home)
+        key = dataset.partition_keys[0]
+        result = defs.resolve_job_def(chunk_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=key
+        )
+        assert result.success
+        assert {e.asset_key for e in result.get_asset_materialization_events()} == {
+            asset_key(spec, name) for name in ("items", "sentiment", "aspects", "reply_draft")
+        }
+        items = _output(instance, asset_key(spec, "items"), key)
+        outputs = {s.name: _output(instance, asset_key(spec, s.name), key) for s in spec.stages}
+
+        # Each stage: one row per item that reached it; routed rows carry the model's valid answer.
+        for index, stage in enumerate(spec.stages):
+            frame = outputs[stage.name]
+            assert frame["item_id"].is_unique
+            earlier = {s.name: outputs[s.name] for s in spec.stages[:index]}
+            reached = (
+                items
+                if index == 0
+                else items[items["item_id"].isin(outputs[spec.stages[index - 1].name]["item_id"])]
+            )
+            values = stage_values(spec, reached, earlier)
+            expected = set(values.index[stage.route_condition().evaluate(values).to_numpy(dtype=bool)])
+            routed = frame[frame["routed"]]
+            assert set(routed["item_id"]) == expected
+            assert len(routed) > 0, stage.name
+            schema = stage.resolved_schema()
+            for _, row in routed.iterrows():
+                reply = {f: _json(row[f]) for f in stage.output_fields()}
+                jsonschema.validate(reply, schema)
+            assert (frame.loc[~frame["routed"], "cost_usd"] == 0).all()
+        assert 0 < len(outputs["reply_draft"][outputs["reply_draft"]["routed"]]) < len(items)
+
+        # The Anthropic stage went over the Messages API; the others over Chat Completions.
+        log = sim.requests()
+        assert {r["endpoint"] for r in log if r["model"] == "claude-haiku-5-5"} == {"messages"}
+        assert {r["endpoint"] for r in log if r["model"] != "claude-haiku-5-5"} == {"chat"}
+        # Every dollar the simulator billed is in the spend ledger, with the pipeline's teams.
+        rows = spend_ledger_for(instance.storage_directory()).rows(dataset.dataset_id)
+        billed = rows[rows["event"] == "billed"]
+        assert billed["cost_usd"].sum() == pytest.approx(sim.stats()["billed_usd"], abs=1e-9)
+        assert set(billed["team"]) <= {"audio", "kitchen", "wearables", "smart_home"}
+
+        # The stage's version is the asset's code version.
+        for stage in spec.stages:
+            assert (
+                defs.get_assets_def(asset_key(spec, stage.name)).code_versions_by_key[
+                    asset_key(spec, stage.name)
+                ]
+                == stage.version()
+            )
+
+        # Re-running the chunk pays nothing: every item is in its stage's checkpoint.
+        requests = len(sim.requests())
+        again = defs.resolve_job_def(chunk_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=key
+        )
+        assert again.success and len(sim.requests()) == requests
+
+
+def _json(value):
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return value

@@ -21,6 +21,7 @@ from enum import StrEnum
 import dagster as dg
 
 from llm_assets.failure_class import FailureClass, run_failure_class
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
 
 PARTITION_TAG = "dagster/partition"
 DATASET_TAG = "chunkwise/dataset"
@@ -40,7 +41,6 @@ IN_FLIGHT_STATUSES = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.CANCELING,
 ]
-_FINAL_ASSET = dg.AssetKey("enriched")
 
 
 class ChunkState(StrEnum):
@@ -92,10 +92,13 @@ def latest_runs(instance: dg.DagsterInstance, partition_keys: list[str]) -> dict
     return found
 
 
-def chunk_states(instance: dg.DagsterInstance, partition_keys: list[str]) -> dict[str, ChunkStatus]:
-    """The state of each chunk partition (see the module docstring for the rules)."""
+def chunk_states(
+    instance: dg.DagsterInstance, partition_keys: list[str], layout: PipelineLayout = BUILTIN_LAYOUT
+) -> dict[str, ChunkStatus]:
+    """The state of each chunk partition (see the module docstring for the rules); `layout` names the
+    pipeline's last stage (the built-in one's is `enriched`)."""
     runs = latest_runs(instance, partition_keys)
-    materialized = instance.get_materialized_partitions(_FINAL_ASSET)
+    materialized = instance.get_materialized_partitions(layout.final_key)
     out: dict[str, ChunkStatus] = {}
     for key in partition_keys:
         records = runs[key]

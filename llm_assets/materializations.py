@@ -32,7 +32,7 @@ def latest_materialization(
 
 
 def load_stage_output(
-    instance: dg.DagsterInstance, asset: str, partition: str, s3: Any = None
+    instance: dg.DagsterInstance, asset: str | dg.AssetKey, partition: str, s3: Any = None
 ) -> pd.DataFrame:
     """A stage partition's output, from the path its latest materialization recorded (`uri` metadata; `s3`, an
     S3Resource, when outputs live on S3)."""

@@ -29,6 +29,7 @@ import pandas as pd
 from io_managers.chunk_parquet import ChunkParquetIOManager
 from llm_assets.assets import items_dead_letters, write_dead_letters
 from llm_assets.datasets import DatasetSpec, RegisteredDataset, load_dataset, load_team_rules, read_chunk
+from llm_assets.layout import PipelineLayout
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.prompts import StagePrompt
 from llm_assets.run_liveness import mark_run_worker
@@ -69,6 +70,11 @@ def llm_resource_key(spec: PipelineSpec, stage: StageSpec) -> str:
 
 def chunk_job_name(spec: PipelineSpec) -> str:
     return f"{spec.name}__chunk_job"
+
+
+def spec_layout(spec: PipelineSpec) -> PipelineLayout:
+    """The pipeline's stages and asset keys, for chunk states and the completion report."""
+    return PipelineLayout(stages=tuple(s.name for s in spec.stages), prefix=(spec.name,), label_field=None)
 
 
 def stage_prompt(stage: StageSpec) -> SpecStagePrompt:

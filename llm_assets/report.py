@@ -45,6 +45,7 @@ from llm_assets.checks import checks_section
 from llm_assets.chunk_status import ChunkState, ChunkStatus, chunk_states
 from llm_assets.datasets import RegisteredDataset
 from llm_assets.judge import JUDGE_STAGE
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
 from llm_assets.materializations import latest_materialization, load_stage_output
 from resources.dead_letters import DeadLetterStore
 from resources.llm.spend_ledger import BILLED, OK, attempt_summary
@@ -61,6 +62,15 @@ USEFUL, REPAID, WASTED, QUALITY = "useful", "repaid", "wasted", "quality_checks"
 SPEND_KINDS = (USEFUL, REPAID, WASTED, QUALITY)
 BUCKETS = ("succeeded", "dead_lettered", "quarantined", "not_processed")
 BATCH_AT_PROVIDER = "batch_at_provider"
+
+NO_CHECKS: dict[str, Any] = {
+    "checks": {},
+    "sampled_accuracy": {"accuracy": None, "correct": 0, "scored": 0, "partitions": 0},
+    "judge_cost_usd": 0.0,
+    "blocked_partitions": [],
+    "blocked_by": {},
+}
+"""The checks section of a pipeline that has no quality gates."""
 
 NOT_PROCESSED_WHY = {
     ChunkState.NOT_STARTED.value: "the chunk never ran",
@@ -108,16 +118,16 @@ def _chunk_rows(dataset: RegisteredDataset, chunk_index: int) -> int:
     return min(dataset.chunk_size, dataset.total_rows - chunk_index * dataset.chunk_size)
 
 
-def _batch_pending(instance: dg.DagsterInstance, partition: str) -> bool:
+def _batch_pending(instance: dg.DagsterInstance, partition: str, layout: PipelineLayout) -> bool:
     """A stage's latest observation says its batch is at the provider, and no materialization came after it."""
-    for stage in STAGES:
+    for stage in layout.stages:
         observed = instance.fetch_observations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage), asset_partitions=[partition]), limit=1
+            dg.AssetRecordsFilter(asset_key=layout.key(stage), asset_partitions=[partition]), limit=1
         ).records
         if not observed:
             continue
         status = observed[0].asset_observation.metadata.get("batch_status")
-        recorded = latest_materialization(instance, stage, partition)
+        recorded = latest_materialization(instance, layout.key(stage), partition)
         newer = recorded is None or observed[0].timestamp > recorded.timestamp
         if status is not None and status.value in ("submitted", "in_progress") and newer:
             return True
@@ -132,14 +142,16 @@ def item_buckets(
     states: dict[str, ChunkStatus] | None = None,
     blocked_by: dict[str, str] | None = None,
     s3: Any = None,
+    layout: PipelineLayout = BUILTIN_LAYOUT,
 ) -> ItemBuckets:
     """Where every row of `dataset` is (see the module docstring). `states` (chunk_states) and `blocked_by`
     (checks_section) are read from the instance when not given. Raises RuntimeError if the buckets of a chunk
     do not add up to its rows."""
-    states = states if states is not None else chunk_states(instance, dataset.partition_keys)
+    stages = layout.stages
+    states = states if states is not None else chunk_states(instance, dataset.partition_keys, layout)
     if blocked_by is None:
         blocked_by = checks_section(instance, dataset)["blocked_by"]
-    materialized = instance.get_materialized_partitions(dg.AssetKey("enriched"))
+    materialized = instance.get_materialized_partitions(layout.final_key)
     dead_all = dead_letters.query(dataset.dataset_id)
     dead_by_chunk = {k: f for k, f in dead_all.groupby("partition_key")} if len(dead_all) else {}
     out = ItemBuckets(total_items=dataset.total_rows)
@@ -153,10 +165,10 @@ def item_buckets(
         kept_stages: tuple[str, ...] = ()
         if gate is not None:
             gated_stage = gate.split(":", 1)[0]
-            kept_stages = STAGES[: STAGES.index(gated_stage) + 1] if gated_stage in STAGES else STAGES[:1]
+            kept_stages = stages[: stages.index(gated_stage) + 1] if gated_stage in stages else stages[:1]
         elif partition in materialized:
-            kept_stages = STAGES
-        outputs = {s: load_stage_output(instance, s, partition, s3) for s in kept_stages}
+            kept_stages = stages
+        outputs = {s: load_stage_output(instance, layout.key(s), partition, s3) for s in kept_stages}
         kept_ids = set(outputs[kept_stages[-1]]["item_id"].astype(str)) if kept_stages else set()
         for frame in outputs.values():
             keys = frame.loc[frame["item_id"].astype(str).isin(kept_ids), "idempotency_key"]
@@ -164,11 +176,11 @@ def item_buckets(
 
         # Dead letters of the stages this chunk's rows went through (a gated chunk stopped at its gated stage).
         dead = dead_by_chunk.get(partition, dead_all.iloc[0:0])
-        stages = ("items", *kept_stages) if kept_stages else DEAD_LETTER_STAGES
-        dead = dead[dead["stage"].isin(stages)]
+        through = ("items", *kept_stages) if kept_stages else ("items", *stages)
+        dead = dead[dead["stage"].isin(through)]
         invalid = dead[dead["stage"] == "items"]  # one per input row, ids may repeat
         failed = dead[dead["stage"] != "items"].copy()
-        failed["_order"] = failed["stage"].map({s: i for i, s in enumerate(STAGES)})
+        failed["_order"] = failed["stage"].map({s: i for i, s in enumerate(stages)})
         failed = failed.sort_values("_order", kind="stable").drop_duplicates("item_id")
         failed = failed[~failed["item_id"].astype(str).isin(kept_ids)]
         counted = pd.concat([invalid, failed])
@@ -188,16 +200,16 @@ def item_buckets(
             gates[gate] += len(kept_ids)
         elif kept_stages:
             out.succeeded += len(kept_ids)
-            out.succeeded_classified.append(outputs["classified"])
+            out.succeeded_classified.append(outputs[stages[0]])
         elif rest:
             status = states.get(partition)
             why = status.state.value if status is not None else ChunkState.NOT_STARTED.value
-            if why == ChunkState.INCOMPLETE.value and _batch_pending(instance, partition):
+            if why == ChunkState.INCOMPLETE.value and _batch_pending(instance, partition, layout):
                 why = BATCH_AT_PROVIDER
             out.not_processed += rest
             waiting[why] += rest
     out.dead_lettered_by_reason = dict(reasons.most_common())
-    out.dead_lettered_by_stage = {s: by_stage[s] for s in DEAD_LETTER_STAGES if by_stage[s]}
+    out.dead_lettered_by_stage = {s: by_stage[s] for s in ("items", *stages) if by_stage[s]}
     out.quarantined_by_gate = dict(gates.most_common())
     out.not_processed_by_reason = dict(waiting.most_common())
     if sum(out.as_dict().values()) != out.total_items:
@@ -332,12 +344,15 @@ def build_completion_report(
     *,
     ledger_rows: pd.DataFrame,
     states: dict[str, ChunkStatus] | None = None,
+    layout: PipelineLayout = BUILTIN_LAYOUT,
+    checks: dict[str, Any] | None = None,
 ) -> CompletionReport:
     """The report of `dataset`. `ledger_rows`: the dataset's spend ledger (`SpendLedger.rows(dataset_id)`),
-    every event of every attempt; `states`: chunk_states (read when not given)."""
-    checks = checks_section(instance, dataset)
+    every event of every attempt; `states`: chunk_states (read when not given); `layout`: the pipeline's
+    stages and asset keys; `checks`: its checks section (default: the built-in pipeline's `checks_section`)."""
+    checks = checks if checks is not None else checks_section(instance, dataset)
     buckets = item_buckets(
-        instance, dataset, dead_letters, states=states, blocked_by=checks["blocked_by"], s3=s3
+        instance, dataset, dead_letters, states=states, blocked_by=checks["blocked_by"], s3=s3, layout=layout
     )
     spend = spend_rows(ledger_rows, dataset.dataset_id, buckets.kept_keys)
     by_kind = {kind: 0.0 for kind in SPEND_KINDS} | sum_by(spend, "kind")
@@ -346,8 +361,8 @@ def build_completion_report(
 
     retried = 0
     for partition in dataset.partition_keys:
-        for stage in STAGES:
-            recorded = latest_materialization(instance, stage, partition)
+        for stage in layout.stages:
+            recorded = latest_materialization(instance, layout.key(stage), partition)
             if recorded is not None:
                 retried += int(recorded.metadata.get("retries", 0) or 0)
 
@@ -363,10 +378,12 @@ def build_completion_report(
         if buckets.succeeded_classified
         else pd.DataFrame()
     )
-    labelled = classified[classified["gold_label"].notna()] if len(classified) else classified
-    accuracy = float((labelled["label"] == labelled["gold_label"]).mean()) if len(labelled) else None
+    field = layout.label_field
+    usable = len(classified) and field and {field, "gold_label"} <= set(classified.columns)
+    labelled = classified[classified["gold_label"].notna()] if usable else classified.iloc[0:0]
+    accuracy = float((labelled[field] == labelled["gold_label"]).mean()) if len(labelled) else None
     sampled = checks["sampled_accuracy"]
-    materialized = instance.get_materialized_partitions(dg.AssetKey("enriched"))
+    materialized = instance.get_materialized_partitions(layout.final_key)
     return CompletionReport(
         dataset_id=dataset.dataset_id,
         total_items=dataset.total_rows,

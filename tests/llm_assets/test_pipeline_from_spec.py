@@ -11,8 +11,19 @@ import pandas as pd
 import pytest
 
 from io_managers.parquet_files import read_parquet
-from llm_assets.pipeline_assets import asset_key, chunk_job_name, pipeline_definitions, register, stage_values
+from llm_assets.chunk_status import ChunkState, chunk_states
+from llm_assets.datasets import load_dataset
+from llm_assets.pipeline_assets import (
+    asset_key,
+    chunk_job_name,
+    pipeline_definitions,
+    register,
+    spec_layout,
+    stage_values,
+)
+from llm_assets.report import NO_CHECKS, build_completion_report
 from llm_assets.spec import load_pipeline
+from resources.dead_letters import DeadLetterStore
 from resources.llm.resource import spend_ledger_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +105,26 @@ def test_the_reviews_spec_runs_three_stages_as_its_own_assets(sim_env, tmp_path)
                 ]
                 == stage.version()
             )
+
+        # Chunk states and the completion report read the pipeline's own keys: every row in one bucket, the
+        # report's cost the simulator's bill (the gates are not built from specs yet: no checks section).
+        layout = spec_layout(spec)
+        assert chunk_states(instance, [key], layout)[key].state == ChunkState.SUCCEEDED
+        report = build_completion_report(
+            instance,
+            load_dataset(dataset.dataset_id, home),
+            DeadLetterStore(str(home / "dead_letters")),
+            0.0,
+            ledger_rows=rows,
+            layout=layout,
+            checks=NO_CHECKS,
+        )
+        first_chunk = min(spec.input.chunk_size, dataset.total_rows)
+        assert report.buckets["succeeded"] == len(outputs["reply_draft"]) and report.buckets["succeeded"] > 0
+        assert report.buckets["not_processed"] == dataset.total_rows - first_chunk
+        assert sum(report.buckets.values()) == dataset.total_rows
+        assert report.total_cost_usd == pytest.approx(sim.stats()["billed_usd"], abs=1e-9)
+        assert set(report.cost_by_stage) == {"sentiment", "aspects", "reply_draft"}
 
         # Re-running the chunk pays nothing: every item is in its stage's checkpoint.
         requests = len(sim.requests())

@@ -97,6 +97,7 @@ def _result_record(result: ItemResult, run_id: str) -> dict:
         "last_attempt_at": _iso(result.last_attempt_at),
         "usage": {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in usage.items()},
         "run_id": run_id,
+        "last_reply": result.last_reply,  # a failed item's last reply, for its dead letter
     }
 
 
@@ -259,6 +260,7 @@ def _assemble(
                     run_id=record.get("run_id") or context.run_id,
                     input_text=item.text,
                     input_json=item.extra_json if hasattr(item, "extra_json") else "{}",
+                    last_reply=record.get("last_reply"),
                 )
             )
 

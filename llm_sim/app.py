@@ -28,6 +28,11 @@ async def sim_requests(request: Request) -> Response:
     return JSONResponse(request.app.state.engine.ledger.request_log())
 
 
+async def sim_bodies(request: Request) -> Response:
+    """Chat request bodies as received (config `server.record_bodies: true`), oldest first."""
+    return JSONResponse(request.app.state.engine.bodies)
+
+
 async def sim_faults(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     if request.method == "GET":
@@ -81,6 +86,16 @@ async def sim_config(request: Request) -> Response:
                 "expire": config.batch_expire,
                 "price_multiplier": config.batch_price_multiplier,
             },
+            "server": {
+                "dialect": config.server.name,
+                "cap_params": list(config.server.cap_params),
+                "rate_limit_headers": config.server.rate_limit_headers,
+                "usage_details": config.server.usage_details,
+                "response_formats": list(config.server.response_formats),
+                "context_tokens": config.server.context_tokens,
+                "record_bodies": config.server.record_bodies,
+                "percent_numbers": config.server.percent_numbers,
+            },
         }
     )
 
@@ -109,6 +124,7 @@ def build_app(config: SimConfig) -> Starlette:
         *anthropic_batches.routes(),
         Route("/_sim/stats", sim_stats, methods=["GET"]),
         Route("/_sim/requests", sim_requests, methods=["GET"]),
+        Route("/_sim/bodies", sim_bodies, methods=["GET"]),
         Route("/_sim/faults", sim_faults, methods=["GET", "POST"]),
         Route("/_sim/reset", sim_reset, methods=["POST"]),
         Route("/_sim/config", sim_config, methods=["GET"]),

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from llm_sim.server_dialect import ServerDialect, server_dialect
+
 DEFAULT_API_KEY = "sk-sim-local"
 
 # USD per million tokens. `cached_input` is a cache read; `cache_write` a 5-minute cache write.
@@ -118,6 +120,7 @@ class SimConfig:
     batch_complete_after_s: float = 2.0
     batch_expire: bool = False
     batch_price_multiplier: float = 0.5
+    server: ServerDialect = field(default_factory=ServerDialect)
 
 
 def _model_spec(name: str, raw: dict[str, Any], default_limits: dict[str, Any] | None) -> ModelSpec:
@@ -148,7 +151,7 @@ def _model_spec(name: str, raw: dict[str, Any], default_limits: dict[str, Any] |
 def build_config(raw: dict[str, Any] | None) -> SimConfig:
     """A SimConfig from a parsed config document (defaults for every missing key)."""
     raw = dict(raw or {})
-    known = {"keys", "models", "limits", "latency", "faults", "poison", "seed", "cache", "batch"}
+    known = {"keys", "models", "limits", "latency", "faults", "poison", "seed", "cache", "batch", "server"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -178,6 +181,7 @@ def build_config(raw: dict[str, Any] | None) -> SimConfig:
         batch_complete_after_s=float(batch.get("complete_after_s", 2.0)),
         batch_expire=bool(batch.get("expire", False)),
         batch_price_multiplier=float(batch.get("price_multiplier", 0.5)),
+        server=server_dialect(raw.get("server")),
     )
 
 

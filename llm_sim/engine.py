@@ -15,6 +15,7 @@ from llm_sim.ledger import Ledger, Usage
 from llm_sim.prompt import Prompt
 from llm_sim.prompt_cache import CachePlan, PromptCache
 from llm_sim.rate_limits import ModelLimiter, Refusal
+from llm_sim.server_dialect import as_percentages
 from llm_sim.tokens import count_tokens, truncate_to_tokens
 
 # HTTP status of each error fault, per provider ("dropped" = the connection is cut mid-response).
@@ -70,9 +71,11 @@ class Engine:
         self.limiters = {
             name: ModelLimiter(spec.limits, self.started) for name, spec in config.models.items()
         }
+        self.bodies: list[dict] = []  # chat request bodies, when config.server.record_bodies
 
     def reset(self, faults: bool) -> None:
         self.ledger.reset()
+        self.bodies.clear()
         self.cache.clear()
         now = time.monotonic()
         self.limiters = {name: ModelLimiter(spec.limits, now) for name, spec in self.config.models.items()}
@@ -207,12 +210,22 @@ class Engine:
                 value = answers.degrade(value, schema)
             if fault == "schema_violation":
                 value = answers.violate_schema(value, schema)
+            if self.config.server.percent_numbers:
+                value = as_percentages(value, schema)
             content = json.dumps(value)
         else:
             content = value if fault != "schema_violation" else json.dumps({"unexpected": value})
         if fault == "malformed_json":
             whole = content if schema is not None else json.dumps({"answer": content})
             content = whole[: max(1, len(whole) // 2)]
+        if prompt.runaway:
+            # No cap was read: a small model under a grammar keeps writing inside an open string.
+            filler = " ".join(["and"] * (prompt.max_output_tokens or 0))
+            content = (
+                content[:-1] + ', "notes": "' + filler
+                if schema is not None and content.endswith("}")
+                else content + " " + filler
+            )
         outcome.content = content
         return self._cap(prompt, outcome)
 

@@ -46,6 +46,10 @@ class SimHandle:
     def requests(self) -> list[dict[str, Any]]:
         return self._get("/_sim/requests")
 
+    def bodies(self) -> list[dict[str, Any]]:
+        """Chat request bodies as the server received them (needs config `server: {record_bodies: true}`)."""
+        return self._get("/_sim/bodies")
+
     def set_faults(self, **faults: Any) -> dict[str, Any]:
         response = self._http.post("/_sim/faults", json=faults)
         response.raise_for_status()

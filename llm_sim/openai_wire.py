@@ -13,7 +13,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from llm_sim.engine import Engine, Outcome
 from llm_sim.http_common import bearer_token, dropped_body, new_id, read_json_object
 from llm_sim.prompt import Prompt, PromptError, openai_prompt
+from llm_sim.prompt_cache import CachePlan
 from llm_sim.rate_limits import Refusal, openai_headers
+from llm_sim.server_dialect import context_error
 
 _ORG = "org-sim"
 _UNIT = {"minute": ("min", "M"), "second": ("sec", "S")}
@@ -90,6 +92,19 @@ def completion_body(prompt: Prompt, outcome: Outcome, engine: Engine) -> dict[st
     details: dict[str, int] = {"cached_tokens": usage.cached_input, "audio_tokens": 0}
     if spec.bills_cache_write:
         details["cache_write_tokens"] = usage.cache_write
+    usage_body: dict[str, Any] = {
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": usage.output,
+        "total_tokens": outcome.prompt_tokens + usage.output,
+    }
+    if engine.config.server.usage_details:
+        usage_body["prompt_tokens_details"] = details
+        usage_body["completion_tokens_details"] = {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
     return {
         "id": outcome.reply_id or new_id("chatcmpl-"),
         "object": "chat.completion",
@@ -108,18 +123,7 @@ def completion_body(prompt: Prompt, outcome: Outcome, engine: Engine) -> dict[st
                 "finish_reason": outcome.finish,
             }
         ],
-        "usage": {
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": usage.output,
-            "total_tokens": outcome.prompt_tokens + usage.output,
-            "prompt_tokens_details": details,
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
+        "usage": usage_body,
         "service_tier": "default",
         "system_fingerprint": "fp_llm_sim",
     }
@@ -143,11 +147,12 @@ def unauthorized_body(request: Request) -> dict[str, Any]:
 
 async def chat_completions(request: Request) -> Response:
     engine: Engine = request.app.state.engine
+    server = engine.config.server
     headers = {"x-request-id": new_id("req_", 32)}
     body = await read_json_object(request)
     model_name = body.get("model") if body and isinstance(body.get("model"), str) else ""
     state = engine.limit_state(model_name) if model_name else None
-    if state:
+    if state and server.rate_limit_headers:
         headers.update(openai_headers(state))
 
     def reply(status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> JSONResponse:
@@ -176,6 +181,21 @@ async def chat_completions(request: Request) -> Response:
         )
         message = "We could not parse the JSON body of your request. The body must be a JSON object."
         return reply(400, error_body(message, "invalid_request_error"))
+    if server.record_bodies:
+        engine.bodies.append(body)
+    format_error = server.format_error(body)
+    if format_error is not None:
+        engine.ledger.record(
+            provider="openai",
+            model=model_name,
+            endpoint="chat",
+            status="500",
+            usage=None,
+            billed_usd=0.0,
+            user_sha256="",
+            fault="unsupported_response_format",
+        )
+        return reply(500, format_error)
     try:
         prompt = openai_prompt(body)
     except PromptError as exc:
@@ -193,10 +213,21 @@ async def chat_completions(request: Request) -> Response:
         engine.record_rejection(prompt, "chat", 404, None)
         message = f"The model `{prompt.model}` does not exist or you do not have access to it."
         return reply(404, error_body(message, "invalid_request_error", "model_not_found"))
+    prompt.max_output_tokens = server.output_cap(body)
+    if server.context_tokens is not None:
+        prompt_tokens = prompt.prompt_tokens()
+        if prompt_tokens >= server.context_tokens:
+            engine.record_rejection(prompt, "chat", 400, "context_length_exceeded")
+            return reply(400, context_error(server.context_tokens, prompt_tokens, prompt.max_output_tokens))
+        room = server.context_tokens - prompt_tokens
+        prompt.runaway = prompt.max_output_tokens is None
+        prompt.max_output_tokens = min(prompt.max_output_tokens or room, room)
 
-    plan = engine.plan_cache(prompt)
+    # A server without usage details (llama.cpp) reports no cached tokens: it is billed as uncached.
+    plan = engine.plan_cache(prompt) if server.usage_details else CachePlan()
     refusal = engine.admit(prompt, plan)
-    headers.update(openai_headers(engine.limit_state(prompt.model)))
+    if server.rate_limit_headers:
+        headers.update(openai_headers(engine.limit_state(prompt.model)))
     if refusal is not None:
         engine.record_rejection(prompt, "chat", 429, "rate_limit_enforced")
         payload, extra = refusal_error(prompt.model, refusal, engine.config.models[prompt.model].limits.per)

@@ -38,6 +38,8 @@ class Prompt:
     schema_in_request: bool
     max_output_tokens: int | None
     params: dict[str, Any] = field(default_factory=dict)
+    # The server read no cap: the "model" keeps writing until `max_output_tokens` (what the context has left).
+    runaway: bool = False
 
     @property
     def user_texts(self) -> list[str]:

@@ -4,6 +4,7 @@ Layout: ``<base_uri>/dataset=<dataset_id>/stage=<stage>/<partition_key>.parquet`
 can be opened directly with pandas/pyarrow/duckdb as a partitioned dataset). One file per (partition, stage),
 replaced atomically on every write: re-running a partition replaces its dead letters, never duplicates them;
 writing an empty list removes the file. ``base_uri`` is a local directory or ``s3://bucket/prefix``.
+Files written before a column was added (e.g. ``last_reply``) are read with that column empty.
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ class DeadLetter:
     run_id: str
     input_text: str | None
     input_json: str  # the original input row as JSON
+    last_reply: str | None = None  # the model's last reply (at most 2,000 characters); None if none arrived
 
 
 DEAD_LETTER_COLUMNS = [f.name for f in fields(DeadLetter)]
+# Columns added after the first release; files written before them lack them.
+_ADDED_COLUMNS = ("last_reply",)
 
 
 class DeadLetterStore:
@@ -117,7 +121,13 @@ class DeadLetterStore:
                 continue  # the exact (partition, stage) file is absent: that partition has no letters there
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype=object) for c in DEAD_LETTER_COLUMNS})
-        return pd.concat(frames, ignore_index=True)[DEAD_LETTER_COLUMNS]
+        merged = pd.concat(frames, ignore_index=True)
+        # Older files lack newer columns: they read as empty (None), never as an error.
+        merged = merged.reindex(columns=DEAD_LETTER_COLUMNS)
+        for column in _ADDED_COLUMNS:
+            values = merged[column].astype(object)
+            merged[column] = values.where(values.notna(), None)
+        return merged
 
 
 def _check_stage(stage: str) -> None:

@@ -50,6 +50,7 @@ from resources.llm.types import (
     LLMRequest,
     TokenUsage,
     UsageSummary,
+    clip_reply,
 )
 
 
@@ -187,9 +188,9 @@ def _build_lines(
     schema_name: str,
     journal: BatchJournal,
 ) -> list[_Line]:
-    adapter = adapter_for(resource.provider)
+    adapter = adapter_for(resource.provider, resource.dialect)
     wire = batch_wire_for(resource.provider)
-    price = resource.price()
+    price = resource._price_or_fatal()
     lines: list[_Line] = []
     seen: dict[str, str] = {}
     for request in requests:
@@ -201,7 +202,7 @@ def _build_lines(
             schema=schema,
             schema_name=schema_name,
             max_output_tokens=resource.max_output_tokens,
-            structured_output=resource.structured_output,
+            structured_output=resource.effective_structured_output(),
             repair=(repair[0], repair[1]) if repair else None,
         )
         custom_id = wire.custom_id(request.key)
@@ -536,6 +537,7 @@ class _ItemContext:
         error_class: str | None = None,
         message: str | None = None,
         finish_reason: str | None = None,
+        last_reply: str | None = None,
     ) -> ItemResult:
         return ItemResult(
             key=self.key,
@@ -548,6 +550,7 @@ class _ItemContext:
             last_attempt_at=self.last_at,
             usage=self.usage,
             finish_reason=finish_reason,
+            last_reply=None if ok else clip_reply(last_reply),
         )
 
     def retry_or_fail(self, why: str, message: str) -> _Judged:
@@ -612,7 +615,7 @@ def collect(
     carried = journal.carried if journal is not None else {}
     wire = batch_wire_for(handle.provider)
     adapter = adapter_for(handle.provider)
-    price = resource.price()
+    price = resource._price_or_fatal()
     lines: list[BatchLineResult] = []
     if handle.batch_id is not None:
         with _Transport(resource) as transport:
@@ -732,7 +735,15 @@ def collect(
             bills.append((*bill, error_class))
             why = reply.refusal if isinstance(reply.refusal, str) else reply.finish_reason
             judged.append(
-                _Judged(key, finish(False, error_class=error_class, message=f"the model declined: {why}"))
+                _Judged(
+                    key,
+                    finish(
+                        False,
+                        error_class=error_class,
+                        message=f"the model declined: {why}",
+                        last_reply=reply.refusal if isinstance(reply.refusal, str) else reply.content,
+                    ),
+                )
             )
             continue
         if schema is None:
@@ -756,13 +767,21 @@ def collect(
                 if key in repair_keys
                 else f"and the item used all {resource.max_attempts} attempts"
             )
+            # A reply cut off at the output cap before its JSON ended is `truncated`, as online.
+            cut = value is None and reply.finish_reason == "length"
             judged.append(
                 _Judged(
                     key,
                     finish(
                         False,
-                        error_class="schema_invalid",
-                        message=f"output failed its schema {after}: {problem}",
+                        error_class="truncated" if cut else "schema_invalid",
+                        message=(
+                            f"the reply hit the output cap of {resource.max_output_tokens} tokens before its "
+                            f"JSON ended {after}: {problem}"
+                            if cut
+                            else f"output failed its schema {after}: {problem}"
+                        ),
+                        last_reply=reply.content,
                     ),
                 )
             )

@@ -34,8 +34,10 @@ def limit_spec(
     input_tokens_per_minute: float | None,
     output_tokens_per_minute: float | None,
     burst_s: float,
+    server_slots: int | None = None,
+    slots_key: str = "",
 ) -> LimitSpec | None:
-    """The configured limits as per-second refill rates; None when nothing is configured."""
+    """The configured limits as per-second refill rates and the server's slots; None when nothing is configured."""
     per_minute = {
         "requests": requests_per_minute,
         "tokens": tokens_per_minute,
@@ -43,7 +45,9 @@ def limit_spec(
         "output_tokens": output_tokens_per_minute,
     }
     rates = {kind: v / 60.0 for kind, v in per_minute.items() if v is not None and v > 0}
-    return LimitSpec(limit_key, rates, burst_s) if rates else None
+    if not rates and server_slots is None:
+        return None
+    return LimitSpec(limit_key, rates, burst_s, server_slots, slots_key or limit_key)
 
 
 class AdmissionController:
@@ -96,6 +100,7 @@ class AdmissionController:
             Settlement(
                 reservation_id=grant.reservation_id,
                 bucket_delta={k: -v for k, v in permit.amounts.items()},
+                slot_id=grant.slot_id,
             )
         )
 
@@ -167,4 +172,5 @@ class AdmissionController:
                 timeout = min(result.wait_s, MAX_WAIT_SLICE_S)
             else:
                 self._pending.extendleft(reversed(rest))
-                timeout = 0.0 if (self._pending or self._settlements) else None
+                # `close()` may have set the wake-up this iteration cleared: look again instead of sleeping.
+                timeout = 0.0 if (self._pending or self._settlements or self._closing) else None

@@ -16,8 +16,11 @@ from pydantic import Field, PrivateAttr
 from resources.llm.batch import BatchCollection, BatchStatus
 from resources.llm.batch_journal import BatchHandle, BatchJournal
 from resources.llm.budget import BudgetCaps, caps_by_scope, scope_keys
+from resources.llm.errors import JobFatalError, UnknownModelPriceError
+from resources.llm.normalize import check_rules
 from resources.llm.prices import ModelPrice, PriceTable
-from resources.llm.providers import adapter_for
+from resources.llm.providers import adapter_for, dialect_for
+from resources.llm.providers.dialects import Dialect
 from resources.llm.ratelimit import AdmissionController, limit_spec
 from resources.llm.runner import EngineSettings, PromptRun
 from resources.llm.spend_ledger import SPEND_LEDGER_FILE, SpendLedger
@@ -44,10 +47,18 @@ def spend_ledger_for(instance_storage_dir: str | None, state_dir: str | None = N
 
 class LLMResource(dg.ConfigurableResource):
     """Runs prompts against an OpenAI-compatible Chat Completions server or Anthropic Messages with shared rate
-    limits, hard budgets, exact cost and a clear failure taxonomy. Rates are per minute, money in USD."""
+    limits, hard budgets, exact cost and a clear failure taxonomy. Rates are per minute, money in USD, times in
+    seconds. `dialect` adapts the OpenAI wire format to the server (resources/llm/providers/dialects.py)."""
 
     provider: str = Field(
         default="openai", description="'openai' (any OpenAI-compatible server) or 'anthropic'"
+    )
+    dialect: str | None = Field(
+        default=None,
+        description="OpenAI-compatible server kind: 'openai' (the official API; the default), 'llamacpp', "
+        "'vllm', 'ollama', 'litellm' or 'openai_compatible' (any other: sends both max_tokens and "
+        "max_completion_tokens). Decides the output-cap parameter, the default structured_output and "
+        "max_concurrency. Unset for provider 'anthropic'.",
     )
     base_url: str = Field(
         default="http://127.0.0.1:8765/v1",
@@ -55,12 +66,42 @@ class LLMResource(dg.ConfigurableResource):
     )
     api_key: str = Field(repr=False, description="Secret; give it as dg.EnvVar('CHUNKWISE_LLM_API_KEY').")
     model: str
-    max_output_tokens: int = 256
-    timeout_s: float = 60.0
-    max_concurrency: int = 32
+    max_output_tokens: int = Field(
+        default=256,
+        description="Output cap per reply; a server that ignores it stops the job on its first reply.",
+    )
+    timeout_s: float = Field(
+        default=60.0,
+        description="Upper bound of a request's deadline (and of connecting). The deadline itself is learnt from "
+        "this run's replies: the slowest reply plus twice the time the output cap takes at the measured speed.",
+    )
+    min_timeout_s: float = Field(default=10.0, description="Lower bound of the learnt per-request deadline.")
+    max_timeouts_per_item: int = Field(
+        default=2,
+        description="An item whose requests time out this many times, while the server answers others, is "
+        "dead-lettered `timeout` (never retried without end).",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        description="Requests in flight at once, per process. Unset: the dialect's default (32 for cloud APIs, "
+        "vLLM and LiteLLM; 8 for openai_compatible; 1 for llamacpp and ollama). For a local server use its "
+        "number of slots (llama.cpp --parallel, OLLAMA_NUM_PARALLEL).",
+    )
+    server_slots: int | None = Field(
+        default=None,
+        description="Requests in flight at once at this base_url over EVERY process sharing state_dir (the "
+        "server's slots); paces servers that send no rate-limit headers. Unset: no shared limit.",
+    )
+    context_tokens: int | None = Field(
+        default=None,
+        description="The server's context window in tokens, when known (llama.cpp --ctx-size): a reply cut off "
+        "at the output cap gets no repair that would overflow it. Learnt from the server's context errors.",
+    )
     max_attempts: int = Field(default=6, description="Per item, on retryable errors only.")
-    structured_output: str = Field(
-        default="json_schema", description="'json_schema' | 'json_object' | 'prompt'"
+    structured_output: str | None = Field(
+        default=None,
+        description="'json_schema' | 'json_object' | 'prompt'. Unset: the dialect's mode (json_object for "
+        "llamacpp, json_schema for the others).",
     )
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
@@ -93,16 +134,26 @@ class LLMResource(dg.ConfigurableResource):
     _ledger: SpendLedger | None = PrivateAttr(default=None)
     _instance_storage: str | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _setup_error: JobFatalError | None = PrivateAttr(default=None)
     # Test seam for crash-resume tests: called as hook(step, handle) at "uploaded", "before_create", "created".
     _batch_step_hook: Any = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Fail at start-up (unknown model price, bad settings), not at the first request."""
+        """Check the settings and the model's price at start-up. A problem is logged here and raised as a
+        job-fatal JobFatalError("config") by the first call, before any request: raised here it would be a
+        resource-init failure, which Dagster records without a step failure (so it would not read as job-fatal)."""
         instance = context.instance
         if instance is not None and self.state_dir is None:
             self._instance_storage = instance.storage_directory()
-        self._validate()
-        self.price()
+        try:
+            self._validate()
+            self._price_or_fatal()
+        except JobFatalError as exc:
+            self._setup_error = exc
+        except ValueError as exc:
+            self._setup_error = JobFatalError("config", f"configuration error in the LLM resource: {exc}")
+        if self._setup_error is not None and context.log is not None:
+            context.log.error(self._setup_error.description or str(self._setup_error))
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._store is not None:
@@ -121,6 +172,18 @@ class LLMResource(dg.ConfigurableResource):
                 self.model, provider=self.provider, allow_unpriced=self.allow_unpriced_model
             )
         return self._price
+
+    def server_dialect(self) -> Dialect:
+        """The server dialect in force (the provider's own API when `dialect` is unset)."""
+        return dialect_for(self.provider, self.dialect)
+
+    def effective_structured_output(self) -> str:
+        """`structured_output` when set, else the dialect's mode."""
+        return self.structured_output or self.server_dialect().structured_output
+
+    def effective_max_concurrency(self) -> int:
+        """`max_concurrency` when set, else the dialect's default."""
+        return self.max_concurrency or self.server_dialect().max_concurrency
 
     def state_path(self) -> Path:
         base = Path(self.state_dir) if self.state_dir else default_state_dir(self._instance_storage)
@@ -149,30 +212,40 @@ class LLMResource(dg.ConfigurableResource):
         on_result: Callable[[ItemResult], None] | None = None,
         log: logging.Logger | Any | None = None,
         mode: str = "online",
+        normalize: dict[str, str] | None = None,
     ) -> CallOutcome:
         """Send every request (system_prompt first, byte-identical, so provider caching hits) and return per-item
         results and a usage summary. `on_result` is called once per item that finished for good, never
-        concurrently. Raises JobFatalError (auth, quota, budget: no automatic retry) or ChunkRetryableError
+        concurrently. `normalize` maps output paths to "clamp" | "percent_to_unit", applied to each reply before
+        validation and recorded in `ItemResult.normalized` (resources/llm/normalize.py). Raises JobFatalError
+        (auth, quota, budget, config, or "stopped" by SIGTERM/SIGINT: no automatic retry) or ChunkRetryableError
         (items left after retryable failures); both carry `.outcome` with what finished."""
         if mode != "online":
             raise ValueError(
                 f"mode={mode!r} is not implemented yet; only 'online' is (the batch path is a later issue)"
             )
+        self._raise_setup_error()
         self._validate()
-        adapter = adapter_for(self.provider)
+        rules = check_rules(normalize, schema)
+        dialect = self.server_dialect()
+        adapter = adapter_for(self.provider, self.dialect)
         settings = EngineSettings(
             adapter=adapter,
             base_url=self.base_url,
             api_key=self.api_key,
             model=self.model,
-            price=self.price(),
+            price=self._price_or_fatal(),
             max_output_tokens=self.max_output_tokens,
             timeout_s=self.timeout_s,
-            max_concurrency=self.max_concurrency,
+            max_concurrency=self.effective_max_concurrency(),
             max_attempts=self.max_attempts,
-            structured_output=self.structured_output,
+            structured_output=self.effective_structured_output(),
             progress_interval_s=self.progress_interval_s,
             breaker_consecutive_failures=self.circuit_breaker_failures,
+            dialect=dialect,
+            min_timeout_s=self.min_timeout_s,
+            max_timeouts_per_item=self.max_timeouts_per_item,
+            context_tokens=self.context_tokens,
         )
         caps = self.budget_caps()
         keys = scope_keys(scope)
@@ -183,6 +256,8 @@ class LLMResource(dg.ConfigurableResource):
             input_tokens_per_minute=self.input_tokens_per_minute,
             output_tokens_per_minute=self.output_tokens_per_minute,
             burst_s=self.rate_limit_burst_s,
+            server_slots=self.server_slots,
+            slots_key=f"{self.provider}|{self.base_url.rstrip('/')}",
         )
         store = self._shared_store() if (spec is not None or caps.any) else None
         ledger = self.spend_ledger()
@@ -202,6 +277,7 @@ class LLMResource(dg.ConfigurableResource):
                 mode=mode,
                 ledger=ledger,
                 scope=scope,
+                normalize=rules,
             )
             return await run.run(list(requests))
 
@@ -246,6 +322,7 @@ class LLMResource(dg.ConfigurableResource):
         Anthropic batch that may be this submission's has not ended yet, see batch.py)."""
         from resources.llm import batch as batch_mode
 
+        self._raise_setup_error()
         return batch_mode.submit(
             self,
             requests,
@@ -298,8 +375,8 @@ class LLMResource(dg.ConfigurableResource):
 
     # -- internals ---------------------------------------------------------------------------------------
     def _validate(self) -> None:
-        adapter_for(self.provider)
-        if self.structured_output not in _STRUCTURED_MODES:
+        adapter_for(self.provider, self.dialect)
+        if self.structured_output is not None and self.structured_output not in _STRUCTURED_MODES:
             raise ValueError(
                 f"structured_output={self.structured_output!r}; use one of {', '.join(_STRUCTURED_MODES)}"
             )
@@ -307,8 +384,25 @@ class LLMResource(dg.ConfigurableResource):
             raise ValueError(
                 "structured_output='json_object' is an OpenAI-compatible setting; use json_schema or prompt"
             )
-        if self.max_concurrency < 1 or self.max_attempts < 1 or self.max_output_tokens < 1:
+        if self.effective_max_concurrency() < 1 or self.max_attempts < 1 or self.max_output_tokens < 1:
             raise ValueError("max_concurrency, max_attempts and max_output_tokens must be at least 1")
+        if self.max_timeouts_per_item < 1 or (self.server_slots is not None and self.server_slots < 1):
+            raise ValueError("max_timeouts_per_item and server_slots must be at least 1")
+        if self.timeout_s <= 0 or self.min_timeout_s <= 0:
+            raise ValueError("timeout_s and min_timeout_s must be more than 0 seconds")
+
+    def _raise_setup_error(self) -> None:
+        if self._setup_error is not None:
+            raise self._setup_error
+
+    def _price_or_fatal(self) -> ModelPrice:
+        """price(), with a missing row as a job-fatal configuration error (never retried as transient)."""
+        try:
+            return self.price()
+        except UnknownModelPriceError as exc:
+            raise JobFatalError(
+                "config", f"configuration error: {exc} (LLM resource setting `allow_unpriced_model`)"
+            ) from exc
 
     def _shared_store(self) -> SQLiteStateStore:
         with self._lock:

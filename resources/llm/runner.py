@@ -1,6 +1,19 @@
 """The online engine behind LLMResource.run_prompts: bounded concurrency over one keep-alive httpx client,
-admission (rate limits + budget) before every request, reconciliation after, retries with full-jitter backoff,
-one repair attempt for output that fails its schema, the failure taxonomy, and progress logging."""
+admission (rate limits + budget + server slots) before every request, reconciliation after, retries with
+full-jitter backoff, one repair attempt for output that fails its schema, the failure taxonomy, and progress logging.
+
+Against servers nobody here wrote (llama.cpp, vLLM, Ollama, LiteLLM; see providers/dialects.py):
+- every reply's output tokens are checked against the cap: a server that ignored it stops the job on its first
+  reply with one message naming the `dialect` to set; the reply is charged in full (above its reservation too);
+- each request has a deadline learnt from this run's completed replies (the slowest reply plus the time the cap
+  takes at the measured output speed, times a safety factor, between `min_timeout_s` and `timeout_s`); a request
+  past it is cancelled and counted, and an item that times out `max_timeouts_per_item` times while the server
+  answers others is dead-lettered `timeout`;
+- `finish_reason: length` with content that is not JSON is `truncated` (one repair asking for a shorter reply
+  when it fits the context; a context error on that repair keeps the cause `truncated`);
+- `normalize` rules change numbers before validation and every change is recorded in the item's result;
+- SIGTERM / SIGINT (main thread only): no new requests, the ones in flight finish and reach on_result, then
+  JobFatalError("stopped") (not retried by Dagster); a second signal cancels the requests in flight."""
 
 from __future__ import annotations
 
@@ -12,7 +25,10 @@ import json
 import logging
 import math
 import random
+import re
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +47,10 @@ from resources.llm.errors import (
     classify_transport_error,
     redact,
 )
+from resources.llm.normalize import apply_rules
 from resources.llm.prices import ModelPrice
-from resources.llm.providers.base import ProviderAdapter
+from resources.llm.providers.base import ParsedReply, ProviderAdapter
+from resources.llm.providers.dialects import Dialect, cap_advice
 from resources.llm.ratelimit import AdmissionController
 from resources.llm.spend_ledger import (
     INVALID,
@@ -45,7 +63,7 @@ from resources.llm.spend_ledger import (
 )
 from resources.llm.state_store import BudgetNeed, Permit, Settlement
 from resources.llm.structured import parse_json_object, validate
-from resources.llm.tokens import conservative_input_tokens, estimate_prompt_tokens
+from resources.llm.tokens import conservative_input_tokens, count_tokens, estimate_prompt_tokens
 from resources.llm.types import (
     BudgetScope,
     CallOutcome,
@@ -54,9 +72,16 @@ from resources.llm.types import (
     LLMRequest,
     TokenUsage,
     UsageSummary,
+    clip_reply,
 )
 
 CONNECTIONS_PER_CLIENT = 8
+# Per-request deadline = slowest recent reply + TIMEOUT_SAFETY x (output cap / measured output tokens per second).
+TIMEOUT_SAFETY = 2.0
+SPEED_SAMPLES = 50
+# "maximum context length is 2048 tokens", "exceed context window of 2048", "context size (2048)"
+_CONTEXT_SIZE = re.compile(r"context (?:length|window|size)\D{0,30}?(\d{3,7})", re.IGNORECASE)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,11 @@ class EngineSettings:
     breaker_consecutive_failures: int = 25
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    dialect: Dialect | None = None
+    min_timeout_s: float = 10.0
+    max_timeouts_per_item: int = 2
+    context_tokens: int | None = None  # the server's context window when known (else learnt from its errors)
+    handle_signals: bool = True
 
 
 @dataclass
@@ -86,6 +116,8 @@ class _ItemState:
     attempts: int = 0
     first_at: dt.datetime | None = None
     last_at: dt.datetime | None = None
+    timeouts: int = 0
+    last_reply: str | None = None
 
 
 @dataclass
@@ -97,6 +129,8 @@ class _Counters:
     failed: int = 0
     exhausted: int = 0
     consecutive_retryable: int = 0
+    replies: int = 0  # HTTP 200 replies: the server is alive
+    timeouts: int = 0
     latencies: list[float] = field(default_factory=list)
     cost_usd: float = 0.0
     input_tokens: int = 0
@@ -143,8 +177,10 @@ class PromptRun:
         mode: str,
         ledger: SpendLedger | None = None,
         scope: BudgetScope | None = None,
+        normalize: dict[str, tuple[list[str | None], str, dict]] | None = None,
     ) -> None:
         self.s = settings
+        self.normalize = normalize or {}
         self.ledger = ledger
         self.scope = scope
         # A job-fatal answer halts these for every process sharing the ledger (resources/llm/spend_ledger.py).
@@ -172,6 +208,11 @@ class PromptRun:
         self._total = 0
         self._unfinished = 0
         self._rng = random.Random()
+        self._speed: collections.deque[tuple[float, int]] = collections.deque(maxlen=SPEED_SAMPLES)
+        self._context_tokens = settings.context_tokens
+        self._signal: str | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._usage_estimated_logged = False
 
     # -- entry point -------------------------------------------------------------------------------------
     async def run(self, requests: Sequence[LLMRequest]) -> CallOutcome:
@@ -198,10 +239,16 @@ class PromptRun:
                     )
                     for _ in range(n_clients)
                 ]
-                workers = [
+                self._workers = [
                     asyncio.create_task(self._worker(clients[i % n_clients], queue)) for i in range(workers_n)
                 ]
-                await asyncio.gather(*workers)
+                with self._signals_handled():
+                    done = await asyncio.gather(*self._workers, return_exceptions=True)
+                for outcome_or_error in done:
+                    if isinstance(outcome_or_error, asyncio.CancelledError):
+                        self._unfinished += 1  # a second signal cancelled the item this worker had in flight
+                    elif isinstance(outcome_or_error, BaseException):
+                        raise outcome_or_error
         finally:
             progress.cancel()
             await self.admission.close()
@@ -221,6 +268,14 @@ class PromptRun:
             raise JobFatalError(reason, f"{description}. {counts}; completed work is kept.", outcome)
         if self._callback_error is not None:
             raise self._callback_error
+        if self._signal is not None:
+            raise JobFatalError(
+                "stopped",
+                f"stage {self.stage} stopped by a signal ({self._signal}): no request was sent after it and the "
+                f"requests in flight finished and were handed to on_result (checkpointed). {counts}; re-run the "
+                "partition to continue (finished items are not sent again).",
+                outcome,
+            )
         if self._breaker is not None or self._unfinished:
             why = self._breaker or (
                 f"{self.c.exhausted:,} items used all {self.s.max_attempts} attempts on retryable errors "
@@ -229,6 +284,44 @@ class PromptRun:
             raise ChunkRetryableError(
                 f"stage {self.stage}: {why}. {counts}; retry the partition later.", outcome
             )
+
+    # -- signals -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals_handled(self):
+        """SIGTERM / SIGINT while the workers run: stop cleanly (see the module docstring). Only where asyncio can
+        own the signals (the main thread); elsewhere the caller's handlers stay as they are."""
+        loop = asyncio.get_running_loop()
+        installed: list[tuple[signal.Signals, Any]] = []
+        if self.s.handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                previous = signal.getsignal(sig)
+                try:
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                except (ValueError, RuntimeError, NotImplementedError):
+                    continue
+                installed.append((sig, previous))
+        try:
+            yield
+        finally:
+            for sig, previous in installed:
+                loop.remove_signal_handler(sig)
+                if previous is not None:
+                    signal.signal(sig, previous)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._signal is None:
+            self._signal = sig.name
+            self.log.warning(
+                "llm %s: %s received: sending nothing more; waiting for the requests in flight (send it again to "
+                "cancel them)",
+                self.stage,
+                sig.name,
+            )
+            self._stop.set()
+            return
+        self.log.warning("llm %s: second %s: cancelling the requests in flight", self.stage, sig.name)
+        for task in self._workers:
+            task.cancel()
 
     # -- workers -----------------------------------------------------------------------------------------
     async def _worker(self, client: httpx.AsyncClient, queue: collections.deque[LLMRequest]) -> None:
@@ -311,7 +404,8 @@ class PromptRun:
         if not request.text.strip():
             return self._finish(st, ok=False, error_class="empty_input", message="the item's text is empty")
         repair: tuple[str, str] | None = None
-        repaired = False
+        # Why the item is being repaired: ("schema_invalid" | "truncated", the first reply's problem).
+        repairing: tuple[str, str] | None = None
         while True:
             if self._stop.is_set():
                 return None
@@ -360,16 +454,16 @@ class PromptRun:
             st.attempts += 1
             ctx = self._attempt_context(st)
             attempt_id = SpendLedger.new_attempt_id()
-            if self.ledger is not None:
-                worst_usd = (
-                    budget.usd
-                    if budget is not None
-                    else self.s.price.worst_case_usd(
-                        conservative_input_tokens(prompt_tokens),
-                        self.s.max_output_tokens,
-                        batch=self.mode == "batch",
-                    )
+            worst_usd = (
+                budget.usd
+                if budget is not None
+                else self.s.price.worst_case_usd(
+                    conservative_input_tokens(prompt_tokens),
+                    self.s.max_output_tokens,
+                    batch=self.mode == "batch",
                 )
+            )
+            if self.ledger is not None:
                 self.ledger.sent(attempt_id, ctx, st.attempts, worst_usd)
             st.first_at = st.first_at or _utcnow()
             st.last_at = _utcnow()
@@ -378,32 +472,66 @@ class PromptRun:
                 self.c.items_sent += 1
             t0 = time.monotonic()
             settlement = Settlement(
-                reservation_id=grant.reservation_id, level_after=grant.level_after, request_amounts=amounts
+                reservation_id=grant.reservation_id,
+                level_after=grant.level_after,
+                request_amounts=amounts,
+                slot_id=grant.slot_id,
             )
+            deadline_s = self._request_timeout_s()
             try:
-                response = await client.post(
-                    self.s.adapter.url(self.s.base_url), content=json.dumps(wire.body)
-                )
-                payload = response.json() if response.status_code == 200 else None
-            except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                async with asyncio.timeout(deadline_s):
+                    response = await client.post(
+                        self.s.adapter.url(self.s.base_url), content=json.dumps(wire.body)
+                    )
+                    payload = response.json() if response.status_code == 200 else None
+            except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError, TimeoutError) as exc:
                 latency = time.monotonic() - t0
                 st.usage.latency_s += latency
                 # Outcome unknown: the provider may have billed it, so the budget counts the worst case.
                 if budget is not None:
                     settlement.usd, settlement.tokens = budget.usd, budget.tokens
                 self.admission.settle(settlement)
-                classified = (
-                    classify_transport_error(exc)
-                    if isinstance(exc, httpx.HTTPError)
-                    else Classified(
+                timed_out = isinstance(exc, TimeoutError | httpx.ReadTimeout)
+                if isinstance(exc, TimeoutError):
+                    classified = Classified(
+                        FailureLevel.RETRYABLE,
+                        "timeout",
+                        f"no reply within the {deadline_s:.1f}s request deadline; the request was cancelled",
+                    )
+                elif isinstance(exc, httpx.HTTPError):
+                    classified = classify_transport_error(exc)
+                else:
+                    classified = Classified(
                         FailureLevel.RETRYABLE, "bad_response", "a 200 reply whose body is not JSON"
                     )
-                )
                 if self.ledger is not None:
                     self.ledger.lost(attempt_id, ctx, st.attempts, classified.error_class)
+                if timed_out:
+                    st.timeouts += 1
+                    self.c.timeouts += 1
+                    # Bounded per item, once the server has shown it answers: the item itself is the cause.
+                    if st.timeouts >= self.s.max_timeouts_per_item and self.c.replies > 0:
+                        return self._finish(
+                            st,
+                            ok=False,
+                            error_class="timeout",
+                            message=(
+                                f"timed out {st.timeouts} times (last deadline {deadline_s:.1f}s: "
+                                f"{self._deadline_basis()}), while the server answered other requests; "
+                                "raise max_timeouts_per_item or timeout_s, or lower max_output_tokens"
+                            ),
+                        )
                 if not await self._retryable(st, classified):
                     return None
                 continue
+            except BaseException:
+                # Cancelled mid-request (a second signal): the provider may bill it; give the permit back as spent.
+                if budget is not None:
+                    settlement.usd, settlement.tokens = budget.usd, budget.tokens
+                self.admission.settle(settlement)
+                if self.ledger is not None:
+                    self.ledger.lost(attempt_id, ctx, st.attempts, "cancelled")
+                raise
             latency = time.monotonic() - t0
             st.usage.latency_s += latency
             settlement.headers = self.s.adapter.rate_headers(response.headers)
@@ -416,6 +544,18 @@ class PromptRun:
                 self.admission.settle(settlement)  # failed requests are not billed
                 if self.ledger is not None:
                     self.ledger.not_billed(attempt_id, ctx, st.attempts, classified.error_class)
+                if classified.error_class == "input_too_long":
+                    self._learn_context_size(err.message)
+                    if repairing is not None:
+                        # The repair (the first reply fed back) did not fit the context: keep the real cause.
+                        cause, problem = repairing
+                        return self._finish(
+                            st,
+                            ok=False,
+                            error_class=cause,
+                            message=f"{self._cause_message(cause, problem)}; the repair attempt did not fit "
+                            f"the model's context ({classified.message})",
+                        )
                 if classified.level is FailureLevel.FATAL:
                     halt_scope = (
                         self._halt_scopes[1] if classified.error_class == "config" else self._halt_scopes[0]
@@ -432,27 +572,37 @@ class PromptRun:
 
             # 200: bill it, reconcile the buckets, then judge the content.
             reply = self.s.adapter.parse_reply(payload if isinstance(payload, dict) else {})
-            cost = self._account(st, reply.usage)
-            actual = self.s.adapter.bucket_actuals(reply.usage, self.s.max_output_tokens)
-            if reply.usage.input_tokens > 0:
+            usage = self._reported_or_estimated_usage(reply, prompt_tokens)
+            cost = self._account(st, usage)
+            actual = self.s.adapter.bucket_actuals(usage, max(self.s.max_output_tokens, usage.output_tokens))
+            if usage.input_tokens > 0:
                 settlement.bucket_delta = {k: actual[k] - v for k, v in amounts.items() if k in actual}
-            settlement.usd = cost
-            settlement.tokens = reply.usage.input_tokens + reply.usage.output_tokens
+            settlement.usd = cost  # the actual cost, in full, even above the worst case reserved
+            settlement.tokens = usage.input_tokens + usage.output_tokens
             self.admission.settle(settlement)
             self.c.latencies.append(latency)
             self.c.consecutive_retryable = 0
-            self._cached_prefix_tokens = reply.usage.cached_input_tokens
+            self.c.replies += 1
+            self._speed.append((latency, usage.output_tokens))
+            self._cached_prefix_tokens = usage.cached_input_tokens
+            st.last_reply = reply.content if reply.content is not None else reply.refusal
+            if usage.output_tokens > self.s.max_output_tokens:
+                self._cap_ignored(usage.output_tokens, cost, worst_usd)
 
             # Judge the content, then record the bill with its verdict, before the result is used.
             problem: str | None = None
             value: dict[str, Any] | None = None
+            notes: list[str] = []
+            truncated = False
             if reply.refusal is not None or reply.finish_reason in ("refusal", "content_filter"):
                 verdict = "content_filter" if reply.finish_reason == "content_filter" else "refusal"
             elif self.schema is None:
                 verdict, value = OK, {"text": reply.content or ""}
             else:
                 value, problem = parse_json_object(reply.content)
+                truncated = value is None and reply.finish_reason == "length"
                 if value is not None:
+                    notes = apply_rules(value, self.normalize) if self.normalize else []
                     errors = validate(value, self.schema)
                     problem = "; ".join(errors[:5]) if errors else None
                 verdict = OK if problem is None else INVALID
@@ -462,12 +612,12 @@ class PromptRun:
                     ctx,
                     st.attempts,
                     Billed(
-                        reply.usage.input_tokens,
-                        reply.usage.cached_input_tokens,
-                        reply.usage.cache_write_tokens,
-                        reply.usage.output_tokens,
+                        usage.input_tokens,
+                        usage.cached_input_tokens,
+                        usage.cache_write_tokens,
+                        usage.output_tokens,
                         cost,
-                        self.s.price.cache_savings_usd(reply.usage, batch=self.mode == "batch"),
+                        self.s.price.cache_savings_usd(usage, batch=self.mode == "batch"),
                     ),
                     verdict,
                     provider_request_id=_reply_id(payload),
@@ -478,16 +628,126 @@ class PromptRun:
                 return self._finish(st, ok=False, error_class=verdict, message=f"the model declined: {why}")
             if verdict == OK:
                 # finish_reason "length" is fine when the content is complete and valid.
-                return self._finish(st, ok=True, output=value, finish=reply.finish_reason)
-            if repaired:
+                return self._finish(st, ok=True, output=value, finish=reply.finish_reason, normalized=notes)
+            cause = "truncated" if truncated else "schema_invalid"
+            problem = problem or "invalid"
+            if repairing is not None:
+                first_cause, first_problem = repairing
+                if truncated:
+                    return self._finish(
+                        st,
+                        ok=False,
+                        error_class="truncated",
+                        message=f"{self._cause_message('truncated', problem)}; the one repair was cut off too",
+                    )
+                first = " (the first reply hit the output cap)" if first_cause == "truncated" else ""
                 return self._finish(
                     st,
                     ok=False,
                     error_class="schema_invalid",
-                    message=f"output failed its schema after one repair: {problem}",
+                    message=f"output failed its schema after one repair: {problem}{first}",
                 )
-            repaired = True
-            repair = (reply.content or "", problem or "invalid")
+            if truncated and not self._repair_fits(wire.message_texts, wire.schema_param, reply, usage):
+                return self._finish(
+                    st,
+                    ok=False,
+                    error_class="truncated",
+                    message=f"{self._cause_message('truncated', problem)}; no repair: it would not fit the "
+                    f"model's context of {self._context_tokens:,} tokens",
+                )
+            repairing = (cause, problem)
+            repair_problem = (
+                f"the reply stopped at the output limit of {self.s.max_output_tokens} tokens before its JSON "
+                f"ended ({problem}); reply with a shorter JSON object"
+                if truncated
+                else problem
+            )
+            repair = (reply.content or "", repair_problem)
+
+    # -- what replies teach about the server ---------------------------------------------------------------
+    def _request_timeout_s(self) -> float:
+        """The deadline of the next request: `timeout_s` until replies arrived, then the slowest recent reply
+        plus the time the output cap takes at the measured speed (times TIMEOUT_SAFETY), within
+        [min_timeout_s, timeout_s]."""
+        upper = self.s.timeout_s
+        total_latency = sum(latency for latency, _ in self._speed)
+        total_tokens = sum(tokens for _, tokens in self._speed)
+        if total_tokens <= 0 or total_latency <= 0:
+            return upper
+        tokens_per_s = total_tokens / total_latency  # includes prompt time: slower than generation, so safe
+        slowest = max(latency for latency, _ in self._speed)
+        estimate = slowest + TIMEOUT_SAFETY * self.s.max_output_tokens / tokens_per_s
+        return min(upper, max(self.s.min_timeout_s, estimate))
+
+    def _deadline_basis(self) -> str:
+        total_latency = sum(latency for latency, _ in self._speed)
+        total_tokens = sum(tokens for _, tokens in self._speed)
+        if total_tokens <= 0 or total_latency <= 0:
+            return "timeout_s, no reply measured yet"
+        return (
+            f"output cap {self.s.max_output_tokens} tokens at the measured {total_tokens / total_latency:.1f} "
+            f"output tokens/s over {len(self._speed)} replies, within min_timeout_s={self.s.min_timeout_s:g} "
+            f"and timeout_s={self.s.timeout_s:g}"
+        )
+
+    def _reported_or_estimated_usage(self, reply: ParsedReply, prompt_tokens: int) -> TokenUsage:
+        if reply.usage_reported:
+            return reply.usage
+        if not self._usage_estimated_logged:
+            self._usage_estimated_logged = True
+            self.log.warning(
+                "llm %s: the server at %s reports no token usage; tokens (and cost) are estimated",
+                self.stage,
+                self.s.base_url,
+            )
+        return TokenUsage(
+            input_tokens=prompt_tokens,
+            output_tokens=count_tokens(reply.content or reply.refusal or ""),
+        )
+
+    def _cap_ignored(self, output_tokens: int, cost: float, reserved_usd: float) -> None:
+        """A reply longer than the cap: the server ignored the parameter it was sent. Charged in full; stop."""
+        dialect = self.s.dialect
+        advice = cap_advice(dialect) if dialect is not None else "check the server's output-cap parameter"
+        message = (
+            f"the server at {self.s.base_url} ignored the output cap: {output_tokens} output tokens > max "
+            f"{self.s.max_output_tokens}; {advice}"
+        )
+        if cost > reserved_usd:
+            message += (
+                f" (this reply cost ${cost:.6f}, above the ${reserved_usd:.6f} reserved; charged in full)"
+            )
+        self._stop_fatal("config", message, self._halt_scopes[1])
+
+    def _learn_context_size(self, message: str) -> None:
+        match = _CONTEXT_SIZE.search(message)
+        if match and self._context_tokens is None:
+            self._context_tokens = int(match.group(1))
+            self.log.info(
+                "llm %s: the server's context window is %d tokens", self.stage, self._context_tokens
+            )
+
+    def _repair_fits(
+        self, message_texts: list[str], schema_param: dict | None, reply: ParsedReply, usage: TokenUsage
+    ) -> bool:
+        """Whether the repair request (this prompt + the cut reply + the instruction) plus the output cap fits the
+        server's context window, when it is known."""
+        if self._context_tokens is None:
+            return True
+        repair_tokens = (
+            estimate_prompt_tokens(message_texts, schema_param)
+            + max(usage.output_tokens, count_tokens(reply.content or ""))
+            + 80  # the repair instruction and two messages' framing
+        )
+        return repair_tokens + self.s.max_output_tokens <= self._context_tokens
+
+    def _cause_message(self, cause: str, problem: str) -> str:
+        if cause == "truncated":
+            return (
+                f"the reply hit the output cap of {self.s.max_output_tokens} tokens (finish_reason length) before "
+                f"its JSON ended: {problem}; raise max_output_tokens or ask for a shorter output"
+            )
+        return f"output failed its schema: {problem}"
 
     async def _retryable(self, st: _ItemState, classified: Classified) -> bool:
         """Count a retryable failure and back off; False when the run must stop (circuit breaker)."""
@@ -508,6 +768,8 @@ class PromptRun:
         return True
 
     def _fatal_description(self, classified: Classified) -> str:
+        if classified.setting is not None:
+            return f"configuration error: {classified.message} (LLM resource setting `{classified.setting}`)"
         what_to_do = {
             "auth": "check the API key in CHUNKWISE_LLM_API_KEY and its permissions for this model",
             "quota": "add credit or raise the spend limit with the provider, then re-run",
@@ -544,6 +806,7 @@ class PromptRun:
         error_class: str | None = None,
         message: str | None = None,
         finish: str | None = None,
+        normalized: list[str] | None = None,
     ) -> ItemResult:
         st.usage.attempts = st.attempts
         return ItemResult(
@@ -557,6 +820,8 @@ class PromptRun:
             last_attempt_at=st.last_at,
             usage=st.usage,
             finish_reason=finish,
+            last_reply=None if ok else clip_reply(st.last_reply),
+            normalized=list(normalized or []),
         )
 
     # -- reporting ---------------------------------------------------------------------------------------
@@ -580,6 +845,7 @@ class PromptRun:
             latency_p50_s=_percentile(c.latencies, 50),
             latency_p95_s=_percentile(c.latencies, 95),
             cache_savings_usd=c.cache_savings_usd,
+            timeouts=c.timeouts,
         )
 
     async def _progress(self) -> None:

@@ -29,16 +29,23 @@ AIMD_FLOOR = 0.2  # ...but never below this fraction of the limit
 AIMD_INCREASE_PER_S = 0.05  # and grows back by this fraction of the limit per second
 AIMD_MIN_GAP_S = 1.0  # one decrease per burst of 429s, not one per in-flight request
 RECLAIM_EVERY_S = 5.0
+SLOT_WAIT_S = (
+    0.05  # a request waiting for one of a server's slots re-asks this often (a release wakes it sooner)
+)
 
 
 @dataclass(frozen=True)
 class LimitSpec:
     """The limit one provider+model shares. `rates_per_s`: configured refill rates by kind (units per second);
-    `burst_s`: bucket capacity in seconds of rate until the provider's headers state the real limit."""
+    `burst_s`: bucket capacity in seconds of rate until the provider's headers state the real limit.
+    `slots`: requests in flight at once at one server (`slots_key`), over every process sharing the store: how a
+    local server without rate-limit headers is paced (its parallel slots); None = no such limit."""
 
     limit_key: str
     rates_per_s: dict[str, float]
     burst_s: float = 1.0
+    slots: int | None = None
+    slots_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Permit:
 class Grant:
     reservation_id: int | None
     level_after: dict[str, float]  # shared bucket levels right after this request's debit
+    slot_id: int | None = None  # the server slot this request holds until it is settled
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class Settlement:
     request_amounts: dict[str, float] = field(default_factory=dict)
     rate_limited: bool = False
     retry_after_s: float | None = None
+    slot_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     pid INTEGER NOT NULL, host TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS reclaimed (
     id INTEGER PRIMARY KEY, scopes TEXT NOT NULL, usd REAL NOT NULL, pid INTEGER NOT NULL, reclaimed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS slots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, slots_key TEXT NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
+    created_at REAL NOT NULL);
 """
 
 
@@ -262,6 +274,8 @@ class SQLiteStateStore:
     ) -> None:
         if s.reservation_id is not None:
             self._settle_budget(cur, s)
+        if s.slot_id is not None:
+            cur.execute("DELETE FROM slots WHERE id = ?", (s.slot_id,))
         if state is None:
             return
         for kind, delta in s.bucket_delta.items():
@@ -318,6 +332,11 @@ class SQLiteStateStore:
         if state is not None and state[3] > now:
             return TransactResult(grants, wait_s=state[3] - now)
         spend_cache: dict[str, list[float]] = {}
+        slots_taken: int | None = None
+        if spec is not None and spec.slots is not None:
+            slots_taken = cur.execute(
+                "SELECT COUNT(*) FROM slots WHERE slots_key = ?", (spec.slots_key,)
+            ).fetchone()[0]
         for permit in permits:
             # Rate limits first: a permit that must wait does not hold budget while it waits.
             wait = 0.0
@@ -330,6 +349,8 @@ class SQLiteStateStore:
                     wait = max(wait, (amount - b[3]) / rate if rate > 0 else 1.0)
             if wait > 0:
                 return TransactResult(grants, wait_s=wait)
+            if spec is not None and spec.slots is not None and (slots_taken or 0) >= spec.slots:
+                return TransactResult(grants, wait_s=SLOT_WAIT_S)
             reservation_id = None
             if permit.budget is not None:
                 verdict = self._check_budget(cur, permit.budget, caps, spend_cache)
@@ -344,7 +365,15 @@ class SQLiteStateStore:
                 if b is not None:
                     b[3] -= amount
                     level_after[kind] = b[3]
-            grants.append(Grant(reservation_id, level_after))
+            slot_id = None
+            if spec is not None and spec.slots is not None and slots_taken is not None:
+                cur.execute(
+                    "INSERT INTO slots (slots_key, pid, host, created_at) VALUES (?,?,?,?)",
+                    (spec.slots_key, self._pid, self._host, now),
+                )
+                slot_id = cur.lastrowid
+                slots_taken += 1
+            grants.append(Grant(reservation_id, level_after, slot_id))
         return TransactResult(grants)
 
     # -- budgets --------------------------------------------------------------------------------------------
@@ -423,6 +452,13 @@ class SQLiteStateStore:
             gone = host == self._host and pid != self._pid and not pid_alive(pid)
             if gone or now - created_at > self.reservation_ttl_s:
                 dead.append((rid, scopes, usd, tokens, pid))
+        # A dead process's server slots are free again (and a slot older than the reservation ttl is stale).
+        for sid, pid, host, created_at in cur.execute(
+            "SELECT id, pid, host, created_at FROM slots"
+        ).fetchall():
+            gone = host == self._host and pid != self._pid and not pid_alive(pid)
+            if gone or now - created_at > self.reservation_ttl_s:
+                cur.execute("DELETE FROM slots WHERE id = ?", (sid,))
         for rid, scopes, usd, tokens, pid in dead:
             self._settle_budget(cur, Settlement(reservation_id=rid, usd=usd, tokens=tokens))
             cur.execute(

@@ -69,8 +69,13 @@ class ItemUsage:
 @dataclass
 class ItemResult:
     """How one item finished for good: `ok` with the parsed `output`, or an item-permanent failure
-    with `error_class` ("invalid_prompt", "refusal", "content_filter", "schema_invalid", "input_too_long",
-    "empty_input", "invalid_request") and a human-readable `error_message`."""
+    with `error_class` ("invalid_prompt", "refusal", "content_filter", "schema_invalid", "truncated" (the reply hit
+    the output cap before its JSON ended), "timeout" (timed out `max_timeouts_per_item` times), "input_too_long",
+    "empty_input", "invalid_request") and a human-readable `error_message`.
+
+    `last_reply`: a failed item's last reply from the model (content or refusal), cut to LAST_REPLY_MAX_CHARS,
+    None when no reply arrived. `normalized`: what the `normalize` rules of run_prompts changed in the accepted
+    output, one line each ("$.confidence: 85 -> 0.85 (percent_to_unit)"), so nothing is changed silently."""
 
     key: str
     ok: bool
@@ -82,6 +87,20 @@ class ItemResult:
     last_attempt_at: dt.datetime | None
     usage: ItemUsage
     finish_reason: str | None = None
+    last_reply: str | None = None
+    normalized: list[str] = field(default_factory=list)
+
+
+LAST_REPLY_MAX_CHARS = 2000
+
+
+def clip_reply(text: str | None) -> str | None:
+    """A reply as a dead letter keeps it: at most LAST_REPLY_MAX_CHARS characters, marked when cut."""
+    if text is None or len(text) <= LAST_REPLY_MAX_CHARS:
+        return text
+    return (
+        text[: LAST_REPLY_MAX_CHARS - 40] + f"... [{len(text) - LAST_REPLY_MAX_CHARS + 40:,} more characters]"
+    )
 
 
 @dataclass
@@ -89,7 +108,8 @@ class UsageSummary:
     """Totals for one run_prompts call. Money in USD, durations in seconds.
 
     `requests` counts HTTP requests sent (all attempts), `retries` the attempts beyond each item's first,
-    `rate_limited` the responses that were 429 rate-limit. `cache_savings_usd` is net of cache-write premiums.
+    `rate_limited` the responses that were 429 rate-limit, `timeouts` the requests cancelled at their deadline.
+    `cache_savings_usd` is net of cache-write premiums.
     """
 
     provider: str
@@ -109,6 +129,7 @@ class UsageSummary:
     latency_p50_s: float = 0.0
     latency_p95_s: float = 0.0
     cache_savings_usd: float = 0.0
+    timeouts: int = 0
 
     @property
     def cost_per_item_usd(self) -> float:

@@ -87,6 +87,7 @@ class AnthropicMessages:
                 cache_write_tokens=cache_write,
                 output_tokens=int(usage.get("output_tokens") or 0),
             ),
+            usage_reported="output_tokens" in usage,
         )
 
     def parse_error(self, response: httpx.Response) -> ProviderError:

@@ -31,6 +31,7 @@ class ParsedReply:
     finish_reason: str | None  # normalised: "stop", "length", "refusal", "content_filter", ...
     refusal: str | None
     usage: TokenUsage
+    usage_reported: bool = True  # False: the reply had no usage (the engine estimates the tokens)
 
 
 class ProviderAdapter(Protocol):
@@ -111,7 +112,10 @@ def schema_instructions(schema: dict) -> str:
 
 
 def repair_instruction(error: str) -> str:
+    """The repair turn: quotes the validator's message verbatim (a grammar cannot enforce every keyword, e.g.
+    a number's maximum, so the model is told exactly which value broke which rule)."""
     return (
-        f"Your previous reply was not valid: {error}. Reply again with only a JSON object that conforms to the "
-        "required schema."
+        "Your previous reply was rejected. The validator said, verbatim:\n"
+        f"{error}\n"
+        "Correct exactly that and reply again with only a JSON object that conforms to the required schema."
     )

@@ -1,4 +1,5 @@
-"""OpenAI Chat Completions wire format (also vLLM, Ollama, llama.cpp server, LiteLLM proxy)."""
+"""OpenAI Chat Completions wire format (also vLLM, Ollama, llama.cpp server, LiteLLM proxy: see dialects.py for
+how each differs)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from resources.llm.providers.base import (
     retry_after_s,
     schema_instructions,
 )
+from resources.llm.providers.dialects import DIALECTS, Dialect
 from resources.llm.state_store import HeaderLimit
 from resources.llm.types import TokenUsage
 
@@ -22,6 +24,9 @@ from resources.llm.types import TokenUsage
 class OpenAIChat:
     name = "openai"
     header_kinds = ("requests", "tokens")
+
+    def __init__(self, dialect: Dialect | None = None) -> None:
+        self.dialect = dialect or DIALECTS["openai"]
 
     def url(self, base_url: str) -> str:
         return base_url.rstrip("/") + "/chat/completions"
@@ -43,7 +48,9 @@ class OpenAIChat:
     ) -> WireRequest:
         system = system_prompt
         schema_param: dict | None = None
-        body: dict[str, Any] = {"model": model, "max_completion_tokens": max_output_tokens}
+        body: dict[str, Any] = {"model": model}
+        for param in self.dialect.cap_params:
+            body[param] = max_output_tokens
         if schema is not None:
             if structured_output == "json_schema":
                 body["response_format"] = {
@@ -67,7 +74,8 @@ class OpenAIChat:
     def parse_reply(self, payload: dict[str, Any]) -> ParsedReply:
         choice = (payload.get("choices") or [{}])[0]
         message = choice.get("message") or {}
-        usage = payload.get("usage") or {}
+        raw_usage = payload.get("usage")
+        usage = raw_usage if isinstance(raw_usage, dict) else {}
         details = usage.get("prompt_tokens_details") or {}  # absent on llama.cpp and friends: zero cached
         finish = choice.get("finish_reason")
         refusal = message.get("refusal")
@@ -81,6 +89,7 @@ class OpenAIChat:
                 cache_write_tokens=int(details.get("cache_write_tokens") or 0),
                 output_tokens=int(usage.get("completion_tokens") or 0),
             ),
+            usage_reported="completion_tokens" in usage,
         )
 
     def parse_error(self, response: httpx.Response) -> ProviderError:

@@ -146,12 +146,17 @@ def build_llm_resource(spec: PipelineSpec, stage: StageSpec, home: Path) -> LLMR
         price_file = str(_write_price_rows(spec, stage.provider, profile, home))
     return LLMResource(
         provider=profile.provider,
+        dialect=profile.dialect,
         base_url=profile.base_url,
         api_key=dg.EnvVar(profile.api_key_env),
         model=stage.model,
         max_output_tokens=stage.effective_max_output_tokens(),
         timeout_s=profile.timeout_s,
+        min_timeout_s=profile.min_timeout_s,
+        max_timeouts_per_item=profile.max_timeouts_per_item,
         max_concurrency=profile.max_concurrency,
+        server_slots=profile.server_slots,
+        context_tokens=profile.context_tokens,
         max_attempts=profile.max_attempts,
         structured_output=profile.structured_output,
         requests_per_minute=profile.requests_per_minute,

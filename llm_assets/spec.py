@@ -146,14 +146,46 @@ class ProviderProfile(SpecModel):
         description="NAME of the environment variable holding the API key (never the key itself). Must be "
         "set when the code location loads.",
     )
-    structured_output: Literal["json_schema", "json_object", "prompt"] = Field(
-        default="json_schema",
+    dialect: Literal["openai", "llamacpp", "vllm", "ollama", "litellm", "openai_compatible"] | None = Field(
+        default=None,
+        description="Which OpenAI-compatible server (provider `openai` only): decides the output-cap parameter "
+        "(`max_completion_tokens` for OpenAI, `max_tokens` for the others, both for `openai_compatible`), the "
+        "default structured-output mode and concurrency. null: the official OpenAI API.",
+    )
+    structured_output: Literal["json_schema", "json_object", "prompt"] | None = Field(
+        default=None,
         description="`json_schema`: the provider enforces the stage schema (OpenAI strict mode: every object "
         "needs `additionalProperties: false` and all its properties `required`). `json_object`: JSON mode "
-        "(OpenAI-compatible only). `prompt`: the schema goes into the prompt. Replies are always validated.",
+        "(OpenAI-compatible only; llama.cpp also gets the schema). `prompt`: the schema goes into the prompt. "
+        "null: the dialect's mode (`json_object` for llamacpp, `json_schema` otherwise). Replies are always "
+        "validated.",
     )
-    max_concurrency: int = Field(default=32, ge=1, description="Requests in flight at once, per process.")
-    timeout_s: float = Field(default=60.0, gt=0, description="Seconds per request.")
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests in flight at once, per process. null: the dialect's (32 for cloud APIs, 1 for "
+        "llamacpp and ollama, 8 for openai_compatible).",
+    )
+    server_slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests in flight at once at this server across every process (a local server's slots); "
+        "paces servers that send no rate-limit headers. null: no shared cap.",
+    )
+    context_tokens: int | None = Field(
+        default=None, ge=1, description="The server's context window, when known (llama.cpp `--ctx-size`)."
+    )
+    timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest time per request; the deadline actually used is learnt from the server's speed.",
+    )
+    min_timeout_s: float = Field(
+        default=10.0, gt=0, description="Shortest learnt deadline per request, seconds."
+    )
+    max_timeouts_per_item: int = Field(
+        default=2, ge=1, description="Timeouts after which an item is dead-lettered `timeout`."
+    )
     max_attempts: int = Field(default=6, ge=1, description="Attempts per item, on retryable errors only.")
     max_output_tokens: int = Field(
         default=256, ge=1, description="Output tokens per reply (a stage may override)."

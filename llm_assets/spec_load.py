@@ -466,6 +466,11 @@ class _SpecChecker:
                 (*at, "structured_output"),
                 "json_object is an OpenAI-compatible setting; use json_schema or prompt for provider anthropic",
             )
+        if profile.provider == "anthropic" and profile.dialect is not None:
+            self.problem(
+                (*at, "dialect"),
+                "dialect applies to OpenAI-compatible servers (provider openai); remove it for provider anthropic",
+            )
         if self.require_secrets and not os.environ.get(profile.api_key_env):
             self.problem(
                 (*at, "api_key_env"),
@@ -699,7 +704,7 @@ class _SpecChecker:
         if (
             profile is not None
             and profile.provider == "openai"
-            and profile.structured_output == "json_schema"
+            and _structured_output(profile) == "json_schema"
         ):
             for where, message in _strict_mode_problems(schema, "$"):
                 self.problem(
@@ -840,3 +845,10 @@ def _strict_mode_problems(schema: Any, where: str) -> Iterator[tuple[str, str]]:
         elif isinstance(subs, dict):
             for name, sub in subs.items():
                 yield from _strict_mode_problems(sub, f"{where}.{key}.{name}")
+
+
+def _structured_output(profile: Any) -> str:
+    """The mode a profile uses: its own, else its dialect's."""
+    from resources.llm.providers.dialects import DIALECTS
+
+    return profile.structured_output or DIALECTS[profile.dialect or "openai"].structured_output

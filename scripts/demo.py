@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -266,7 +267,15 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     todo = [k for k in dataset.partition_keys if not states[k].state.terminal]
     if not todo:
         print("every chunk is already done: nothing to send, nothing spent")
+    stop = _StopOnSignal()
     for n, key in enumerate(todo, start=1):
+        if stop.signal is not None:
+            print(
+                f"chunkwise: stopped by {stop.signal}: {len(todo) - n + 1} chunks not started; run `make demo` again "
+                "to resume (work already done is kept and not paid again)",
+                file=sys.stderr,
+            )
+            return 130
         started = time.monotonic()
         request = chunk_run_request(key, attempt=1, provider=default_provider(), launched_by="demo")
         result = job.execute_in_process(
@@ -320,6 +329,22 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     _print_summary(report, sim_root)
     print(report_path)
     return 0 if report["threshold_met"] else 1
+
+
+class _StopOnSignal:
+    """SIGTERM / Ctrl-C: finish the chunk in progress (its LLM calls stop sending at once, in-flight replies are
+    checkpointed), launch no further chunk; a second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.signal is not None:
+            raise SystemExit(130)
+        self.signal = signal.Signals(signum).name
+        print(f"{self.signal}: stopping after the chunk in progress (again to exit at once)", file=sys.stderr)
 
 
 def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeout_s: float) -> None:

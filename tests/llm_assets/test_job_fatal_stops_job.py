@@ -90,3 +90,46 @@ def test_budget_halt_then_raise_resumes_without_paying_twice(start_sim, tmp_path
     assert requests - clean_requests <= MAX_CONCURRENCY
     assert requests == clean_requests
     assert usd == pytest.approx(clean_usd, rel=0.02)
+
+
+def test_sigterm_stops_the_demo_without_a_traceback_and_a_rerun_pays_nothing_twice(
+    start_sim, tmp_path
+) -> None:
+    import collections
+    import signal
+    import time
+
+    sim = start_sim({"seed": 3, "latency": {"base_ms": 150, "jitter_ms": 20}})
+    data = write_dataset(tmp_path / "messages.csv", 600)
+    env = {
+        **os.environ,
+        "CHUNKWISE_HOME": str(tmp_path / "home"),
+        "CHUNKWISE_LLM_BASE_URL": sim.openai_base_url,
+        "CHUNKWISE_LLM_API_KEY": sim.api_key,
+    }
+    env.pop("CHUNKWISE_MODE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.demo", "--data", str(data), "--chunk-size", "100"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(sim.requests()) < 40 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode in (3, 130), out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err
+    assert [line for line in err.splitlines() if line.startswith("chunkwise: stopped")]
+
+    again = _demo(data, tmp_path / "home", sim)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    billed = collections.Counter(
+        (r["user_sha256"], r["model"]) for r in sim.requests() if r["status"] == "200"
+    )
+    assert (
+        max(billed.values()) == 1
+    )  # every reply that arrived before the stop was checkpointed, none re-paid

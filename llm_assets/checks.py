@@ -14,16 +14,22 @@ A blocking check that fails with ERROR severity stops `enriched` (and anything d
 the same run, and tags the run `chunkwise/failure_class=quality_gate` (see llm_assets/failure_class.py) so
 the backfill sensor never retries it. Thresholds live in the `QualityGateSettings` resource (`quality_gates`);
 the demo's defaults and the measurement behind them are in docs/quality_gates.md.
+
+Each gate's decision is a pure function of frames and settings (`outputs_valid_outcome`, `success_rate_outcome`,
+`sampled_quality_outcome`, `label_drift_outcome`, `cost_per_item_outcome`, returning a `GateOutcome`): the one
+implementation behind these checks and the spec pipelines' (llm_assets/pipeline_checks.py).
 """
 
 import json
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Literal
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -115,19 +121,32 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, partition
     return {} if recorded is None else recorded.metadata
 
 
-def _result(
+@dataclass(frozen=True)
+class GateOutcome:
+    """What one gate decided for one chunk, computed from frames and settings alone (no Dagster context):
+    the `*_outcome` functions below are the one implementation behind both the BANKING77 checks here and the
+    spec pipelines' checks (llm_assets/pipeline_checks.py)."""
+
+    passed: bool
+    description: str
+    """The sentence a person reads in the UI and in alerts: what happened and what to do."""
+    metadata: dict[str, Any]
+    """Typed metadata values; the numeric ones are plotted per partition in the UI."""
+
+
+def check_result(
     context: dg.AssetCheckExecutionContext,
     asset: dg.AssetKey,
     check_name: str,
+    outcome: GateOutcome,
     *,
-    passed: bool,
     severity: dg.AssetCheckSeverity,
     blocking: bool,
-    description: str,
-    metadata: dict[str, Any],
 ) -> dg.AssetCheckResult:
-    """The check result; a blocking ERROR failure also tags the run as a quality-gate failure."""
-    if not passed and blocking and severity == dg.AssetCheckSeverity.ERROR:
+    """The check result; a blocking ERROR failure also tags the run as a quality-gate failure
+    (`<asset>:<check>` in `chunkwise/failed_gates`)."""
+    metadata = outcome.metadata
+    if not outcome.passed and blocking and severity == dg.AssetCheckSeverity.ERROR:
         mark_quality_gate_failure(
             context.instance, context.run.run_id, f"{asset.to_user_string()}:{check_name}"
         )
@@ -135,17 +154,19 @@ def _result(
     return dg.AssetCheckResult(
         asset_key=asset,
         check_name=check_name,
-        passed=passed,
+        passed=outcome.passed,
         severity=severity,
-        description=description,
+        description=outcome.description,
         metadata=metadata,
     )
 
 
-def _as_python(value: Any) -> Any:
-    """numpy scalars -> Python scalars, NaN -> None (the schema validator checks Python types)."""
+def as_python(value: Any) -> Any:
+    """numpy scalars and arrays -> Python values, NaN -> None (the schema validator checks Python types)."""
     if value is None:
         return None
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and value != value:
@@ -175,33 +196,63 @@ def _spec(
 # ---------------------------------------------------------------------------------------------- outputs_valid
 
 
-def _classified_row_errors(frame: pd.DataFrame, schema: dict) -> list[tuple[str, str]]:
-    errors = []
-    for item_id, label, confidence in zip(frame["item_id"], frame["label"], frame["confidence"], strict=True):
-        problems = validate({"label": _as_python(label), "confidence": _as_python(confidence)}, schema)
-        errors += [(str(item_id), p) for p in problems]
+def _declared_types(node: Any) -> set[str]:
+    kind = node.get("type") if isinstance(node, dict) else None
+    return {kind} if isinstance(kind, str) else set(kind or [])
+
+
+def schema_row_errors(
+    frame: pd.DataFrame, schema: dict[str, Any], fields: Sequence[str]
+) -> list[tuple[str, str]]:
+    """(item_id, problem) for every row of `frame` whose `fields` do not validate against `schema`.
+
+    Arrays and objects are stored as JSON text (one Parquet type per column whatever the reply), so a text cell
+    of a field whose schema does not allow a string is parsed back first. An empty cell of a field the schema
+    does not require is left out (Parquet cannot tell an omitted property from a null)."""
+    properties = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    errors: list[tuple[str, str]] = []
+    for row in frame.to_dict("records"):
+        item_id = str(row["item_id"])
+        value: dict[str, Any] = {}
+        unreadable = False
+        for field in fields:
+            cell = as_python(row.get(field))
+            kinds = _declared_types(properties.get(field))
+            if isinstance(cell, str) and "string" not in kinds:
+                try:
+                    cell = json.loads(cell)
+                except json.JSONDecodeError:
+                    kind = "list" if "array" in kinds else "object" if "object" in kinds else "value"
+                    errors.append((item_id, f"$.{field}: not a JSON {kind}"))
+                    unreadable = True
+                    continue
+            if cell is None and field not in required:
+                continue
+            value[field] = cell
+        if not unreadable:
+            errors += [(item_id, problem) for problem in validate(value, schema)]
     return errors
+
+
+def _classified_row_errors(frame: pd.DataFrame, schema: dict) -> list[tuple[str, str]]:
+    return schema_row_errors(frame, schema, ["label", "confidence"])
 
 
 def _enriched_row_errors(frame: pd.DataFrame, schema: dict, taxonomy: set[str]) -> list[tuple[str, str]]:
-    errors = []
-    for row in frame.itertuples(index=False):
-        item_id = str(row.item_id)
-        if _as_python(row.label) not in taxonomy:
-            errors.append((item_id, f"$.label: {row.label!r} is not in the taxonomy"))
-        if not bool(row.routed):
-            continue
-        try:
-            entities = json.loads(row.entities) if isinstance(row.entities, str) else row.entities
-        except json.JSONDecodeError:
-            errors.append((item_id, "$.entities: not a JSON list"))
-            continue
-        value = {"summary": _as_python(row.summary), "entities": entities, "urgency": _as_python(row.urgency)}
-        errors += [(item_id, p) for p in validate(value, schema)]
-    return errors
+    errors = [
+        (str(item_id), f"$.label: {label!r} is not in the taxonomy")
+        for item_id, label in zip(frame["item_id"], frame["label"], strict=True)
+        if as_python(label) not in taxonomy
+    ]
+    routed = frame[frame["routed"].astype(bool)]
+    errors += schema_row_errors(routed, schema, ["summary", "entities", "urgency"])
+    row_of = {item_id: i for i, item_id in enumerate(frame["item_id"].astype(str))}
+    return sorted(errors, key=lambda error: row_of[error[0]])  # row order, as a person reads the file
 
 
-def _key_errors(frame: pd.DataFrame, dataset_id: str) -> list[tuple[str, str]]:
+def key_errors(frame: pd.DataFrame, dataset_id: str) -> list[tuple[str, str]]:
+    """(item_id, problem) for missing keys, repeated items and rows of another dataset."""
     errors = []
     for column in ("idempotency_key", "item_id", "dataset_id"):
         for item_id in frame.loc[frame[column].isna(), "item_id"]:
@@ -226,6 +277,29 @@ def _outputs_valid_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
     )
 
 
+def outputs_valid_outcome(rows_checked: int, errors: list[tuple[str, str]]) -> GateOutcome:
+    """outputs_valid over `rows_checked` rows with these (item_id, problem) errors: passes when there are none."""
+    bad_items = sorted({item for item, _ in errors})
+    passed = not errors
+    description = (
+        f"all {rows_checked} rows valid"
+        if passed
+        else f"{len(bad_items)} of {rows_checked} rows invalid; first: {errors[0][0]}: {errors[0][1]}. "
+        "Look at the prompt/schema version and the model; fix, then re-materialize the chunk."
+    )
+    return GateOutcome(
+        passed,
+        description,
+        {
+            "rows_checked": dg.MetadataValue.int(rows_checked),
+            "rows_invalid": dg.MetadataValue.int(len(bad_items)),
+            "problems": dg.MetadataValue.json(
+                [{"item_id": i, "problem": p} for i, p in errors[:_MAX_EXAMPLES]]
+            ),
+        },
+    )
+
+
 def outputs_valid(
     context: dg.AssetCheckExecutionContext,
     asset: dg.AssetKey,
@@ -238,34 +312,18 @@ def outputs_valid(
         errors: list[tuple[str, str]] = []
     elif asset == CLASSIFIED:
         schema = classify_prompt(taxonomy, []).schema
-        errors = _key_errors(frame, dataset_id) + _classified_row_errors(frame, schema)
+        errors = key_errors(frame, dataset_id) + _classified_row_errors(frame, schema)
     else:
-        errors = _key_errors(frame, dataset_id) + _enriched_row_errors(
+        errors = key_errors(frame, dataset_id) + _enriched_row_errors(
             frame, enrich_prompt().schema, set(taxonomy)
         )
-    bad_items = sorted({item for item, _ in errors})
-    passed = not errors
-    description = (
-        f"all {len(frame)} rows valid"
-        if passed
-        else f"{len(bad_items)} of {len(frame)} rows invalid; first: {errors[0][0]}: {errors[0][1]}. "
-        "Look at the prompt/schema version and the model; fix, then re-materialize the chunk."
-    )
-    return _result(
+    return check_result(
         context,
         asset,
         "outputs_valid",
-        passed=passed,
+        outputs_valid_outcome(len(frame), errors),
         severity=dg.AssetCheckSeverity.ERROR,
         blocking=True,
-        description=description,
-        metadata={
-            "rows_checked": dg.MetadataValue.int(len(frame)),
-            "rows_invalid": dg.MetadataValue.int(len(bad_items)),
-            "problems": dg.MetadataValue.json(
-                [{"item_id": i, "problem": p} for i, p in errors[:_MAX_EXAMPLES]]
-            ),
-        },
     )
 
 
@@ -288,6 +346,56 @@ def _success_rate_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
     )
 
 
+def success_rate_outcome(
+    *,
+    attempted: int,
+    succeeded: int,
+    threshold: float,
+    failures: pd.DataFrame,
+    invalid_inputs: int,
+    invalid_letters: pd.DataFrame,
+    dead_letters_uri: str,
+) -> GateOutcome:
+    """success_rate: `succeeded` of `attempted` items sent to the model (1.0 when none was sent) against
+    `threshold`. `failures` are the dead letters of the model stages counted as failed, `invalid_letters` those
+    of inputs rejected before any call (`invalid_inputs` of them: reported, not counted)."""
+    failed = max(0, attempted - succeeded)
+    rate = succeeded / attempted if attempted else 1.0
+    by_stage = {str(k): int(v) for k, v in failures["stage"].value_counts().items()}
+    by_class = {str(k): int(v) for k, v in failures["error_class"].value_counts().items()}
+    passed = rate >= threshold
+    description = (
+        f"{succeeded:,} of {attempted:,} items sent to the model succeeded ({rate:.1%}), {failed:,} failed; "
+        f"threshold {threshold:.1%}."
+    )
+    if invalid_inputs:
+        description += f" Not counted: {invalid_inputs:,} invalid inputs, dead-lettered before any LLM call."
+    if not passed:
+        description += (
+            f" Failures by class: {by_class or 'none recorded'}. Read the dead letters at "
+            f"{dead_letters_uri}; fix the cause (prompt, inputs, provider), then re-materialize."
+        )
+    return GateOutcome(
+        passed,
+        description,
+        {
+            "success_rate": dg.MetadataValue.float(rate),
+            "threshold": dg.MetadataValue.float(threshold),
+            "items_attempted": dg.MetadataValue.int(attempted),
+            "items_succeeded": dg.MetadataValue.int(succeeded),
+            "items_failed": dg.MetadataValue.int(failed),
+            "items_invalid_input": dg.MetadataValue.int(invalid_inputs),
+            "invalid_input_by_error_class": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in invalid_letters["error_class"].value_counts().items()}
+            ),
+            "failed_by_stage": dg.MetadataValue.json(by_stage),
+            "failed_by_error_class": dg.MetadataValue.json(by_class),
+            "failed_item_ids": dg.MetadataValue.json(sorted(failures["item_id"].astype(str))[:_MAX_EXAMPLES]),
+            "dead_letters_uri": dg.MetadataValue.path(dead_letters_uri),
+        },
+    )
+
+
 def success_rate(
     context: dg.AssetCheckExecutionContext,
     asset: dg.AssetKey,
@@ -302,52 +410,20 @@ def success_rate(
     invalid_inputs = int(items_meta.get("items_invalid", 0))
     total_rows = int(items_meta.get("items_total", len(frame)))
     attempted = int(items_meta.get("items_valid", total_rows - invalid_inputs))
-    succeeded = len(frame)
-    failed = max(0, attempted - succeeded)
-    rate = succeeded / attempted if attempted else 1.0
-    threshold = quality_gates.min_success_rate
     store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
     dead = store.query(dataset_id, partition)
-    invalid = dead[dead["stage"] == "items"]
     upstream = ("classified",) if asset == CLASSIFIED else ("classified", "enriched")
-    dead = dead[dead["stage"].isin(upstream)]
-    by_stage = {str(k): int(v) for k, v in dead["stage"].value_counts().items()}
-    by_class = {str(k): int(v) for k, v in dead["error_class"].value_counts().items()}
-    passed = rate >= threshold
-    description = (
-        f"{succeeded:,} of {attempted:,} items sent to the model succeeded ({rate:.1%}), {failed:,} failed; "
-        f"threshold {threshold:.1%}."
+    outcome = success_rate_outcome(
+        attempted=attempted,
+        succeeded=len(frame),
+        threshold=quality_gates.min_success_rate,
+        failures=dead[dead["stage"].isin(upstream)],
+        invalid_inputs=invalid_inputs,
+        invalid_letters=dead[dead["stage"] == "items"],
+        dead_letters_uri=store.uri_for(dataset_id),
     )
-    if invalid_inputs:
-        description += f" Not counted: {invalid_inputs:,} invalid inputs, dead-lettered before any LLM call."
-    if not passed:
-        description += (
-            f" Failures by class: {by_class or 'none recorded'}. Read the dead letters at "
-            f"{store.uri_for(dataset_id)}; fix the cause (prompt, inputs, provider), then re-materialize."
-        )
-    return _result(
-        context,
-        asset,
-        "success_rate",
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        blocking=True,
-        description=description,
-        metadata={
-            "success_rate": dg.MetadataValue.float(rate),
-            "threshold": dg.MetadataValue.float(threshold),
-            "items_attempted": dg.MetadataValue.int(attempted),
-            "items_succeeded": dg.MetadataValue.int(succeeded),
-            "items_failed": dg.MetadataValue.int(failed),
-            "items_invalid_input": dg.MetadataValue.int(invalid_inputs),
-            "invalid_input_by_error_class": dg.MetadataValue.json(
-                {str(k): int(v) for k, v in invalid["error_class"].value_counts().items()}
-            ),
-            "failed_by_stage": dg.MetadataValue.json(by_stage),
-            "failed_by_error_class": dg.MetadataValue.json(by_class),
-            "failed_item_ids": dg.MetadataValue.json(sorted(dead["item_id"].astype(str))[:_MAX_EXAMPLES]),
-            "dead_letters_uri": dg.MetadataValue.path(store.uri_for(dataset_id)),
-        },
+    return check_result(
+        context, asset, "success_rate", outcome, severity=dg.AssetCheckSeverity.ERROR, blocking=True
     )
 
 
@@ -369,6 +445,75 @@ SAMPLED_QUALITY = _spec(
 )
 
 
+def _agrees(answer: Any, reference: Any) -> bool:
+    """The model's answer equals the reference (a gold cell read from a file, or the judge's answer as text)."""
+    a, b = as_python(answer), as_python(reference)
+    return a == b or (a is not None and b is not None and str(a) == str(b))
+
+
+def sampled_quality_outcome(
+    sample: list[str],
+    answers: Mapping[str, Any],
+    gold: Mapping[str, Any],
+    judged: Mapping[str, Any],
+    *,
+    field: str,
+    threshold: float,
+    confidence: float,
+    not_scored: str,
+    judge_failed: int = 0,
+    judge_cost_usd: float = 0.0,
+) -> GateOutcome:
+    """sampled_quality: the sampled items' `answers` (item_id -> the model's `field`) scored against `gold`
+    (item_id -> gold answer) or else `judged` (item_id -> the judge's answer). Passes when the one-sided
+    `confidence` Wilson lower bound of the accuracy reaches `threshold`, or when nothing was scored (then the
+    description is `not_scored`: what to set to gate quality)."""
+    expected = {**gold, **judged}
+    scored = [i for i in sample if i in expected]
+    correct = {i for i in scored if _agrees(answers.get(i), expected[i])}
+    n, k = len(scored), len(correct)
+    low, high = wilson_interval(k, n, NormalDist().inv_cdf(confidence))
+    scorer = "+".join(name for name, used in (("gold", gold), ("judge", judged)) if used) or "none"
+    if n == 0:
+        passed = True
+        description = not_scored
+    else:
+        passed = low >= threshold
+        description = (
+            f"sample accuracy {k}/{n} = {k / n:.3f} ({scorer}); {confidence:.0%} lower bound "
+            f"{low:.3f} {'>=' if passed else '<'} threshold {threshold:.3f}."
+        )
+        if not passed:
+            description += (
+                " The model's labels disagree with the reference on this chunk: read `wrong_examples`, compare "
+                "the prompt version and model with a good chunk; re-running alone will not change the answers."
+            )
+    wrong = [
+        {"item_id": i, field: str(as_python(answers.get(i))), "expected": str(as_python(expected[i]))}
+        for i in scored
+        if i not in correct
+    ]
+    return GateOutcome(
+        passed,
+        description,
+        {
+            "sample_accuracy": dg.MetadataValue.float(k / n if n else 0.0),
+            "accuracy_lower_bound": dg.MetadataValue.float(low),
+            "accuracy_upper_bound": dg.MetadataValue.float(high),
+            "threshold": dg.MetadataValue.float(threshold),
+            "sample_size": dg.MetadataValue.int(n),
+            "sample_correct": dg.MetadataValue.int(k),
+            "scored_by_gold": dg.MetadataValue.int(len([i for i in scored if i in gold])),
+            "scored_by_judge": dg.MetadataValue.int(len([i for i in scored if i in judged])),
+            "judge_failed": dg.MetadataValue.int(judge_failed),
+            "cost_usd": dg.MetadataValue.float(judge_cost_usd),
+            "scorer": dg.MetadataValue.text(scorer),
+            "sampled_item_ids": dg.MetadataValue.json(sample),
+            "wrong_examples": dg.MetadataValue.json(wrong[:_MAX_EXAMPLES]),
+        },
+    )
+
+
 def sampled_quality(
     context: dg.AssetCheckExecutionContext,
     settings: PipelineSettings,
@@ -379,11 +524,10 @@ def sampled_quality(
 ) -> dg.AssetCheckResult:
     partition = context.partition_key
     dataset_id, _ = parse_chunk_key(partition)
-    severity = dg.AssetCheckSeverity(quality_gates.sampled_quality_severity)
     ids = [] if classified.empty else classified["item_id"].astype(str).tolist()
     sample = sample_item_ids(ids, partition, quality_gates.sample_size)
     rows = classified.set_index(classified["item_id"].astype(str)) if ids else classified
-    gold = {i: rows.at[i, "gold_label"] for i in sample if _as_python(rows.at[i, "gold_label"]) is not None}
+    gold = {i: rows.at[i, "gold_label"] for i in sample if as_python(rows.at[i, "gold_label"]) is not None}
     unlabelled = [i for i in sample if i not in gold]
 
     judged: dict[str, str] = {}
@@ -404,72 +548,44 @@ def sampled_quality(
         )
         judged, judge_cost, judge_failed = verdicts.labels, verdicts.cost_usd, verdicts.failed
 
-    expected = {**gold, **judged}
-    scored = [i for i in sample if i in expected]
-    correct = [i for i in scored if rows.at[i, "label"] == expected[i]]
-    n, k = len(scored), len(correct)
-    low, high = wilson_interval(k, n, quality_gates.z())
-    threshold = quality_gates.min_sampled_accuracy
-    scorer = "+".join(name for name, used in (("gold", gold), ("judge", judged)) if used) or "none"
-    if n == 0:
-        passed = True
-        description = (
+    outcome = sampled_quality_outcome(
+        sample,
+        {i: rows.at[i, "label"] for i in sample},
+        gold,
+        judged,
+        field="label",
+        threshold=quality_gates.min_sampled_accuracy,
+        confidence=quality_gates.confidence,
+        not_scored=(
             "not scored: the sampled items have no gold label and the judge is off (or failed on every item); "
             "turn on `quality_gates.judge_enabled` or supply a `label` column to gate quality."
-        )
-    else:
-        passed = low >= threshold
-        description = (
-            f"sample accuracy {k}/{n} = {k / n:.3f} ({scorer}); {quality_gates.confidence:.0%} lower bound "
-            f"{low:.3f} {'>=' if passed else '<'} threshold {threshold:.3f}."
-        )
-        if not passed:
-            description += (
-                " The model's labels disagree with the reference on this chunk: read `wrong_examples`, compare "
-                "the prompt version and model with a good chunk; re-running alone will not change the answers."
-            )
-    wrong = [
-        {"item_id": i, "label": str(rows.at[i, "label"]), "expected": str(expected[i])}
-        for i in scored
-        if i not in set(correct)
-    ]
-    return _result(
+        ),
+        judge_failed=judge_failed,
+        judge_cost_usd=judge_cost,
+    )
+    return check_result(
         context,
         CLASSIFIED,
         "sampled_quality",
-        passed=passed,
-        severity=severity,
+        outcome,
+        severity=dg.AssetCheckSeverity(quality_gates.sampled_quality_severity),
         blocking=True,
-        description=description,
-        metadata={
-            "sample_accuracy": dg.MetadataValue.float(k / n if n else 0.0),
-            "accuracy_lower_bound": dg.MetadataValue.float(low),
-            "accuracy_upper_bound": dg.MetadataValue.float(high),
-            "threshold": dg.MetadataValue.float(threshold),
-            "sample_size": dg.MetadataValue.int(n),
-            "sample_correct": dg.MetadataValue.int(k),
-            "scored_by_gold": dg.MetadataValue.int(len([i for i in scored if i in gold])),
-            "scored_by_judge": dg.MetadataValue.int(len([i for i in scored if i in judged])),
-            "judge_failed": dg.MetadataValue.int(judge_failed),
-            "cost_usd": dg.MetadataValue.float(judge_cost),
-            "scorer": dg.MetadataValue.text(scorer),
-            "sampled_item_ids": dg.MetadataValue.json(sample),
-            "wrong_examples": dg.MetadataValue.json(wrong[:_MAX_EXAMPLES]),
-        },
     )
 
 
 # ---------------------------------------------------------------------------------------------- label_drift
 
 
-def _recent_label_counts(
-    instance: dg.DagsterInstance, dataset_id: str, partition: str, chunks: int
+def recent_label_counts(
+    instance: dg.DagsterInstance,
+    dataset_id: str,
+    partition: str,
+    chunks: int,
+    check: dg.AssetCheckKey = dg.AssetCheckKey(CLASSIFIED, "label_drift"),
 ) -> dict[str, dict[str, int]]:
-    """Label counts recorded by the latest label_drift evaluations of up to `chunks` other chunks of the dataset,
-    most recent first (each chunk's own evaluation stores its counts, so no other chunk's file is read)."""
-    history = instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(CLASSIFIED, "label_drift"), limit=DRIFT_HISTORY_LIMIT
-    )
+    """Label counts recorded by the latest evaluations of the drift `check` on up to `chunks` other chunks of the
+    dataset, most recent first (each chunk's own evaluation stores its counts, so no other chunk's file is read)."""
+    history = instance.event_log_storage.get_asset_check_execution_history(check, limit=DRIFT_HISTORY_LIMIT)
     prefix = f"{dataset_id}__c"
     found: dict[str, dict[str, int]] = {}
     for record in history:
@@ -504,41 +620,36 @@ LABEL_DRIFT = _spec(
 )
 
 
-def label_drift_check(
-    context: dg.AssetCheckExecutionContext, quality_gates: QualityGateSettings, classified: pd.DataFrame
-) -> dg.AssetCheckResult:
-    partition = context.partition_key
-    dataset_id, _ = parse_chunk_key(partition)
-    counts = (
-        {} if classified.empty else {str(k): int(v) for k, v in classified["label"].value_counts().items()}
-    )
-    recent = _recent_label_counts(
-        context.instance, dataset_id, partition, quality_gates.drift_reference_chunks
-    )
+def label_drift_outcome(
+    counts: Mapping[str, int],
+    recent: Mapping[str, Mapping[str, int]],
+    *,
+    max_p_value: float,
+    min_reference_items: int,
+    seed: str,
+) -> GateOutcome:
+    """label_drift: the chunk's label `counts` against the pooled counts of `recent` chunks (partition ->
+    counts); passes with 'no baseline yet' below `min_reference_items` reference items. `seed`: the partition
+    key, so a re-run gives the same p-value. `label_counts` in the metadata is what later chunks pool."""
     reference: Counter = Counter()
     for chunk_counts in recent.values():
         reference.update(chunk_counts)
     metadata: dict[str, Any] = {
-        "label_counts": dg.MetadataValue.json(counts),
+        "label_counts": dg.MetadataValue.json(dict(counts)),
         "reference_chunks": dg.MetadataValue.int(len(recent)),
         "reference_items": dg.MetadataValue.int(sum(reference.values())),
         "reference_partitions": dg.MetadataValue.json(sorted(recent)),
-        "max_p_value": dg.MetadataValue.float(quality_gates.drift_max_p_value),
+        "max_p_value": dg.MetadataValue.float(max_p_value),
     }
-    if sum(reference.values()) < quality_gates.drift_min_reference_items or not counts:
-        return dg.AssetCheckResult(
-            asset_key=CLASSIFIED,
-            check_name="label_drift",
-            passed=True,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=(
-                f"no baseline yet: {sum(reference.values())} reference items from {len(recent)} earlier chunks "
-                f"(need {quality_gates.drift_min_reference_items})"
-            ),
-            metadata=metadata,
+    if sum(reference.values()) < min_reference_items or not counts:
+        return GateOutcome(
+            True,
+            f"no baseline yet: {sum(reference.values())} reference items from {len(recent)} earlier chunks "
+            f"(need {min_reference_items})",
+            metadata,
         )
-    drift = label_drift(counts, dict(reference), seed=partition)
-    passed = drift.p_value >= quality_gates.drift_max_p_value
+    drift = label_drift(counts, dict(reference), seed=seed)
+    passed = drift.p_value >= max_p_value
     shifts = [
         {"label": lab, "chunk_share": round(p, 4), "reference_share": round(q, 4)}
         for lab, p, q in drift.top_shifts
@@ -560,13 +671,29 @@ def label_drift_check(
             "top_shifts": dg.MetadataValue.json(shifts),
         }
     )
-    return dg.AssetCheckResult(
-        asset_key=CLASSIFIED,
-        check_name="label_drift",
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=description,
-        metadata=metadata,
+    return GateOutcome(passed, description, metadata)
+
+
+def label_drift_check(
+    context: dg.AssetCheckExecutionContext, quality_gates: QualityGateSettings, classified: pd.DataFrame
+) -> dg.AssetCheckResult:
+    partition = context.partition_key
+    dataset_id, _ = parse_chunk_key(partition)
+    counts = (
+        {} if classified.empty else {str(k): int(v) for k, v in classified["label"].value_counts().items()}
+    )
+    recent = recent_label_counts(
+        context.instance, dataset_id, partition, quality_gates.drift_reference_chunks
+    )
+    outcome = label_drift_outcome(
+        counts,
+        recent,
+        max_p_value=quality_gates.drift_max_p_value,
+        min_reference_items=quality_gates.drift_min_reference_items,
+        seed=partition,
+    )
+    return check_result(
+        context, CLASSIFIED, "label_drift", outcome, severity=dg.AssetCheckSeverity.WARN, blocking=False
     )
 
 
@@ -587,6 +714,56 @@ def _cost_per_item_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
     )
 
 
+def tokens_by_item(billed: pd.DataFrame) -> dict[str, int]:
+    """item_id -> input + output tokens of the rows the model was paid for."""
+    if billed.empty:
+        return {}
+    totals = billed["input_tokens"] + billed["output_tokens"]
+    return {str(i): int(t) for i, t in zip(billed["item_id"], totals, strict=True)}
+
+
+def cost_per_item_outcome(
+    cost_usd: float,
+    items_sent: int,
+    tokens: Mapping[str, int],
+    *,
+    ceiling_usd: float | None,
+    max_top_decile_token_share: float,
+) -> GateOutcome:
+    """cost_per_item: `cost_usd` over `items_sent` against `ceiling_usd` (None: no ceiling), and the share of
+    `tokens` (item_id -> tokens) taken by the largest 10% of items against `max_top_decile_token_share`."""
+    per_item = cost_usd / items_sent if items_sent else 0.0
+    share, top_ids = top_decile_share(tokens)
+    too_dear = ceiling_usd is not None and per_item > ceiling_usd
+    too_skewed = share > max_top_decile_token_share
+    reasons = []
+    if too_dear:
+        reasons.append(f"${per_item:.6f} per item is above the ceiling ${ceiling_usd:.6f}")
+    if too_skewed:
+        reasons.append(
+            f"the largest 10% of items take {share:.0%} of the tokens (limit "
+            f"{max_top_decile_token_share:.0%}): filter or truncate them"
+        )
+    description = (
+        "; ".join(reasons)
+        if reasons
+        else f"${per_item:.6f} per item; the largest 10% of items take {share:.0%} of the tokens"
+    )
+    return GateOutcome(
+        not (too_dear or too_skewed),
+        description,
+        {
+            "cost_per_item_usd": dg.MetadataValue.float(per_item),
+            "ceiling_usd": dg.MetadataValue.float(ceiling_usd if ceiling_usd is not None else 0.0),
+            "cost_usd": dg.MetadataValue.float(cost_usd),
+            "items_sent": dg.MetadataValue.int(items_sent),
+            "top_decile_token_share": dg.MetadataValue.float(share),
+            "max_top_decile_token_share": dg.MetadataValue.float(max_top_decile_token_share),
+            "top_decile_item_ids": dg.MetadataValue.json(top_ids[:_MAX_EXAMPLES]),
+        },
+    )
+
+
 def cost_per_item(
     context: dg.AssetCheckExecutionContext,
     asset: dg.AssetKey,
@@ -594,51 +771,16 @@ def cost_per_item(
     frame: pd.DataFrame,
 ) -> dg.AssetCheckResult:
     meta = _latest_metadata(context.instance, asset, context.partition_key)
-    cost = float(meta.get("cost_usd", frame["cost_usd"].sum() if not frame.empty else 0.0))
-    sent = int(meta.get("items_total", len(frame)))
-    per_item = cost / sent if sent else 0.0
     billed = frame[frame["routed"].astype(bool)] if asset == ENRICHED and not frame.empty else frame
-    tokens = (
-        {}
-        if billed.empty
-        else {
-            str(i): int(t)
-            for i, t in zip(billed["item_id"], billed["input_tokens"] + billed["output_tokens"], strict=True)
-        }
+    outcome = cost_per_item_outcome(
+        float(meta.get("cost_usd", frame["cost_usd"].sum() if not frame.empty else 0.0)),
+        int(meta.get("items_total", len(frame))),
+        tokens_by_item(billed),
+        ceiling_usd=quality_gates.cost_ceiling(asset),
+        max_top_decile_token_share=quality_gates.max_top_decile_token_share,
     )
-    share, top_ids = top_decile_share(tokens)
-    ceiling = quality_gates.cost_ceiling(asset)
-    too_dear = ceiling is not None and per_item > ceiling
-    too_skewed = share > quality_gates.max_top_decile_token_share
-    passed = not (too_dear or too_skewed)
-    reasons = []
-    if too_dear:
-        reasons.append(f"${per_item:.6f} per item is above the ceiling ${ceiling:.6f}")
-    if too_skewed:
-        reasons.append(
-            f"the largest 10% of items take {share:.0%} of the tokens (limit "
-            f"{quality_gates.max_top_decile_token_share:.0%}): filter or truncate them"
-        )
-    description = (
-        "; ".join(reasons)
-        if reasons
-        else f"${per_item:.6f} per item; the largest 10% of items take {share:.0%} of the tokens"
-    )
-    return dg.AssetCheckResult(
-        asset_key=asset,
-        check_name="cost_per_item",
-        passed=passed,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=description,
-        metadata={
-            "cost_per_item_usd": dg.MetadataValue.float(per_item),
-            "ceiling_usd": dg.MetadataValue.float(ceiling if ceiling is not None else 0.0),
-            "cost_usd": dg.MetadataValue.float(cost),
-            "items_sent": dg.MetadataValue.int(sent),
-            "top_decile_token_share": dg.MetadataValue.float(share),
-            "max_top_decile_token_share": dg.MetadataValue.float(quality_gates.max_top_decile_token_share),
-            "top_decile_item_ids": dg.MetadataValue.json(top_ids[:_MAX_EXAMPLES]),
-        },
+    return check_result(
+        context, asset, "cost_per_item", outcome, severity=dg.AssetCheckSeverity.WARN, blocking=False
     )
 
 
@@ -662,7 +804,7 @@ ENRICHED_CHECK_SPECS = [
 ]
 
 
-def _evaluate_selected(
+def evaluate_selected(
     context: dg.AssetCheckExecutionContext,
     asset: dg.AssetKey,
     evaluators: dict[str, Callable[[], dg.AssetCheckResult]],
@@ -720,7 +862,7 @@ def classified_checks(
         context, settings, quality_gates, judge_llm, classified, items
     )
     evaluators["label_drift"] = lambda: label_drift_check(context, quality_gates, classified)
-    yield from _evaluate_selected(context, CLASSIFIED, evaluators)
+    yield from evaluate_selected(context, CLASSIFIED, evaluators)
 
 
 @dg.multi_asset_check(
@@ -736,7 +878,7 @@ def enriched_checks(
     quality_gates: QualityGateSettings,
     enriched: pd.DataFrame,
 ) -> Iterator[dg.AssetCheckResult]:
-    yield from _evaluate_selected(
+    yield from evaluate_selected(
         context, ENRICHED, _stage_evaluators(context, ENRICHED, settings, quality_gates, enriched)
     )
 

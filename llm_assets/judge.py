@@ -57,8 +57,13 @@ def judge_items(
     run_id: str,
     partition_key: str = "",
     log: object | None = None,
+    answer_field: str = "correct_label",
+    message_prefix: str = "Message: ",
 ) -> JudgeVerdicts:
     """Ask the judge for the label of each `item_id -> text`; spend counts against the run's and dataset's budget.
+
+    The judge's answer is its reply's `answer_field` (as text); each request's user message is
+    `message_prefix + text` (a spec pipeline's judge sends its rendered user template as is, prefix "").
 
     Raises what `LLMResource.run_prompts` raises (JobFatalError, ChunkRetryableError): a judge that cannot
     be reached fails the check's step, it does not pass or fail the gate.
@@ -70,7 +75,9 @@ def judge_items(
         for item_id in texts
     }
     # "Message:" keeps the judge's request distinct from the classifier's, so it is judged on its own.
-    requests = [LLMRequest(key=key, text=f"Message: {texts[item_id]}") for key, item_id in keys.items()]
+    requests = [
+        LLMRequest(key=key, text=f"{message_prefix}{texts[item_id]}") for key, item_id in keys.items()
+    ]
     outcome = llm.run_prompts(
         requests,
         system_prompt=prompt.system_prompt,
@@ -80,7 +87,11 @@ def judge_items(
         stage=JUDGE_STAGE,
         log=log,
     )
-    labels = {keys[r.key]: str(r.output["correct_label"]) for r in outcome.results if r.ok and r.output}
+    labels = {
+        keys[r.key]: str(r.output[answer_field])
+        for r in outcome.results
+        if r.ok and r.output and answer_field in r.output
+    }
     usage = [r.usage for r in outcome.results]
     return JudgeVerdicts(
         labels=labels,

@@ -13,8 +13,10 @@ This is the generic stage factory of issue 12 (llm_assets/spec.py describes the 
 - one LLM resource per stage (`<pipeline>__<stage>__llm`) from its provider profile and the pipeline budgets;
 - the job `<pipeline>__chunk_job` that materializes a chunk through every stage.
 
-Not yet built from a spec (the built-in BANKING77 code location in definitions.py still provides them):
-quality gates, the cost ledger and completion report assets, and the sensors.
+- the stages' quality gates (llm_assets/pipeline_checks.py), run in the chunk job.
+
+Not yet built from a spec (the built-in BANKING77 code location in definitions.py still provides them): the cost
+ledger and completion report assets, and the sensors.
 """
 
 import json
@@ -346,7 +348,7 @@ def _stage_asset(
                 asset_key=context.asset_key, partition=context.partition_key, metadata=outcome.metadata()
             )
             return
-        frame = _carry_through(stage, reached, outcome.rows, routed_ids)
+        frame = _carry_through(stage, dataset_id, reached, outcome.rows, routed_ids)
         metadata = {
             **outcome.metadata,
             **write_dead_letters(context, settings, dataset_id, stage.name, outcome.dead_letters),
@@ -365,7 +367,7 @@ def _reached(items: pd.DataFrame, previous_output: pd.DataFrame) -> pd.DataFrame
 
 
 def _carry_through(
-    stage: StageSpec, reached: pd.DataFrame, rows: pd.DataFrame, routed_ids: set[str]
+    stage: StageSpec, dataset_id: str, reached: pd.DataFrame, rows: pd.DataFrame, routed_ids: set[str]
 ) -> pd.DataFrame:
     """One row per item that reached the stage, minus the routed ones it dead-lettered: routed rows with the
     model's fields, the others marked `routed=False` with empty fields and zero usage."""
@@ -378,7 +380,7 @@ def _carry_through(
     passthrough = pd.DataFrame(
         {
             "idempotency_key": [f"{stage.name}|{i}|not-routed" for i in not_routed["item_id"].astype(str)],
-            "dataset_id": rows["dataset_id"].iloc[0] if len(rows) else None,
+            "dataset_id": dataset_id,
             "item_id": not_routed["item_id"].astype(str).to_numpy(),
             "stage": stage.name,
             "prompt_version": "",
@@ -411,15 +413,20 @@ def _as_cell(value: Any) -> Any:
 def pipeline_definitions(
     spec: PipelineSpec, *, home: Path, outputs_uri: str | None = None, s3: Any = None
 ) -> dg.Definitions:
-    """The pipeline's assets, per-stage LLM resources, IO manager and chunk job (local outputs unless `s3`)."""
+    """The pipeline's assets and quality gates (llm_assets/pipeline_checks.py), per-stage LLM and judge
+    resources, IO manager and chunk job (local outputs unless `s3`)."""
     partitions = dg.DynamicPartitionsDefinition(name=chunks_partitions_name(spec))
     assets = [_items_asset(spec, partitions)] + [
         _stage_asset(spec, i, partitions) for i in range(len(spec.stages))
     ]
+    from llm_assets.pipeline_checks import pipeline_checks  # it builds on this module's helpers
+
+    checks, check_resources = pipeline_checks(spec, partitions, home=home)
     outputs = outputs_uri or str(home / "outputs")
+    keys = [a.key for a in assets]
     job = dg.define_asset_job(
         chunk_job_name(spec),
-        selection=dg.AssetSelection.assets(*[a.key for a in assets]),
+        selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
         partitions_def=partitions,
         tags={"chunkwise/pipeline": spec.name},
     )
@@ -428,5 +435,6 @@ def pipeline_definitions(
         "io_manager": ChunkParquetIOManager(base_uri=outputs, s3=s3),
         "s3": s3 if s3 is not None else dg.ResourceDefinition.none_resource("no S3: local files only"),
         **{llm_resource_key(spec, stage): build_llm_resource(spec, stage, home) for stage in spec.stages},
+        **check_resources,
     }
-    return dg.Definitions(assets=assets, jobs=[job], resources=resources)
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], resources=resources)

@@ -34,13 +34,8 @@ _FILE_FIELDS = ("demo_data", "team_from_label", "taxonomy", "few_shot", "price_f
 
 
 @pytest.fixture
-def sim(start_sim, monkeypatch):
-    sim = start_sim({"seed": 9})
-    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", sim.openai_base_url)
-    monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", sim.api_key)
-    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_BASE_URL", sim.base_url)
-    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_API_KEY", sim.api_key)
-    return sim
+def sim(spec_sim):
+    return spec_sim
 
 
 def _variant(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> PipelineSpec:

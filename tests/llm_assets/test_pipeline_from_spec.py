@@ -30,13 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def sim_env(start_sim, monkeypatch):
-    sim = start_sim({"seed": 9})
-    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", sim.openai_base_url)
-    monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", sim.api_key)
-    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_BASE_URL", sim.base_url)
-    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_API_KEY", sim.api_key)
-    return sim
+def sim_env(spec_sim):
+    return spec_sim
 
 
 def _output(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> pd.DataFrame:

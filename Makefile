@@ -30,7 +30,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 demo: $(STAMP)
 	$(BIN)/python -m scripts.demo $(if $(DATA),--data "$(DATA)") $(if $(CHUNK),--chunk-size "$(CHUNK)") $(if $(MODE),--mode "$(MODE)")

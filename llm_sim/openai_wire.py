@@ -158,56 +158,30 @@ async def chat_completions(request: Request) -> Response:
     def reply(status: int, payload: dict[str, Any], extra: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(payload, status_code=status, headers={**headers, **(extra or {})})
 
-    if not _authorized(request, engine):
+    def refused(status: str, model: str, fault: str | None = None) -> None:
+        """Log a request refused before it ran: unbilled."""
         engine.ledger.record(
-            provider="openai",
-            model=model_name,
-            endpoint="chat",
-            status="401",
-            usage=None,
-            billed_usd=0.0,
-            user_sha256="",
-        )
+            provider="openai", model=model, endpoint="chat", status=status, usage=None, billed_usd=0.0,
+            user_sha256="", fault=fault,
+        )  # fmt: skip
+
+    if not _authorized(request, engine):
+        refused("401", model_name)
         return reply(401, unauthorized_body(request))
     if body is None:
-        engine.ledger.record(
-            provider="openai",
-            model="",
-            endpoint="chat",
-            status="400",
-            usage=None,
-            billed_usd=0.0,
-            user_sha256="",
-        )
+        refused("400", "")
         message = "We could not parse the JSON body of your request. The body must be a JSON object."
         return reply(400, error_body(message, "invalid_request_error"))
     if server.record_bodies:
         engine.bodies.append(body)
     format_error = server.format_error(body)
     if format_error is not None:
-        engine.ledger.record(
-            provider="openai",
-            model=model_name,
-            endpoint="chat",
-            status="500",
-            usage=None,
-            billed_usd=0.0,
-            user_sha256="",
-            fault="unsupported_response_format",
-        )
+        refused("500", model_name, fault="unsupported_response_format")
         return reply(500, format_error)
     try:
         prompt = openai_prompt(body)
     except PromptError as exc:
-        engine.ledger.record(
-            provider="openai",
-            model=model_name,
-            endpoint="chat",
-            status="400",
-            usage=None,
-            billed_usd=0.0,
-            user_sha256="",
-        )
+        refused("400", model_name)
         return reply(400, error_body(str(exc), "invalid_request_error", None, exc.param))
     if engine.model(prompt.model, "openai") is None:
         engine.record_rejection(prompt, "chat", 404, None)

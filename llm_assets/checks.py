@@ -36,6 +36,7 @@ from pydantic import Field
 from llm_assets.datasets import RegisteredDataset
 from llm_assets.failure_class import mark_quality_gate_failure
 from llm_assets.judge import judge_items, judge_prompt
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
 from llm_assets.materializations import latest_materialization
 from llm_assets.partitions import chunk_partitions, parse_chunk_key
 from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
@@ -893,13 +894,12 @@ STAGE_CHECK_SPECS: list[dg.AssetCheckSpec] = [*CLASSIFIED_CHECK_SPECS, *ENRICHED
 
 
 def _latest_evaluations(
-    instance: dg.DagsterInstance, partitions: list[str]
+    instance: dg.DagsterInstance, partitions: list[str], specs: list[dg.AssetCheckSpec]
 ) -> dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation]:
-    """The latest evaluation of every stage check for each of `partitions` (absent when never evaluated)."""
-    keys = [spec.key for spec in STAGE_CHECK_SPECS]
+    """The latest evaluation of every check in `specs` for each of `partitions` (absent when never evaluated)."""
     wanted = set(partitions)
     latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation] = {}
-    for key in keys:
+    for key in [spec.key for spec in specs]:
         cursor = None
         while True:
             page = instance.event_log_storage.get_asset_check_execution_history(key, limit=500, cursor=cursor)
@@ -914,11 +914,13 @@ def _latest_evaluations(
     return latest
 
 
-def _blocked_by(latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation]) -> dict[str, str]:
-    """partition -> the first blocking check (in pipeline order: `classified`'s before `enriched`'s) whose latest
-    evaluation failed with ERROR severity, as `<asset>:<check>`."""
+def _blocked_by(
+    latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation], specs: list[dg.AssetCheckSpec]
+) -> dict[str, str]:
+    """partition -> the first blocking check (in pipeline order: an earlier stage's before a later one's) whose
+    latest evaluation failed with ERROR severity, as `<asset>:<check>`."""
     blocked: dict[str, str] = {}
-    for spec in STAGE_CHECK_SPECS:
+    for spec in specs:
         for (key, partition), evaluation in latest.items():
             if (
                 key == spec.key
@@ -930,30 +932,37 @@ def _blocked_by(latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluati
     return dict(sorted(blocked.items()))
 
 
-def _blocked(latest: dict[tuple[dg.AssetCheckKey, str], dg.AssetCheckEvaluation]) -> list[str]:
-    return sorted(_blocked_by(latest))
+def pipeline_check_specs(layout: PipelineLayout) -> list[dg.AssetCheckSpec]:
+    """The quality gates of `layout`'s pipeline, in stage order (the built-in pipeline's: classified, enriched)."""
+    return list(layout.check_specs) if layout.check_specs is not None else STAGE_CHECK_SPECS
 
 
-def blocked_partitions(instance: dg.DagsterInstance, partitions: list[str]) -> list[str]:
+def blocked_partitions(
+    instance: dg.DagsterInstance, partitions: list[str], layout: PipelineLayout = BUILTIN_LAYOUT
+) -> list[str]:
     """The partitions whose latest evaluation of a blocking check failed with ERROR severity: their outputs are
-    quarantined (kept on disk, counted apart, never counted as succeeded; a blocking failure on `enriched` happens
-    after it was materialized)."""
-    return _blocked(_latest_evaluations(instance, partitions))
+    quarantined (kept on disk, counted apart, never counted as succeeded; a blocking failure on the last stage
+    happens after it was materialized)."""
+    specs = pipeline_check_specs(layout)
+    return sorted(_blocked_by(_latest_evaluations(instance, partitions, specs), specs))
 
 
-def checks_section(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> dict[str, Any]:
-    """The `checks` section of a dataset's completion report.
+def checks_section(
+    instance: dg.DagsterInstance, dataset: RegisteredDataset, layout: PipelineLayout = BUILTIN_LAYOUT
+) -> dict[str, Any]:
+    """The `checks` section of a dataset's completion report, over the quality gates of `layout`'s pipeline.
 
     Per check: partitions passed / failed / not evaluated, severity and blocking; the sampled accuracy pooled
-    over the dataset's latest sampled_quality evaluations (with its Wilson interval); the judge's spend as the
-    checks recorded it (the report's `quality_checks_usd` is the spend ledger's); the partitions a blocking gate
-    stopped (`blocked_partitions`) and, for each, the gate that stopped it (`blocked_by`: their rows are
-    quarantined by that gate).
+    over the dataset's latest sampled_quality evaluations (every stage that has the gate; with its Wilson
+    interval); the judge's spend as the checks recorded it (the report's `quality_checks_usd` is the spend
+    ledger's); the partitions a blocking gate stopped (`blocked_partitions`) and, for each, the gate that
+    stopped it (`blocked_by`: their rows are quarantined by that gate).
     """
+    specs = pipeline_check_specs(layout)
     partition_keys = list(dataset.partition_keys)
-    latest = _latest_evaluations(instance, partition_keys)
+    latest = _latest_evaluations(instance, partition_keys, specs)
     per_check: dict[str, dict[str, Any]] = {}
-    for spec in STAGE_CHECK_SPECS:
+    for spec in specs:
         evaluations = [latest[(spec.key, p)] for p in partition_keys if (spec.key, p) in latest]
         failed = [e for e in evaluations if not e.passed]
         per_check[spec.key.to_user_string()] = {
@@ -965,14 +974,17 @@ def checks_section(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> 
             "failed_partitions": sorted(e.partition for e in failed if e.partition),
         }
     sampled = [
-        latest[(dg.AssetCheckKey(CLASSIFIED, "sampled_quality"), p)]
+        latest[(spec.key, p)]
+        for spec in specs
+        if spec.key.name == "sampled_quality"
         for p in partition_keys
-        if (dg.AssetCheckKey(CLASSIFIED, "sampled_quality"), p) in latest
+        if (spec.key, p) in latest
     ]
     correct = sum(int(e.metadata["sample_correct"].value) for e in sampled if "sample_correct" in e.metadata)
     scored = sum(int(e.metadata["sample_size"].value) for e in sampled if "sample_size" in e.metadata)
     judge_cost = sum(float(e.metadata["cost_usd"].value) for e in sampled if "cost_usd" in e.metadata)
     low, high = wilson_interval(correct, scored)
+    blocked_by = _blocked_by(latest, specs)
     return {
         "checks": per_check,
         "sampled_accuracy": {
@@ -984,6 +996,6 @@ def checks_section(instance: dg.DagsterInstance, dataset: RegisteredDataset) -> 
             "wilson_95_high": high if scored else None,
         },
         "judge_cost_usd": judge_cost,
-        "blocked_partitions": _blocked(latest),
-        "blocked_by": _blocked_by(latest),
+        "blocked_partitions": sorted(blocked_by),
+        "blocked_by": blocked_by,
     }

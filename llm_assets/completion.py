@@ -27,12 +27,12 @@ from llm_assets.chunk_status import ChunkState, ChunkStatus, chunk_states
 from llm_assets.cost_ledger import cost_ledger, dataset_partitions, rollup
 from llm_assets.datasets import RegisteredDataset, load_dataset
 from llm_assets.judge import JUDGE_STAGE
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
 from llm_assets.report import NOT_PROCESSED_WHY, CompletionReport, build_completion_report
 from llm_assets.settings import PipelineSettings
 from llm_assets.stages import checkpoint_root
 from resources.checkpoints import ChunkCheckpoint
 from resources.dead_letters import DeadLetterStore
-from resources.llm import LLMResource
 
 TOP_ITEMS_LISTED = 50
 
@@ -66,6 +66,8 @@ class DatasetCompletion:
     """The `cost_ledger` asset's total: equals `total_cost_usd` (both are the spend ledger's billed rows)."""
     top_items: TopItems
     report_uri: str = ""
+    final_stage: str = "enriched"
+    """The pipeline's last stage: a succeeded item is in its output."""
 
     def to_json(self) -> dict[str, Any]:
         body = {k: v for k, v in asdict(self).items() if k != "report"}
@@ -140,6 +142,7 @@ def build_dataset_completion(
     s3: Any = None,
     *,
     ledger_rows: pd.DataFrame,
+    layout: PipelineLayout = BUILTIN_LAYOUT,
 ) -> DatasetCompletion:
     """The report of a dataset whose chunks (`states`, from chunk_states) are all terminal; dg.Failure (no
     retry) if some are not. `ledger`: the cost_ledger asset's rows; `ledger_rows`: the dataset's spend-ledger
@@ -157,7 +160,7 @@ def build_dataset_completion(
         )
     store = DeadLetterStore(str(home / "dead_letters"))
     report = build_completion_report(
-        instance, dataset, store, wall_clock_s(states), s3, ledger_rows=ledger_rows, states=states
+        instance, dataset, store, wall_clock_s(states), s3, ledger_rows=ledger_rows, states=states, layout=layout
     )
     counts: dict[str, int] = {}
     for status in states.values():
@@ -174,6 +177,7 @@ def build_dataset_completion(
         cost_by_day=rollup(ledger, "day"),
         ledger_cost_usd=float(ledger["cost_usd"].sum()) if len(ledger) else 0.0,
         top_items=top_items(ledger),
+        final_stage=layout.stages[-1],
     )
 
 
@@ -195,12 +199,12 @@ def _reasons(counts: dict[str, int], meaning: dict[str, str] | None = None) -> s
     return ", ".join(parts)
 
 
-def rows_table(r: CompletionReport) -> list[str]:
+def rows_table(r: CompletionReport, final_stage: str = "enriched") -> list[str]:
     """Where every input row went: one line per bucket, with why; the lines add up to the row count."""
     return [
         "| bucket | rows | why |",
         "| --- | ---: | --- |",
-        f"| succeeded | {r.succeeded:,} | in the final `enriched` output |",
+        f"| succeeded | {r.succeeded:,} | in the final `{final_stage}` output |",
         f"| dead-lettered | {r.dead_lettered:,} | {_reasons(r.dead_lettered_by_reason)} |",
         f"| quarantined | {r.quarantined:,} | {_reasons(r.quarantined_by_gate)} |",
         f"| not processed | {r.not_processed:,} | {_reasons(r.not_processed_by_reason, NOT_PROCESSED_WHY)} |",
@@ -252,7 +256,7 @@ def render_markdown(done: DatasetCompletion) -> str:
         "",
         "## Where every row went",
         "",
-        *rows_table(r),
+        *rows_table(r, done.final_stage),
         "",
         "## Where every dollar went",
         "",
@@ -328,72 +332,95 @@ class CompletionSettings(dg.ConfigurableResource):
     min_success_rate: float = 0.95
 
 
-@dg.asset(
-    partitions_def=dataset_partitions,
-    group_name="chunkwise",
-    kinds={"json"},
-    owners=["team:data-platform"],
-    description=(
-        "Materialized once per dataset (partition = dataset id) when every chunk succeeded or failed for good: "
-        "the completion report (JSON + Markdown in metadata): every input row as succeeded, dead-lettered, "
-        "quarantined or not processed, with why; the provider's bill as useful, re-paid, wasted and quality "
-        "checks; whether the success threshold was met. Depend on this asset to run when a nightly dataset is "
-        "done."
-    ),
-)
-def dataset_complete(
-    context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
-    completion: CompletionSettings,
-    s3: dg.ResourceParam[Any],
-    classifier_llm: LLMResource,
-    cost_ledger: pd.DataFrame,
-) -> dg.MaterializeResult:
-    home = settings.home_path()
-    dataset = load_dataset(context.partition_key, home)
-    states = chunk_states(context.instance, dataset.partition_keys)
-    # Every LLM resource writes the same spend ledger (one state folder); the classifier's finds it.
-    events = classifier_llm.spend_ledger().rows(dataset.dataset_id)
-    done = build_dataset_completion(
-        context.instance,
-        dataset,
-        states,
-        home,
-        cost_ledger,
-        completion.min_success_rate,
-        s3,
-        ledger_rows=events,
-    )
-    path = write_completion(done, home)
-    removed, kept = clean_up_chunks(home, dataset.dataset_id, states)
+def report_metadata(done: DatasetCompletion, path: Path, removed: int, kept: int) -> dict[str, Any]:
+    """The completion report's materialization metadata: the Markdown, the webhook summary, the numbers."""
     r = done.report
-    context.log.info(f"{r.dataset_id} complete: {r.headline()}; report {path}")
-    return dg.MaterializeResult(
-        metadata={
-            "report_uri": dg.MetadataValue.path(str(path)),
-            "report": dg.MetadataValue.md(render_markdown(done)),
-            "summary": dg.MetadataValue.json(done.summary()),
-            "total_items": dg.MetadataValue.int(r.total_items),
-            "succeeded": dg.MetadataValue.int(r.succeeded),
-            "failed": dg.MetadataValue.int(r.failed),
-            "dead_lettered": dg.MetadataValue.int(r.dead_lettered),
-            "quarantined": dg.MetadataValue.int(r.quarantined),
-            "not_processed": dg.MetadataValue.int(r.not_processed),
-            "total_cost_usd": dg.MetadataValue.float(r.total_cost_usd),
-            "useful_cost_usd": dg.MetadataValue.float(r.useful_cost_usd),
-            "repaid_usd": dg.MetadataValue.float(r.repaid_usd),
-            "wasted_usd": dg.MetadataValue.float(r.wasted_usd),
-            "quality_checks_usd": dg.MetadataValue.float(r.quality_checks_usd),
-            "unsettled_max_usd": dg.MetadataValue.float(r.unsettled_max_usd),
-            "cost_per_item_usd": dg.MetadataValue.float(r.cost_per_item_usd),
-            "success_rate": dg.MetadataValue.float(done.success_rate),
-            "threshold_met": dg.MetadataValue.bool(done.threshold_met),
-            "wall_clock_s": dg.MetadataValue.float(r.wall_clock_s),
-            "checkpoints_removed": dg.MetadataValue.int(removed),
-            "checkpoints_kept": dg.MetadataValue.int(kept),
-        }
-    )
+    return {
+        "report_uri": dg.MetadataValue.path(str(path)),
+        "report": dg.MetadataValue.md(render_markdown(done)),
+        "summary": dg.MetadataValue.json(done.summary()),
+        "total_items": dg.MetadataValue.int(r.total_items),
+        "succeeded": dg.MetadataValue.int(r.succeeded),
+        "failed": dg.MetadataValue.int(r.failed),
+        "dead_lettered": dg.MetadataValue.int(r.dead_lettered),
+        "quarantined": dg.MetadataValue.int(r.quarantined),
+        "not_processed": dg.MetadataValue.int(r.not_processed),
+        "total_cost_usd": dg.MetadataValue.float(r.total_cost_usd),
+        "useful_cost_usd": dg.MetadataValue.float(r.useful_cost_usd),
+        "repaid_usd": dg.MetadataValue.float(r.repaid_usd),
+        "wasted_usd": dg.MetadataValue.float(r.wasted_usd),
+        "quality_checks_usd": dg.MetadataValue.float(r.quality_checks_usd),
+        "unsettled_max_usd": dg.MetadataValue.float(r.unsettled_max_usd),
+        "cost_per_item_usd": dg.MetadataValue.float(r.cost_per_item_usd),
+        "success_rate": dg.MetadataValue.float(done.success_rate),
+        "threshold_met": dg.MetadataValue.bool(done.threshold_met),
+        "wall_clock_s": dg.MetadataValue.float(r.wall_clock_s),
+        "checkpoints_removed": dg.MetadataValue.int(removed),
+        "checkpoints_kept": dg.MetadataValue.int(kept),
+    }
 
+
+def completion_asset(
+    layout: PipelineLayout,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    *,
+    group_name: str,
+    owners: list[str] | None,
+    min_success_rate: float | None = None,
+) -> dg.AssetsDefinition:
+    """The completion report of `layout`'s pipeline (key `layout.completion_key`), one partition per dataset.
+    `min_success_rate` None: read from the `completion` resource (CompletionSettings)."""
+    llm_key = layout.llm_keys[0]
+    resource_keys = {"settings", "s3", llm_key} | ({"completion"} if min_success_rate is None else set())
+
+    @dg.asset(
+        key=layout.completion_key,
+        ins={"ledger": dg.AssetIn(key=layout.ledger_key)},
+        partitions_def=partitions_def,
+        group_name=group_name,
+        kinds={"json"},
+        owners=owners,
+        required_resource_keys=resource_keys,
+        description=(
+            "Materialized once per dataset (partition = dataset id) when every chunk succeeded or failed for "
+            "good: the completion report (JSON + Markdown in metadata): every input row as succeeded, "
+            "dead-lettered, quarantined or not processed, with why; the provider's bill as useful, re-paid, "
+            "wasted and quality checks; whether the success threshold was met. Depend on this asset to run "
+            "when a nightly dataset is done."
+        ),
+    )
+    def _completion(context: dg.AssetExecutionContext, ledger: pd.DataFrame) -> dg.MaterializeResult:
+        settings: PipelineSettings = context.resources.settings
+        home = settings.home_path()
+        dataset = load_dataset(context.partition_key, home)
+        states = chunk_states(context.instance, dataset.partition_keys, layout)
+        # Every LLM resource writes the same spend ledger (one state folder); the first stage's finds it.
+        events = getattr(context.resources, llm_key).spend_ledger().rows(dataset.dataset_id)
+        threshold = (
+            min_success_rate if min_success_rate is not None else context.resources.completion.min_success_rate
+        )
+        done = build_dataset_completion(
+            context.instance,
+            dataset,
+            states,
+            home,
+            ledger,
+            threshold,
+            context.resources.s3,
+            ledger_rows=events,
+            layout=layout,
+        )
+        path = write_completion(done, home)
+        removed, kept = clean_up_chunks(home, dataset.dataset_id, states)
+        context.log.info(f"{dataset.dataset_id} complete: {done.report.headline()}; report {path}")
+        return dg.MaterializeResult(metadata=report_metadata(done, path, removed, kept))
+
+    return _completion
+
+
+dataset_complete = completion_asset(
+    BUILTIN_LAYOUT, dataset_partitions, group_name="chunkwise", owners=["team:data-platform"]
+)
 
 ledger_assets = [cost_ledger, dataset_complete]
 """Add to definitions.py's assets, with the resource `completion=CompletionSettings()`."""

@@ -21,7 +21,8 @@ import dagster as dg
 import pandas as pd
 
 from llm_assets.datasets import load_dataset
-from llm_assets.report import NO_TEAM, QUALITY_CHECKS, SPEND_KINDS, STAGES, item_buckets, spend_rows, sum_by
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
+from llm_assets.report import NO_TEAM, QUALITY_CHECKS, SPEND_KINDS, item_buckets, spend_rows, sum_by
 from llm_assets.settings import PipelineSettings
 from resources.dead_letters import DeadLetterStore
 from resources.llm import LLMResource
@@ -29,7 +30,6 @@ from resources.llm import LLMResource
 dataset_partitions = dg.DynamicPartitionsDefinition(name="datasets")
 """One partition per registered dataset id (the completion sensor adds it when the dataset finishes)."""
 
-LEDGER_STAGES = STAGES
 TOKEN_COLUMNS = ("input_tokens", "cached_input_tokens", "output_tokens")
 LEDGER_COLUMNS = [
     "dataset_id", "partition_key", "item_id", "team", "stage", "model", "mode", "day", "kind", "outcome",
@@ -56,60 +56,36 @@ def rollup(ledger: pd.DataFrame, by: str) -> dict[str, float]:
     return sum_by(ledger, by)
 
 
-@dg.asset(
-    partitions_def=dataset_partitions,
-    deps=[dg.AssetDep(stage, partition_mapping=dg.AllPartitionMapping()) for stage in LEDGER_STAGES],
-    group_name="chunkwise",
-    kinds={"pandas", "parquet"},
-    owners=["team:data-platform"],
-    description=(
-        "Every billed request attempt of one dataset (partition = dataset id), from the spend ledger: chunk, "
-        "item, team, stage, model, mode, UTC day, tokens, USD, and `kind` (useful / repaid / wasted / "
-        "quality_checks). Sums to the provider's bill. Numeric metadata `team_cost_usd/<team>` per team and "
-        "`<kind>_usd` per kind."
-    ),
-    metadata={
-        "dagster/column_schema": dg.TableSchema(
-            columns=[
-                dg.TableColumn("dataset_id", "string"),
-                dg.TableColumn("partition_key", "string", description="the chunk"),
-                dg.TableColumn("item_id", "string"),
-                dg.TableColumn(
-                    "team", "string", description="who is billed; `(quality checks)` for the judge"
-                ),
-                dg.TableColumn("stage", "string", description="classified, enriched or judge"),
-                dg.TableColumn("model", "string"),
-                dg.TableColumn("mode", "string", description="online or batch"),
-                dg.TableColumn("day", "string", description="UTC day the attempt was billed"),
-                dg.TableColumn("kind", "string", description="useful, repaid, wasted or quality_checks"),
-                dg.TableColumn("outcome", "string", description="ok, invalid, refusal or content_filter"),
-                dg.TableColumn("attempt", "int", description="the item's attempt number (batch: the round)"),
-                dg.TableColumn("run_id", "string"),
-                dg.TableColumn("idempotency_key", "string"),
-                dg.TableColumn("provider_request_id", "string", description="the provider's id of the reply"),
-                dg.TableColumn("input_tokens", "int", description="all input tokens, cached included"),
-                dg.TableColumn("cached_input_tokens", "int"),
-                dg.TableColumn("output_tokens", "int"),
-                dg.TableColumn("cost_usd", "float", description="USD"),
-                dg.TableColumn("cache_savings_usd", "float", description="USD saved by prompt caching"),
-            ]
-        )
-    },
+LEDGER_TABLE_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("dataset_id", "string"),
+        dg.TableColumn("partition_key", "string", description="the chunk"),
+        dg.TableColumn("item_id", "string"),
+        dg.TableColumn("team", "string", description="who is billed; `(quality checks)` for the judge"),
+        dg.TableColumn("stage", "string", description="the pipeline stage, or judge"),
+        dg.TableColumn("model", "string"),
+        dg.TableColumn("mode", "string", description="online or batch"),
+        dg.TableColumn("day", "string", description="UTC day the attempt was billed"),
+        dg.TableColumn("kind", "string", description="useful, repaid, wasted or quality_checks"),
+        dg.TableColumn("outcome", "string", description="ok, invalid, refusal or content_filter"),
+        dg.TableColumn("attempt", "int", description="the item's attempt number (batch: the round)"),
+        dg.TableColumn("run_id", "string"),
+        dg.TableColumn("idempotency_key", "string"),
+        dg.TableColumn("provider_request_id", "string", description="the provider's id of the reply"),
+        dg.TableColumn("input_tokens", "int", description="all input tokens, cached included"),
+        dg.TableColumn("cached_input_tokens", "int"),
+        dg.TableColumn("output_tokens", "int"),
+        dg.TableColumn("cost_usd", "float", description="USD"),
+        dg.TableColumn("cache_savings_usd", "float", description="USD saved by prompt caching"),
+    ]
 )
-def cost_ledger(
-    context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
-    s3: dg.ResourceParam[Any],
-    classifier_llm: LLMResource,
-) -> dg.MaterializeResult:
-    home = settings.home_path()
-    dataset = load_dataset(context.partition_key, home)
-    buckets = item_buckets(context.instance, dataset, DeadLetterStore(str(home / "dead_letters")), s3=s3)
-    events = classifier_llm.spend_ledger().rows(dataset.dataset_id)
-    ledger = build_ledger(events, dataset.dataset_id, buckets.kept_keys)
+
+
+def ledger_metadata(ledger: pd.DataFrame) -> dict[str, Any]:
+    """The cost ledger's numeric and JSON metadata: totals, per kind, per team (plotted per dataset)."""
     by_team = rollup(ledger, "team")
     by_kind = {kind: 0.0 for kind in SPEND_KINDS} | rollup(ledger, "kind")
-    metadata: dict[str, Any] = {
+    return {
         "cost_usd": dg.MetadataValue.float(float(ledger["cost_usd"].sum())),
         "requests_billed": dg.MetadataValue.int(len(ledger)),
         "items": dg.MetadataValue.int(int(ledger.loc[ledger["team"] != QUALITY_CHECKS, "item_id"].nunique())),
@@ -123,4 +99,49 @@ def cost_ledger(
         **{f"{kind}_usd": dg.MetadataValue.float(usd) for kind, usd in by_kind.items()},
         **{f"team_cost_usd/{team}": dg.MetadataValue.float(usd) for team, usd in by_team.items()},
     }
-    return dg.MaterializeResult(value=ledger, metadata=metadata)
+
+
+def cost_ledger_asset(
+    layout: PipelineLayout,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    *,
+    group_name: str,
+    owners: list[str] | None,
+) -> dg.AssetsDefinition:
+    """The cost ledger of `layout`'s pipeline (key `layout.ledger_key`), one partition per dataset; it reads
+    the spend ledger through the first stage's LLM resource (every stage writes the same one)."""
+    llm_key = layout.llm_keys[0]
+
+    @dg.asset(
+        key=layout.ledger_key,
+        partitions_def=partitions_def,
+        deps=[dg.AssetDep(layout.key(stage), partition_mapping=dg.AllPartitionMapping()) for stage in layout.stages],
+        group_name=group_name,
+        kinds={"pandas", "parquet"},
+        owners=owners,
+        description=(
+            "Every billed request attempt of one dataset (partition = dataset id), from the spend ledger: chunk, "
+            "item, team, stage, model, mode, UTC day, tokens, USD, and `kind` (useful / repaid / wasted / "
+            "quality_checks). Sums to the provider's bill. Numeric metadata `team_cost_usd/<team>` per team and "
+            "`<kind>_usd` per kind."
+        ),
+        metadata={"dagster/column_schema": LEDGER_TABLE_SCHEMA},
+        required_resource_keys={"settings", "s3", llm_key},
+    )
+    def _cost_ledger(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        settings: PipelineSettings = context.resources.settings
+        llm: LLMResource = getattr(context.resources, llm_key)
+        home = settings.home_path()
+        dataset = load_dataset(context.partition_key, home)
+        store = DeadLetterStore(str(home / "dead_letters"))
+        buckets = item_buckets(context.instance, dataset, store, s3=context.resources.s3, layout=layout)
+        events = llm.spend_ledger().rows(dataset.dataset_id)
+        ledger = build_ledger(events, dataset.dataset_id, buckets.kept_keys)
+        return dg.MaterializeResult(value=ledger, metadata=ledger_metadata(ledger))
+
+    return _cost_ledger
+
+
+cost_ledger = cost_ledger_asset(
+    BUILTIN_LAYOUT, dataset_partitions, group_name="chunkwise", owners=["team:data-platform"]
+)

@@ -13,10 +13,9 @@ This is the generic stage factory of issue 12 (llm_assets/spec.py describes the 
 - one LLM resource per stage (`<pipeline>__<stage>__llm`) from its provider profile and the pipeline budgets;
 - the job `<pipeline>__chunk_job` that materializes a chunk through every stage.
 
-- the stages' quality gates (llm_assets/pipeline_checks.py), run in the chunk job.
-
-Not yet built from a spec (the built-in BANKING77 code location in definitions.py still provides them): the cost
-ledger and completion report assets, and the sensors.
+- the stages' quality gates (llm_assets/pipeline_checks.py), run in the chunk job;
+- per dataset (partitions `<pipeline>__datasets`): `<pipeline>/cost_ledger` and `<pipeline>/completion_report`,
+  materialized by `<pipeline>__completion_job` once every chunk is terminal (the completion sensor asks).
 """
 
 import json
@@ -30,6 +29,8 @@ import pandas as pd
 
 from io_managers.chunk_parquet import ChunkParquetIOManager
 from llm_assets.assets import items_dead_letters, write_dead_letters
+from llm_assets.completion import completion_asset
+from llm_assets.cost_ledger import cost_ledger_asset
 from llm_assets.datasets import DatasetSpec, RegisteredDataset, load_dataset, load_team_rules, read_chunk
 from llm_assets.layout import PipelineLayout
 from llm_assets.partitions import parse_chunk_key
@@ -44,6 +45,7 @@ from resources.llm import LLMResource
 from resources.llm.tokens import count_tokens
 
 ROUTED = "routed"
+PIPELINE_TAG = "chunkwise/pipeline"
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,44 @@ def chunk_job_name(spec: PipelineSpec) -> str:
     return f"{spec.name}__chunk_job"
 
 
+def completion_job_name(spec: PipelineSpec) -> str:
+    return f"{spec.name}__completion_job"
+
+
+def datasets_partitions_name(spec: PipelineSpec) -> str:
+    return f"{spec.name}__datasets"
+
+
 def spec_layout(spec: PipelineSpec) -> PipelineLayout:
-    """The pipeline's stages and asset keys, for chunk states and the completion report."""
-    return PipelineLayout(stages=tuple(s.name for s in spec.stages), prefix=(spec.name,), label_field=None)
+    """Where the pipeline's pieces are (stages, keys, partitions, jobs, LLM resources), for chunk states, the
+    completion report and the sensors."""
+    providers = {spec.profile(stage).provider: None for stage in spec.stages}
+    return PipelineLayout(
+        stages=tuple(s.name for s in spec.stages),
+        prefix=(spec.name,),
+        label_field=_gold_field(spec),
+        name=spec.name,
+        chunks_partitions=chunks_partitions_name(spec),
+        datasets_partitions=datasets_partitions_name(spec),
+        chunk_job=chunk_job_name(spec),
+        completion_job=completion_job_name(spec),
+        llm_keys=tuple(llm_resource_key(spec, stage) for stage in spec.stages),
+        providers=tuple(providers),
+        check_specs=tuple(_gate_specs(spec)),
+    )
+
+
+def _gate_specs(spec: PipelineSpec) -> list[dg.AssetCheckSpec]:
+    from llm_assets.pipeline_checks import gate_specs  # it builds on this module's helpers
+
+    return gate_specs(spec, dg.DynamicPartitionsDefinition(name=chunks_partitions_name(spec)))
+
+
+def _gold_field(spec: PipelineSpec) -> str | None:
+    """The first stage's field scored against the gold column (its sampled_quality gate), if it has one."""
+    first = spec.stages[0]
+    quality = first.gates.sampled_quality if first.gates else None
+    return quality.field if quality is not None and quality.gold_column else None
 
 
 def stage_prompt(stage: StageSpec) -> SpecStagePrompt:
@@ -116,6 +153,7 @@ def dataset_spec(spec: PipelineSpec, uri: str, chunk_size: int | None = None) ->
         else None,
         text_columns=text_columns,
         text_separator=columns.text_separator,
+        pipeline=spec.name,
     )
 
 
@@ -428,7 +466,34 @@ def pipeline_definitions(
         chunk_job_name(spec),
         selection=dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys),
         partitions_def=partitions,
-        tags={"chunkwise/pipeline": spec.name},
+        tags={PIPELINE_TAG: spec.name},
+        # One process per run, not per step: a chunk's steps run one after another anyway, and parallelism
+        # comes from many chunk runs at once (the run queue); bench/pipeline_overhead.py measured 11 s of fixed
+        # cost per run with a process per step against 1 s in process.
+        executor_def=dg.in_process_executor,
+        description=f"One chunk of `{spec.name}` through items -> {' -> '.join(s.name for s in spec.stages)}, "
+        "with their quality gates. The sensors launch it, one run per chunk partition.",
+    )
+    layout = spec_layout(spec)
+    datasets = dg.DynamicPartitionsDefinition(name=datasets_partitions_name(spec))
+    owners = spec.owners or None
+    report_assets = [
+        cost_ledger_asset(layout, datasets, group_name=spec.name, owners=owners),
+        completion_asset(
+            layout,
+            datasets,
+            group_name=spec.name,
+            owners=owners,
+            min_success_rate=spec.completion.min_success_rate,
+        ),
+    ]
+    completion_job = dg.define_asset_job(
+        completion_job_name(spec),
+        selection=dg.AssetSelection.assets(layout.ledger_key, layout.completion_key),
+        partitions_def=datasets,
+        tags={PIPELINE_TAG: spec.name},
+        description=f"A finished `{spec.name}` dataset's cost ledger and completion report (partition = "
+        "dataset id). The completion sensor requests it once per dataset.",
     )
     resources: dict[str, Any] = {
         "settings": PipelineSettings(home=str(home)),
@@ -437,4 +502,6 @@ def pipeline_definitions(
         **{llm_resource_key(spec, stage): build_llm_resource(spec, stage, home) for stage in spec.stages},
         **check_resources,
     }
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=[job], resources=resources)
+    return dg.Definitions(
+        assets=[*assets, *report_assets], asset_checks=checks, jobs=[job, completion_job], resources=resources
+    )

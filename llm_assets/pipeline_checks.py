@@ -234,6 +234,11 @@ def _check_specs(
     return specs
 
 
+def gate_specs(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition) -> list[dg.AssetCheckSpec]:
+    """Every stage's quality gates, in stage order."""
+    return [check for stage in spec.stages for check in _check_specs(spec, stage, partitions)]
+
+
 def _stage_checks(
     spec: PipelineSpec, stage: StageSpec, partitions: dg.DynamicPartitionsDefinition
 ) -> dg.AssetChecksDefinition | None:

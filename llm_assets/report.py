@@ -150,7 +150,7 @@ def item_buckets(
     stages = layout.stages
     states = states if states is not None else chunk_states(instance, dataset.partition_keys, layout)
     if blocked_by is None:
-        blocked_by = checks_section(instance, dataset)["blocked_by"]
+        blocked_by = checks_section(instance, dataset, layout)["blocked_by"]
     materialized = instance.get_materialized_partitions(layout.final_key)
     dead_all = dead_letters.query(dataset.dataset_id)
     dead_by_chunk = {k: f for k, f in dead_all.groupby("partition_key")} if len(dead_all) else {}
@@ -350,7 +350,7 @@ def build_completion_report(
     """The report of `dataset`. `ledger_rows`: the dataset's spend ledger (`SpendLedger.rows(dataset_id)`),
     every event of every attempt; `states`: chunk_states (read when not given); `layout`: the pipeline's
     stages and asset keys; `checks`: its checks section (default: the built-in pipeline's `checks_section`)."""
-    checks = checks if checks is not None else checks_section(instance, dataset)
+    checks = checks if checks is not None else checks_section(instance, dataset, layout)
     buckets = item_buckets(
         instance, dataset, dead_letters, states=states, blocked_by=checks["blocked_by"], s3=s3, layout=layout
     )

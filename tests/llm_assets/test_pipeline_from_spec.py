@@ -16,6 +16,7 @@ from llm_assets.datasets import load_dataset
 from llm_assets.pipeline_assets import (
     asset_key,
     chunk_job_name,
+    completion_job_name,
     pipeline_definitions,
     register,
     spec_layout,
@@ -135,3 +136,44 @@ def _json(value):
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+def test_a_spec_pipeline_has_its_own_cost_ledger_and_completion_report(sim_env, tmp_path):
+    """Every chunk of the reviews dataset through its chunk job, then `<pipeline>__completion_job`: the report
+    reads the pipeline's own stages and gates, adds every row up and equals the simulator's bill."""
+    sim = sim_env
+    spec = load_pipeline(ROOT / "pipelines" / "reviews.yaml")
+    home = tmp_path / "home"
+    defs = pipeline_definitions(spec, home=home)
+    layout = spec_layout(spec)
+    with dg.instance_for_test() as instance:
+        subset = tmp_path / "reviews.csv"  # 40 rows, 2 chunks: the spec's rate limit makes all 122 take 60 s
+        pd.read_csv(spec.input.demo_data).head(40).to_csv(subset, index=False)
+        dataset = register(spec, str(subset), instance, home, chunk_size=20)
+        for key in dataset.partition_keys:
+            assert defs.resolve_job_def(chunk_job_name(spec)).execute_in_process(
+                instance=instance, partition_key=key
+            ).success
+        instance.add_dynamic_partitions(layout.datasets_partitions, [dataset.dataset_id])
+        done = defs.resolve_job_def(completion_job_name(spec)).execute_in_process(
+            instance=instance, partition_key=dataset.dataset_id
+        )
+        assert done.success
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=layout.completion_key, asset_partitions=[dataset.dataset_id]),
+            limit=1,
+        ).records[0]
+        metadata = record.asset_materialization.metadata
+        report = json.loads(Path(str(metadata["report_uri"].value)).read_text())
+        assert sum(report["buckets"].values()) == dataset.total_rows
+        assert report["total_cost_usd"] == pytest.approx(sim.stats()["billed_usd"], abs=1e-9)
+        assert set(report["cost_by_stage"]) >= {"sentiment", "aspects", "reply_draft"}
+        assert set(report["checks"]["checks"]) == {s.key.to_user_string() for s in layout.check_specs}
+        assert report["chunk_states"] == {"succeeded": dataset.n_chunks}
+        assert "in the final `reply_draft` output" in str(metadata["report"].value)
+        ledger = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=layout.ledger_key, asset_partitions=[dataset.dataset_id]), limit=1
+        ).records[0]
+        assert float(ledger.asset_materialization.metadata["cost_usd"].value) == pytest.approx(
+            report["total_cost_usd"], abs=1e-9
+        )

@@ -33,7 +33,7 @@ test: lint
 	$(BIN)/python -m pytest -n 2
 
 demo: $(STAMP)
-	$(BIN)/python -m scripts.demo $(if $(DATA),--data "$(DATA)") $(if $(CHUNK),--chunk-size "$(CHUNK)") $(if $(MODE),--mode "$(MODE)")
+	$(BIN)/python -m scripts.demo $(if $(PIPELINE),--pipeline "$(PIPELINE)") $(if $(DATA),--data "$(DATA)") $(if $(CHUNK),--chunk-size "$(CHUNK)") $(if $(MODE),--mode "$(MODE)")
 
 sim: $(STAMP)
 	$(BIN)/python -m llm_sim serve --host 127.0.0.1 --port $(or $(PORT),8765)

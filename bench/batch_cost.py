@@ -58,7 +58,7 @@ def _subset(path: Path, n: int) -> None:
 
 
 def run_variant(data: Path, mode: str, route: str, workdir: Path) -> dict:
-    from llm_assets.definitions import build_defs
+    from llm_assets.builtin import build_defs
 
     sim, root = start_simulator(config=None)
     home = workdir / f"{mode}-{route}"

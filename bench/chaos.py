@@ -37,7 +37,6 @@ if str(ROOT) not in sys.path:
 from llm_sim.launcher import SimHandle, launch_sim  # noqa: E402
 
 BANKING = ROOT / "data" / "banking77" / "test.csv"
-TEAMS = ROOT / "data" / "banking77" / "teams.json"
 # The demo's simulator (scripts/demo_sim.yaml: latency, 429s, 5xx) without malformed replies, whose repair
 # requests would make "billed twice for the same text" ambiguous.
 CHAOS_SIM = {
@@ -57,20 +56,17 @@ _CHUNK_LINE = re.compile(r"^\[(\d+)/(\d+)\] ")
 
 
 def write_dataset(path: Path, rows: int) -> Path:
-    """`rows` unique messages (id,text,team,label) from the shipped BANKING77 sample; past its 3,080 rows the
-    texts repeat with a numbered suffix, so every text stays unique."""
-    from llm_assets.datasets import load_team_rules, team_for_label
-
+    """`rows` unique messages in the shipped BANKING77 file's own format (`text,category`: the demo's spec derives
+    ids from the row number, `r0000042`, and teams from the label); past its 3,080 rows the texts repeat with a
+    numbered suffix, so every text stays unique."""
     source = list(csv.DictReader(BANKING.open()))
-    rules = load_team_rules(TEAMS)
     with path.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["id", "text", "team", "label"])
+        out.writerow(["text", "category"])
         for i in range(rows):
             row = source[i % len(source)]
             text = row["text"] if i < len(source) else f"{row['text']} (case {i // len(source)})"
-            team = team_for_label(row["category"], rules) or ""
-            out.writerow([f"m{i:06d}", text, team, row["category"]])
+            out.writerow([text, row["category"]])
     return path
 
 

@@ -54,7 +54,7 @@ VARIANTS = (
 
 
 def _defs_for(home: str, base_url: str, checkpointing: bool) -> dg.Definitions:
-    from llm_assets.definitions import build_defs
+    from llm_assets.builtin import build_defs
 
     return build_defs(
         base_url=base_url, api_key=SIM_KEY, home=Path(home), settings={"checkpointing": checkpointing}

@@ -160,7 +160,14 @@ def build_dataset_completion(
         )
     store = DeadLetterStore(str(home / "dead_letters"))
     report = build_completion_report(
-        instance, dataset, store, wall_clock_s(states), s3, ledger_rows=ledger_rows, states=states, layout=layout
+        instance,
+        dataset,
+        store,
+        wall_clock_s(states),
+        s3,
+        ledger_rows=ledger_rows,
+        states=states,
+        layout=layout,
     )
     counts: dict[str, int] = {}
     for status in states.values():
@@ -397,7 +404,9 @@ def completion_asset(
         # Every LLM resource writes the same spend ledger (one state folder); the first stage's finds it.
         events = getattr(context.resources, llm_key).spend_ledger().rows(dataset.dataset_id)
         threshold = (
-            min_success_rate if min_success_rate is not None else context.resources.completion.min_success_rate
+            min_success_rate
+            if min_success_rate is not None
+            else context.resources.completion.min_success_rate
         )
         done = build_dataset_completion(
             context.instance,

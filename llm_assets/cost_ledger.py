@@ -115,7 +115,10 @@ def cost_ledger_asset(
     @dg.asset(
         key=layout.ledger_key,
         partitions_def=partitions_def,
-        deps=[dg.AssetDep(layout.key(stage), partition_mapping=dg.AllPartitionMapping()) for stage in layout.stages],
+        deps=[
+            dg.AssetDep(layout.key(stage), partition_mapping=dg.AllPartitionMapping())
+            for stage in layout.stages
+        ],
         group_name=group_name,
         kinds={"pandas", "parquet"},
         owners=owners,

@@ -180,7 +180,8 @@ def register_dataset(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK_SIZE:
         raise DatasetError(
             f"cannot register {spec.uri}: chunk_size must be a whole number of rows, {MIN_CHUNK_SIZE} or more "
-            f"(got {chunk_size!r}); fix `chunk_size` (100-500 suits most runs)"
+            f"(got {chunk_size!r}); fix `input.chunk_size` in the pipeline spec, or `make demo CHUNK=` (100-500 suits "
+            "most runs)"
         )
     fmt = _format_of(spec.uri)
     # Local paths are stored absolute: chunks are read later by runs whose working directory may differ.
@@ -211,7 +212,7 @@ def register_dataset(
     if n_chunks > MAX_CHUNKS_PER_DATASET:
         raise DatasetError(
             f"{spec.uri} has {scan.total_rows} rows = {n_chunks} chunks of {spec.chunk_size}, over the "
-            f"{MAX_CHUNKS_PER_DATASET} chunk limit per dataset; raise `chunk_size` to at least "
+            f"{MAX_CHUNKS_PER_DATASET} chunk limit per dataset; raise `input.chunk_size` in the pipeline spec (or `make demo CHUNK=`) to at least "
             f"{-(-scan.total_rows // MAX_CHUNKS_PER_DATASET)}"
         )
     sha = hasher.hexdigest()
@@ -660,15 +661,16 @@ def _check_columns(spec: DatasetSpec, columns: list[str]) -> None:
             f"found: {found}); fix `input.columns.text` in the pipeline spec or the file's header"
         )
     if TEXT not in mapped and not spec.text_columns:
+        source = next((k for k, v in spec.column_map.items() if v == TEXT), TEXT)
         raise DatasetError(
-            f"{spec.uri} has no 'text' column (columns found: {found}); rename the column holding the text to "
-            "'text', or map it with `column_map`, e.g. column_map={'body': 'text'}"
+            f"{spec.uri} has no text column {source!r} (columns found: {found}); set `input.columns.text` in the "
+            "pipeline spec to the column(s) holding the text, or rename the file's column"
         )
     if spec.id_column is not None and ID not in mapped:
         raise DatasetError(
             f"{spec.uri} has no id column {spec.id_column!r} (columns found: {found}); add a column of stable "
-            f"item ids named {spec.id_column!r}, set `id_column` to the column holding them, or id_column=None "
-            "to derive ids from the row number"
+            f"item ids named {spec.id_column!r}, set `input.columns.id` in the pipeline spec to the column holding "
+            "them, or `input.columns.id: null` to derive ids from the row number"
         )
 
 
@@ -676,7 +678,8 @@ def _check_same_registration(existing: RegisteredDataset, spec: DatasetSpec, sha
     if existing.content_sha256 != sha:
         raise DatasetError(
             f"dataset id {existing.dataset_id} is taken by other content ({existing.content_sha256[:16]}..., "
-            f"this file {sha[:16]}...): an 8-hex prefix collision; register it under another `name`"
+            f"this file {sha[:16]}...): an 8-hex prefix collision; rename the file (the dataset id is the pipeline "
+            "and file name plus the content hash)"
         )
     old = existing.spec
     differs = [
@@ -688,7 +691,8 @@ def _check_same_registration(existing: RegisteredDataset, spec: DatasetSpec, sha
         raise DatasetError(
             f"{spec.uri} is already registered as {existing.dataset_id} with different "
             f"{', '.join(differs)} ({', '.join(f'{k}={getattr(old, k)!r}' for k in differs)}); chunks and ids "
-            "must not change under a dataset id: keep the original settings, or register under another `name`"
+            "must not change under a dataset id: keep the original settings, or rename the file to register it as "
+            "a new dataset"
         )
 
 

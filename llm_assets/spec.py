@@ -587,14 +587,18 @@ class PipelineSpecError(ValueError):
         self.problems = problems
 
 
-def load_pipeline(path: str | Path, *, require_secrets: bool = True) -> PipelineSpec:
+def load_pipeline(
+    path: str | Path, *, require_secrets: bool = True, overrides: dict[str, Any] | None = None
+) -> PipelineSpec:
     """Read and validate one spec file. Raises PipelineSpecError listing every problem of the file.
 
     `require_secrets=False` skips the check that each used profile's `api_key_env` is set: for tooling that
-    never calls a model (docs, CI's definition checks); a run still needs the key."""
+    never calls a model (docs, CI's definition checks); a run still needs the key. `overrides` are merged into
+    the file before validation (`make demo MODE=batch`, tests, benchmarks: spec_load.apply_overrides), e.g.
+    `{"stages": {"enriched": {"mode": "batch"}}, "input": {"chunk_size": 100}}`."""
     from llm_assets.spec_load import load_spec_file
 
-    return load_spec_file(Path(path), require_secrets=require_secrets)
+    return load_spec_file(Path(path), require_secrets=require_secrets, overrides=overrides)
 
 
 def load_pipelines(folder: str | Path, *, require_secrets: bool = True) -> list[PipelineSpec]:

@@ -66,8 +66,10 @@ def dotted(path: Path_) -> str:
 # ------------------------------------------------------------------------------------------------- entry points
 
 
-def load_spec_file(path: Path, *, require_secrets: bool = True) -> PipelineSpec:
-    spec, problems = _load(path, require_secrets=require_secrets)
+def load_spec_file(
+    path: Path, *, require_secrets: bool = True, overrides: dict[str, Any] | None = None
+) -> PipelineSpec:
+    spec, problems = _load(path, require_secrets=require_secrets, overrides=overrides)
     if problems:
         raise PipelineSpecError(problems)
     assert spec is not None
@@ -99,7 +101,9 @@ def load_spec_folder(folder: Path, *, require_secrets: bool = True) -> list[Pipe
     return specs
 
 
-def _load(path: Path, *, require_secrets: bool) -> tuple[PipelineSpec | None, list[str]]:
+def _load(
+    path: Path, *, require_secrets: bool, overrides: dict[str, Any] | None = None
+) -> tuple[PipelineSpec | None, list[str]]:
     shown = _shown(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -127,6 +131,11 @@ def _load(path: Path, *, require_secrets: bool) -> tuple[PipelineSpec | None, li
         return None, [f"{shown}: a pipeline spec is a YAML mapping (name:, input:, providers:, stages:, ...)"]
     env_problems: list[Problem] = []
     raw = _expand_env(raw, (), env_problems)
+    if overrides:
+        try:
+            raw = apply_overrides(raw, overrides)
+        except ValueError as exc:
+            return None, [f"{shown}: {exc}"]
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
@@ -140,6 +149,31 @@ def _load(path: Path, *, require_secrets: bool) -> tuple[PipelineSpec | None, li
         return None, lines(problems)
     spec._source = path.resolve()
     return spec, []
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with `overrides` merged in: mappings merge key by key, other values replace. `stages` may be given
+    as a mapping of stage name -> fields, merged into the stage of that name (ValueError for an unknown one);
+    `providers` merge by profile name like any mapping. The result is validated like the file itself."""
+    merged = dict(raw)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if key == "stages" and isinstance(value, dict) and isinstance(current, list):
+            names = [s.get("name") for s in current if isinstance(s, dict)]
+            unknown = [name for name in value if name not in names]
+            if unknown:
+                raise ValueError(f"overrides name stages {unknown} the spec does not have (it has {names})")
+            merged[key] = [
+                apply_overrides(s, value[s.get("name")])
+                if isinstance(s, dict) and s.get("name") in value
+                else s
+                for s in current
+            ]
+        elif isinstance(value, dict) and isinstance(current, dict):
+            merged[key] = apply_overrides(current, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _shown(path: Path) -> str:

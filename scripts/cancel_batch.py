@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from llm_assets.definitions import defs_from_env
+    from llm_assets.builtin import defs_from_env
     from llm_assets.settings import chunkwise_home
 
     home = chunkwise_home()

@@ -1,17 +1,19 @@
 """`make demo`: register a dataset and materialize every chunk of every stage, then print the completion report.
 
-With no arguments it runs the shipped BANKING77 test split (3,080 items) against the local simulator, started
-here as a separate process (the product and the simulator meet only over HTTP). Set `CHUNKWISE_LLM_BASE_URL`
-(and `CHUNKWISE_LLM_API_KEY`) to use a real provider instead. State lives under `$CHUNKWISE_HOME`
-(default `./.chunkwise`): the Dagster instance in `dagster/`, outputs, dead letters, reports. Running it
-again processes nothing new and spends nothing: materialized partitions are skipped.
+`make demo` runs the BANKING77 pipeline (pipelines/banking77.yaml) on its shipped test split (3,080 items);
+`make demo PIPELINE=pipelines/reviews.yaml` runs another spec on its `input.demo_data`; `DATA=` another file,
+`CHUNK=` another chunk size. Unless `CHUNKWISE_LLM_BASE_URL` is set, the local simulator is started here as a
+separate process (the product and the simulator meet only over HTTP) and the variables the shipped specs read
+(`CHUNKWISE_LLM_BASE_URL`, `CHUNKWISE_ANTHROPIC_BASE_URL` and their keys) point at it. State lives under
+`$CHUNKWISE_HOME` (default `./.chunkwise`): the Dagster instance in `dagster/`, outputs, dead letters, reports.
+Running it again processes nothing new and spends nothing: materialized partitions are skipped.
 The last line printed is the path of the completion report.
 
-`make demo MODE=batch` (or `--mode batch`, or `CHUNKWISE_MODE=batch`) sends both LLM stages through the
-providers' Batch APIs at half price: each chunk run submits its batch and ends; then the demo does what the
-Dagster daemon does with `batch_poll_sensor` (sensors/batches.py): polls the batches and launches the run that
-collects each chunk when its batches end (the simulator completes batches in seconds; a real provider within
-24 h). The report then shows the cost by mode.
+`make demo MODE=batch` (or `--mode batch`) sends every stage through the providers' Batch APIs at half price
+(the BANKING77 spec also reads `CHUNKWISE_MODE`): each chunk run submits its batch and ends; then the demo does
+what the Dagster daemon does with `batch_poll_sensor` (sensors/batches.py): polls the batches and launches the
+run that collects each chunk when its batches end (the simulator completes batches in seconds; a real provider
+within 24 h). The report then shows the cost by mode.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import NoReturn
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-BANKING = ROOT / "data" / "banking77" / "test.csv"
+DEFAULT_PIPELINE = ROOT / "pipelines" / "banking77.yaml"
 SIM_CONFIG = ROOT / "scripts" / "demo_sim.yaml"
 SIM_KEY = "sk-sim-local"
 # The console shows the pipeline's own INFO lines (progress, check results), not Dagster's DEBUG event stream;
@@ -156,32 +158,42 @@ def _chunk_size(value: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(BANKING), help="CSV/Parquet/JSONL file, local or s3://")
+    parser.add_argument(
+        "--pipeline",
+        default=str(DEFAULT_PIPELINE),
+        help="the pipeline spec (YAML) to run; docs/pipeline-spec.md",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="CSV/Parquet/JSONL file, local or s3:// (default: the spec's input.demo_data)",
+    )
     parser.add_argument(
         "--chunk-size",
         type=_chunk_size,
-        default=250,
-        help="rows per chunk (one partition each): a whole number, 1 or more; 100-500 suits most runs",
+        default=None,
+        help="rows per chunk (one partition each; default: the spec's input.chunk_size); 100-500 suits most runs",
     )
     parser.add_argument(
         "--mode",
-        default=os.environ.get("CHUNKWISE_MODE", "online") or "online",
+        default=None,
         choices=["online", "batch"],
-        help="online: request by request; batch: the providers' Batch APIs (half price, collected later)",
+        help="every stage online (request by request) or batch (the providers' Batch APIs: half price, collected "
+        "later); default: each stage's `mode` in the spec",
     )
     parser.add_argument(
         "--batch-timeout-s", type=float, default=1800.0, help="batch mode: give up waiting after this long"
     )
-    args = parser.parse_args(argv)
-    previous_mode = os.environ.get("CHUNKWISE_MODE")
-    os.environ["CHUNKWISE_MODE"] = args.mode  # read by definitions.py (classify_mode / enrich_mode)
-    try:
-        return _main(args)
-    finally:
-        if previous_mode is None:
-            os.environ.pop("CHUNKWISE_MODE", None)
-        else:
-            os.environ["CHUNKWISE_MODE"] = previous_mode
+    return _main(parser.parse_args(argv))
+
+
+def point_at_simulator(root: str) -> None:
+    """The variables the shipped specs' provider profiles read, set to the simulator at `root` (the keys only
+    when unset)."""
+    os.environ["CHUNKWISE_LLM_BASE_URL"] = f"{root}/v1"
+    os.environ["CHUNKWISE_ANTHROPIC_BASE_URL"] = root
+    os.environ.setdefault("CHUNKWISE_LLM_API_KEY", SIM_KEY)
+    os.environ.setdefault("CHUNKWISE_ANTHROPIC_API_KEY", SIM_KEY)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -201,8 +213,7 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     if not os.environ.get("CHUNKWISE_LLM_BASE_URL"):
         sim, sim_root = start_simulator()
-        os.environ["CHUNKWISE_LLM_BASE_URL"] = f"{sim_root}/v1"
-        os.environ.setdefault("CHUNKWISE_LLM_API_KEY", SIM_KEY)
+        point_at_simulator(sim_root)
         print(f"simulator (a local test double, not a real model) at {sim_root}")
     try:
         return _run(args, home, sim_root)
@@ -212,21 +223,50 @@ def _main(args: argparse.Namespace) -> int:
             sim.wait(timeout=10)
 
 
+def _load_spec(args: argparse.Namespace):
+    """The chosen spec, every stage in `--mode` when given; None (after one line per problem) if it is bad."""
+    from llm_assets.spec import PipelineSpecError, load_pipeline
+
+    try:
+        spec = load_pipeline(args.pipeline)
+        if args.mode:
+            modes = {stage.name: {"mode": args.mode} for stage in spec.stages}
+            spec = load_pipeline(args.pipeline, overrides={"stages": modes})
+        return spec
+    except PipelineSpecError as exc:
+        for line in str(exc).splitlines():
+            print(f"chunkwise: {line}", file=sys.stderr)
+        return None
+
+
 def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
-    # Imported late: the definitions read the provider settings from the environment set above.
+    # Imported late: the spec reads the provider settings from the environment set above.
     import dagster as dg
 
     from llm_assets.chunk_status import chunk_states
-    from llm_assets.datasets import DatasetError, DatasetSpec, load_team_rules, register_dataset
-    from llm_assets.definitions import defs_from_env, s3_for
+    from llm_assets.datasets import DatasetError
     from llm_assets.failure_class import FailureClass, job_fatal_reason, run_failure_class
+    from llm_assets.location import build_defs, s3_for
+    from llm_assets.pipeline_assets import register, spec_layout
     from llm_assets.run_liveness import fail_orphaned_runs, process_tags
     from resources.llm.resource import spend_ledger_for
-    from sensors.chunk_runs import chunk_run_request, default_provider
+    from sensors.chunk_runs import chunk_run_request, layout_providers
 
-    s3 = s3_for(args.data)  # None unless the input or the outputs are on S3
+    spec = _load_spec(args)
+    if spec is None:
+        return 2
+    data = args.data or spec.input.demo_data
+    if not data:
+        print(
+            f"chunkwise: {args.pipeline} has no input.demo_data; give a file with `make demo PIPELINE=... DATA=...`",
+            file=sys.stderr,
+        )
+        return 2
+    layout = spec_layout(spec)
+    s3 = s3_for(data, specs=[spec])  # None unless the input or the outputs are on S3
     defs = dg.Definitions.merge(
-        defs_from_env(home, s3=s3), dg.Definitions(loggers={"console": demo_console_logger()})
+        build_defs([spec], home=home, s3=s3, outputs_uri=os.environ.get("CHUNKWISE_OUTPUTS_URI") or None),
+        dg.Definitions(loggers={"console": demo_console_logger()}),
     )
     instance = dg.DagsterInstance.get()
     orphaned = fail_orphaned_runs(instance)
@@ -239,35 +279,25 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         print(
             f"lifted the earlier stop ({halt.reason}); if its cause is not fixed the first request stops again"
         )
-    if Path(args.data).resolve() == BANKING.resolve():
-        # The shipped sample has `text,category` and no id or team: ids are derived from the row number
-        # (`r0000042`) and the billed team from the intent family (data/banking77/teams.json).
-        spec = DatasetSpec(
-            uri=str(BANKING),
-            name="banking77",
-            chunk_size=args.chunk_size,
-            column_map={"category": "label"},
-            id_column=None,
-            team_from_label=load_team_rules(BANKING.parent / "teams.json"),
-        )
-    else:
-        spec = DatasetSpec(uri=args.data, chunk_size=args.chunk_size)
     try:
-        dataset = register_dataset(spec, instance, home, s3=s3)
+        dataset = register(spec, data, instance, home, s3=s3, chunk_size=args.chunk_size)
     except DatasetError as exc:  # bad input: one line that says what to fix, no traceback, nothing sent
         print(f"chunkwise: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     print(
-        f"dataset {dataset.dataset_id}: {dataset.total_rows:,} items in {dataset.n_chunks} chunks of {dataset.chunk_size}"
+        f"pipeline {spec.name}: dataset {dataset.dataset_id}: {dataset.total_rows:,} items in {dataset.n_chunks} "
+        f"chunks of {dataset.chunk_size}"
     )
 
     # The same job and run tags the sensors use, so the UI, the backfill sensor and the report agree.
-    job = defs.resolve_job_def("chunk_pipeline")
-    states = chunk_states(instance, dataset.partition_keys)
+    job = defs.resolve_job_def(layout.chunk_job)
+    provider = layout_providers(layout)[0]
+    states = chunk_states(instance, dataset.partition_keys, layout)
     todo = [k for k in dataset.partition_keys if not states[k].state.terminal]
     if not todo:
         print("every chunk is already done: nothing to send, nothing spent")
     stop = _StopOnSignal()
+    batch = any(stage.mode == "batch" for stage in spec.stages)
     for n, key in enumerate(todo, start=1):
         if stop.signal is not None:
             print(
@@ -277,7 +307,7 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
             )
             return 130
         started = time.monotonic()
-        request = chunk_run_request(key, attempt=1, provider=default_provider(), launched_by="demo")
+        request = chunk_run_request(key, attempt=1, provider=provider, launched_by="demo")
         result = job.execute_in_process(
             instance=instance,
             partition_key=key,
@@ -285,13 +315,9 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
             tags={**request.tags, **process_tags()},  # a kill leaves a run the next start marks failed
             run_config=QUIET,
         )
-        cost = sum(
-            float(e.event_specific_data.materialization.metadata["cost_usd"].value)
-            for e in result.get_asset_materialization_events()
-            if "cost_usd" in e.event_specific_data.materialization.metadata
-        )
+        cost = _materialized_cost(result)
         status = "ok" if result.success else "FAILED (see the run in `make ui`)"
-        if result.success and args.mode == "batch" and not cost:
+        if result.success and batch and not cost:
             status = "batch submitted"
         print(
             f"[{n}/{len(todo)}] {key}: {status} in {time.monotonic() - started:.1f}s, ${cost:.4f}", flush=True
@@ -306,16 +332,16 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
                 "work already done is kept and not paid again."
             )
             return 3
-    if args.mode == "batch" and todo:
-        collect_batches(defs, instance, home, dataset.partition_keys, args.batch_timeout_s)
+    if batch and todo:
+        collect_batches(defs, instance, home, dataset.partition_keys, args.batch_timeout_s, layout)
 
     report_path = home / "reports" / dataset.dataset_id / "completion_report.json"
-    completed = dataset.dataset_id in instance.get_materialized_partitions(dg.AssetKey("dataset_complete"))
+    completed = dataset.dataset_id in instance.get_materialized_partitions(layout.completion_key)
     if (
         todo or not completed or not report_path.exists()
     ):  # a kill in the completion step leaves it unrecorded
-        instance.add_dynamic_partitions("datasets", [dataset.dataset_id])
-        completion = defs.resolve_job_def("dataset_completion").execute_in_process(
+        instance.add_dynamic_partitions(layout.datasets_partitions, [dataset.dataset_id])
+        completion = defs.resolve_job_def(layout.completion_job).execute_in_process(
             instance=instance,
             partition_key=dataset.dataset_id,
             raise_on_error=False,
@@ -329,6 +355,15 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     _print_summary(report, sim_root)
     print(report_path)
     return 0 if report["threshold_met"] else 1
+
+
+def _materialized_cost(result) -> float:
+    """USD the run's materializations recorded (stage metadata `cost_usd`)."""
+    return sum(
+        float(e.event_specific_data.materialization.metadata["cost_usd"].value)
+        for e in result.get_asset_materialization_events()
+        if "cost_usd" in e.event_specific_data.materialization.metadata
+    )
 
 
 class _StopOnSignal:
@@ -347,30 +382,30 @@ class _StopOnSignal:
         print(f"{self.signal}: stopping after the chunk in progress (again to exit at once)", file=sys.stderr)
 
 
-def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeout_s: float) -> None:
+def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeout_s: float, layout) -> None:
     """Stand in for the daemon: evaluate batch_poll_sensor's logic every second and launch the runs it requests
     (each run key once, as Dagster does) until every chunk is terminal or `timeout_s` passes."""
     import dagster as dg
 
     from llm_assets.chunk_status import chunk_states
     from llm_assets.run_liveness import process_tags
-    from sensors.batches import STAGE_RESOURCES, evaluate_batches, find_pending_batches
+    from sensors.batches import evaluate_batches, find_pending_batches
 
-    job = defs.resolve_job_def("chunk_pipeline")
+    job = defs.resolve_job_def(layout.chunk_job)
     launched: set[str] = set()
     cursor: str | None = None
     deadline = time.monotonic() + timeout_s
-    wanted = {key: defs.resources[key] for key in STAGE_RESOURCES.values()}
+    wanted = {key: defs.resources[key] for key in layout.llm_keys}
     with dg.build_resources(wanted) as resources:  # resolves the EnvVar API key as a run does
-        llms = {key: getattr(resources, key) for key in STAGE_RESOURCES.values()}
+        llms = {key: getattr(resources, key) for key in layout.llm_keys}
         while time.monotonic() < deadline:
-            states = chunk_states(instance, partition_keys)
+            states = chunk_states(instance, partition_keys, layout)
             if all(s.state.terminal for s in states.values()):
                 return
-            if not find_pending_batches(home):
+            if not find_pending_batches(home, [layout]):
                 print("no batches at the provider and some chunks are not done (see `make ui`)")
                 return
-            requests, _, cursor, summary = evaluate_batches(instance, home, llms, cursor)
+            requests, _, cursor, summary = evaluate_batches(instance, home, llms, cursor, [layout])
             fresh = [r for r in requests if r.run_key not in launched]
             if not fresh:
                 time.sleep(1.0)
@@ -387,16 +422,11 @@ def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeo
                     raise_on_error=False,
                     run_config=QUIET,
                 )
-                cost = sum(
-                    float(e.event_specific_data.materialization.metadata["cost_usd"].value)
-                    for e in result.get_asset_materialization_events()
-                    if "cost_usd" in e.event_specific_data.materialization.metadata
-                )
                 stage = request.tags.get("chunkwise/batch_stage", "?")
                 status = "collected" if result.success else "FAILED (see the run in `make ui`)"
                 print(
                     f"  {request.partition_key} {stage}: {status} in {time.monotonic() - started:.1f}s, "
-                    f"${cost:.4f} materialized",
+                    f"${_materialized_cost(result):.4f} materialized",
                     flush=True,
                 )
     print(f"gave up waiting for batches after {timeout_s:.0f}s; the batch poll sensor picks them up later")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.demo import SIM_CONFIG, SIM_KEY, _prepare_instance
+from scripts.demo import SIM_CONFIG, _prepare_instance, point_at_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_PORT = int(os.environ.get("CHUNKWISE_SIM_PORT", "8765"))
@@ -25,8 +25,7 @@ def main() -> int:
              "--config", str(SIM_CONFIG)],
             cwd=ROOT,
         )  # fmt: skip
-        os.environ["CHUNKWISE_LLM_BASE_URL"] = f"http://127.0.0.1:{SIM_PORT}/v1"
-        os.environ.setdefault("CHUNKWISE_LLM_API_KEY", SIM_KEY)
+        point_at_simulator(f"http://127.0.0.1:{SIM_PORT}")
     try:
         return subprocess.call(
             [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml")], cwd=ROOT

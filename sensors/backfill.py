@@ -1,5 +1,11 @@
 """The backfill sensor: re-run chunk partitions whose latest run failed for a retryable reason, with backoff.
 
+One sensor serves every pipeline of the code location (`layouts`: the built-in one and those built from specs,
+llm_assets/layout.py). A failed run belongs to the pipeline whose chunk job it ran (a run of the pipeline's
+assets launched from the UI, `__ASSET_JOB`, to the pipeline owning them); its re-run is a run of that chunk job.
+Runs of other jobs (a dataset's completion, ...) are not its business. Halts and blocks are per provider,
+whichever pipeline hit them.
+
 Each tick:
 0. marks failed the runs orphaned by a kill (llm_assets/run_liveness.py), so they are read as failures below;
 1. reads the runs that failed since the last tick (run-failure events, in order, from the cursor on) and, for
@@ -53,9 +59,16 @@ from llm_assets.chunk_status import (
     RETRY_SCHEDULED,
 )
 from llm_assets.failure_class import FailureClass, job_fatal_reason, run_failure_class
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.run_liveness import fail_orphaned_runs
-from sensors.chunk_runs import chunk_pipeline_job, chunk_run_request, default_provider
+from sensors.chunk_runs import (
+    ExecutableJob,
+    chunk_pipeline_job,
+    chunk_run_request,
+    layout_providers,
+    sensor_targets,
+)
 from sensors.halts import clear_provider, cleared_at, provider_stop, record_block
 from sensors.webhooks import deliver, webhook_url
 
@@ -85,11 +98,11 @@ class BackfillCursor:
     after: str | None = None
     """Event-log cursor of the last run failure read."""
     scheduled: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """partition -> {attempt, due_at (unix s), provider, failed_run}"""
+    """partition -> {attempt, due_at (unix s), provider, failed_run, job} (no `job`: the built-in chunk job)"""
     blocked: dict[str, dict[str, Any]] = field(default_factory=dict)
     """provider -> {since, reason, partition, run_id, message}"""
     held: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """partition -> {attempt, provider, failed_run}: stopped by a job-fatal failure, re-run when cleared"""
+    """partition -> {attempt, provider, failed_run, job}: stopped by a job-fatal failure, re-run when cleared"""
     notices: list[dict[str, Any]] = field(default_factory=list)
     launched_total: int = 0
     gave_up_total: int = 0
@@ -135,16 +148,35 @@ def _needs_human_notice(
     }
 
 
+def _pipeline_of(run: dg.DagsterRun, layouts: list[PipelineLayout]) -> PipelineLayout | None:
+    """The pipeline whose chunk job `run` ran, or whose chunk assets it materialized (a UI launch); None: a run
+    of another job."""
+    for layout in layouts:
+        if run.job_name == layout.chunk_job:
+            return layout
+    selected = run.asset_selection or frozenset()
+    for layout in layouts:
+        if selected & {layout.key(name) for name in ("items", *layout.stages)}:
+            return layout
+    return None
+
+
 class _Tick:
     """One evaluation: reads failures, decides, launches. Kept apart from the decorator for readability."""
 
     def __init__(
-        self, context: dg.SensorEvaluationContext, policy: BackfillPolicy, provider: str, read_limit: int
+        self,
+        context: dg.SensorEvaluationContext,
+        policy: BackfillPolicy,
+        provider: str | None,
+        layouts: list[PipelineLayout],
+        read_limit: int,
     ) -> None:
         self.context = context
         self.instance = context.instance
         self.policy = policy
         self.provider = provider
+        self.layouts = layouts
         self.read_limit = read_limit
         self.state = BackfillCursor.from_json(context.cursor)
         self.now = time.time()
@@ -167,14 +199,17 @@ class _Tick:
         partition = run.tags.get(PARTITION_TAG) if run else None
         if run is None or partition is None:
             return
+        layout = _pipeline_of(run, self.layouts)
+        if layout is None:
+            return  # another job (e.g. a dataset's completion, or a pipeline not served here): not ours to retry
         try:
             parse_chunk_key(partition)
         except ValueError:
-            return  # another partitioned job (e.g. a dataset's completion): not ours to retry
+            return
         if not _is_latest_run(self.instance, partition, run_id):
             return  # a newer run of this chunk exists: that one decides
         attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
-        provider = run.tags.get(PROVIDER_TAG, self.provider)
+        provider = run.tags.get(PROVIDER_TAG) or self.provider or layout_providers(layout)[0]
         first_time = BACKFILL_TAG not in run.tags
         failure = run_failure_class(self.instance, run_id) or FailureClass.RETRYABLE
         if failure == FailureClass.QUALITY_GATE:
@@ -186,7 +221,7 @@ class _Tick:
                     "human (see the check's alert and metadata)"
                 )
         elif failure == FailureClass.JOB_FATAL:
-            self._hold(partition, run_id, attempt, provider, failed_at, first_time)
+            self._hold(partition, run_id, attempt, provider, layout.chunk_job, failed_at, first_time)
         elif attempt >= self.policy.max_attempts:
             self._tag(run_id, GAVE_UP)
             if first_time:
@@ -202,6 +237,7 @@ class _Tick:
                 "due_at": due,
                 "provider": provider,
                 "failed_run": run_id,
+                "job": layout.chunk_job,
             }
             self._tag(run_id, RETRY_SCHEDULED)
             if first_time:
@@ -214,10 +250,17 @@ class _Tick:
         self.instance.add_run_tags(run_id, {BACKFILL_TAG: decision})
 
     def _hold(
-        self, partition: str, run_id: str, attempt: int, provider: str, failed_at: float, first_time: bool
+        self,
+        partition: str,
+        run_id: str,
+        attempt: int,
+        provider: str,
+        job: str,
+        failed_at: float,
+        first_time: bool,
     ) -> None:
         self._tag(run_id, NEEDS_HUMAN)
-        entry = {"attempt": attempt + 1, "provider": provider, "failed_run": run_id}
+        entry = {"attempt": attempt + 1, "provider": provider, "failed_run": run_id, "job": job}
         if cleared_at(self.instance, provider) > failed_at:
             self.state.scheduled[partition] = {**entry, "due_at": self.now}  # cleared since: just re-run it
             return
@@ -275,7 +318,13 @@ class _Tick:
             del self.state.scheduled[partition]
             if not _is_latest_run(self.instance, partition, entry["failed_run"]):
                 continue  # someone re-ran it meanwhile
-            self.requests.append(chunk_run_request(partition, entry["attempt"], provider, "backfill"))
+            job = entry.get("job", BUILTIN_LAYOUT.chunk_job)  # a cursor from before pipelines had names
+            if job not in {layout.chunk_job for layout in self.layouts}:
+                self.log.warning(f"chunk {partition}: its job {job} is not served here any more; not re-run")
+                continue
+            self.requests.append(
+                chunk_run_request(partition, entry["attempt"], provider, "backfill", job_name=job)
+            )
             room[provider] -= 1
             self.state.launched_total += 1
 
@@ -298,31 +347,41 @@ def build_backfill_sensor(
     name: str = "chunk_backfill_sensor",
     policy: BackfillPolicy | None = None,
     provider: str | None = None,
+    layouts: list[PipelineLayout] | None = None,
+    jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 30,
     read_limit: int = 500,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """The backfill sensor. `provider` labels failed runs that carry no `chunkwise/provider` tag (runs launched
-    from the UI); None reads `$CHUNKWISE_LLM_PROVIDER` (default `openai`)."""
+    """The backfill sensor of the pipelines in `layouts` (default: the built-in one). `jobs`: their chunk jobs'
+    definitions (a spec pipeline's from `pipeline_definitions(spec).jobs`; the built-in one's is known here),
+    needed when it serves several pipelines. `provider` labels failed runs that carry no `chunkwise/provider`
+    tag (runs launched from the UI); None: the pipeline's first provider (the built-in one's:
+    `$CHUNKWISE_LLM_PROVIDER`, default `openai`)."""
     chosen = policy or BackfillPolicy()
+    served = list(layouts or [BUILTIN_LAYOUT])
+    job_names = [layout.chunk_job for layout in served]
+    pipelines = ", ".join(f"`{layout.name}`" if layout.name else "built-in" for layout in served)
 
     @dg.sensor(
         name=name,
-        job=chunk_pipeline_job,
+        **sensor_targets(job_names, [chunk_pipeline_job, *(jobs or [])]),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=(
-            f"Re-runs chunks whose latest run failed for a retryable reason, after {chosen.backoff_base_s:g}s x "
-            f"{chosen.backoff_factor:g}^(n-1) (cap {chosen.backoff_max_s:g}s), at most {chosen.max_attempts} runs per "
-            f"chunk and {chosen.max_in_flight} in flight per provider. Quality-gate and job-fatal failures are not "
-            "retried; a job-fatal one blocks its provider until `python -m sensors.backfill clear <provider>`."
+            f"Re-runs chunks of the {pipelines} pipeline{'s' if len(served) > 1 else ''} whose latest run failed "
+            f"for a retryable reason, on their own chunk job ({', '.join(job_names)}), after "
+            f"{chosen.backoff_base_s:g}s x {chosen.backoff_factor:g}^(n-1) (cap {chosen.backoff_max_s:g}s), at most "
+            f"{chosen.max_attempts} runs per chunk and {chosen.max_in_flight} in flight per provider. Quality-gate "
+            "and job-fatal failures are not retried; a job-fatal one blocks its provider until "
+            "`python -m sensors.backfill clear <provider>`."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         orphaned = fail_orphaned_runs(context.instance)  # killed runs become failures this tick reads
         if orphaned:
             context.log.warning(f"marked {len(orphaned)} runs failed whose process is gone: {orphaned}")
-        tick = _Tick(context, chosen, provider or default_provider(), read_limit)
+        tick = _Tick(context, chosen, provider, served, read_limit)
         read = tick.read_failures()
         tick.lift_cleared_blocks()
         tick.launch_due()

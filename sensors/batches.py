@@ -2,13 +2,16 @@
 
 A batch-mode stage run (llm_assets/stages.py `run_batch_stage`) submits its chunk as provider batches, records
 them in the stage's journal (`<home>/checkpoints/<dataset>/<chunk>/<stage>/batches.json`) and ends without
-materializing. Each tick of `batch_poll_sensor`:
-1. finds every journal with batches not yet collected;
-2. polls each batch at the provider through the stage's LLM resource (`classifier_llm` for `classified`,
-   `enricher_llm` for `enriched`; polling has no side effects and costs nothing);
-3. when all of a chunk stage's batches have ended (completed, expired, cancelled), requests a run of
-   `chunk_pipeline` for that partition with the stage and everything downstream selected (not `items` nor an
-   upstream stage already materialized), `run_key=<partition>:<stage>:collect:<batch ids>`: Dagster never
+materializing. One sensor serves every pipeline of the code location (`layouts`, llm_assets/layout.py); two
+pipelines may both have a stage called `classified`, so a journal's pipeline is the one named in its dataset's
+manifest (`spec.pipeline`). Each tick of `batch_poll_sensor`:
+1. finds every journal with batches not yet collected, of a stage of a pipeline served here;
+2. polls each batch at the provider through the stage's LLM resource (`layout.llm_key(stage)`: built-in
+   `classifier_llm` for `classified`, `enricher_llm` for `enriched`; a spec pipeline's
+   `<pipeline>__<stage>__llm`; polling has no side effects and costs nothing);
+3. when all of a chunk stage's batches have ended (completed, expired, cancelled), requests a run of the
+   pipeline's chunk job for that partition with the stage and everything downstream selected (not `items` nor
+   an upstream stage already materialized), `run_key=<partition>:<stage>:collect:<batch ids>`: Dagster never
    launches a run key twice, so a restarted daemon or a lost cursor cannot double-launch, and a follow-up round
    (new batch ids) gets its own run;
 4. records the chunk's batch status as an AssetObservation on the stage's partition when it changes
@@ -21,7 +24,7 @@ Batches that are still being created (a crashed submission) are resumed by the n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -34,19 +37,20 @@ from llm_assets.chunk_status import (
     PARTITION_TAG,
     PROVIDER_TAG,
 )
+from llm_assets.datasets import DatasetError, load_dataset
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout, layout_named
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.stages import BATCH_JOURNAL_FILE, checkpoint_root
 from resources.llm import BatchHandle, BatchJournal, BatchStatus, LLMResource
 from resources.llm.batch_journal import SUBMITTING
-from sensors.chunk_runs import LAUNCHED_BY_TAG, chunk_pipeline_job
+from sensors.chunk_runs import LAUNCHED_BY_TAG, ExecutableJob, chunk_pipeline_job, sensor_targets
 
 BATCH_STATUS_TAG = "chunkwise/batch_status"
 """On collecting runs: `ended`; the stage whose batches it collects is in `chunkwise/batch_stage`."""
 BATCH_STAGE_TAG = "chunkwise/batch_stage"
-STAGE_RESOURCES = {"classified": "classifier_llm", "enriched": "enricher_llm"}
-"""Which LLM resource polls (and later collects) each stage's batches."""
-STAGE_SELECTION = {"classified": ("classified", "enriched"), "enriched": ("enriched",)}
-"""What a collecting run materializes: the stage and what depends on it, never `items` or an earlier stage."""
+STAGE_RESOURCES = dict(zip(BUILTIN_LAYOUT.stages, BUILTIN_LAYOUT.llm_keys, strict=True))
+"""The built-in pipeline's LLM resource per stage (scripts/cancel_batch.py, scripts/demo.py); the sensor reads
+each pipeline's from its layout."""
 
 
 @dataclass
@@ -58,6 +62,8 @@ class ChunkBatches:
     stage: str
     journal_path: Path
     pending: list[BatchHandle]
+    layout: PipelineLayout = field(default=BUILTIN_LAYOUT)
+    """The pipeline the chunk's dataset was registered for: whose LLM resource polls, whose job collects."""
 
 
 @dataclass
@@ -72,27 +78,45 @@ class ChunkBatchStatus:
         return {n: sum(getattr(s, n) for s in self.statuses) for n in names}
 
 
-def find_pending_batches(home: Path) -> list[ChunkBatches]:
-    """Every chunk stage under `<home>/checkpoints` whose journal holds batches not yet collected."""
+def find_pending_batches(home: Path, layouts: list[PipelineLayout] | None = None) -> list[ChunkBatches]:
+    """Every chunk stage under `<home>/checkpoints` whose journal holds batches not yet collected, of a stage of
+    a pipeline in `layouts` (default: the built-in one), each with its pipeline's layout."""
+    served = list(layouts or [BUILTIN_LAYOUT])
+    pipelines: dict[str, PipelineLayout | None] = {}
     found: list[ChunkBatches] = []
     for path in sorted(checkpoint_root(home).glob(f"*/*/*/{BATCH_JOURNAL_FILE}")):
         stage_dir = path.parent
         stage = unquote(stage_dir.name)
-        if stage not in STAGE_RESOURCES:
+        dataset_id = unquote(stage_dir.parent.parent.name)
+        if dataset_id not in pipelines:
+            pipelines[dataset_id] = _dataset_pipeline(dataset_id, home, served)
+        layout = pipelines[dataset_id]
+        if layout is None or stage not in layout.stages:
             continue
         journal = BatchJournal(path)
         pending = journal.pending
         if pending:
             found.append(
                 ChunkBatches(
-                    dataset_id=unquote(stage_dir.parent.parent.name),
+                    dataset_id=dataset_id,
                     partition_key=unquote(stage_dir.parent.name),
                     stage=stage,
                     journal_path=path,
                     pending=pending,
+                    layout=layout,
                 )
             )
     return found
+
+
+def _dataset_pipeline(dataset_id: str, home: Path, layouts: list[PipelineLayout]) -> PipelineLayout | None:
+    """The served pipeline `dataset_id` was registered for (its manifest's `spec.pipeline`); None: another
+    pipeline's, or no manifest."""
+    try:
+        name = load_dataset(dataset_id, home).spec.pipeline
+    except DatasetError:
+        return None
+    return layout_named(layouts, name)
 
 
 def poll_chunk(llm: LLMResource, chunk: ChunkBatches) -> ChunkBatchStatus:
@@ -112,11 +136,14 @@ def poll_chunk(llm: LLMResource, chunk: ChunkBatches) -> ChunkBatchStatus:
 def collect_run_request(status: ChunkBatchStatus, provider: str) -> dg.RunRequest:
     """The run that collects `status.chunk`'s ended batches and materializes the stage (and what follows)."""
     chunk = status.chunk
+    layout = chunk.layout
     batch_ids = "+".join(h.batch_id or h.submission_id for h in chunk.pending)
     return dg.RunRequest(
         run_key=f"{chunk.partition_key}:{chunk.stage}:collect:{batch_ids}",
         partition_key=chunk.partition_key,
-        asset_selection=[dg.AssetKey(a) for a in STAGE_SELECTION[chunk.stage]],
+        job_name=layout.chunk_job,
+        # The stage and what depends on it, never `items` or an earlier stage (already materialized).
+        asset_selection=[layout.key(stage) for stage in layout.stages_from(chunk.stage)],
         tags={
             DATASET_TAG: chunk.dataset_id,
             PROVIDER_TAG: provider,
@@ -132,7 +159,7 @@ def _status_observation(status: ChunkBatchStatus) -> dg.AssetObservation:
     chunk = status.chunk
     counts = status.counts()
     return dg.AssetObservation(
-        asset_key=dg.AssetKey(chunk.stage),
+        asset_key=chunk.layout.key(chunk.stage),
         partition=chunk.partition_key,
         metadata={
             "mode": dg.MetadataValue.text("batch"),
@@ -153,9 +180,14 @@ def _run_in_flight(instance: dg.DagsterInstance, partition_key: str) -> bool:
 
 
 def evaluate_batches(
-    instance: dg.DagsterInstance, home: Path, llms: dict[str, LLMResource], cursor: str | None
+    instance: dg.DagsterInstance,
+    home: Path,
+    llms: dict[str, LLMResource],
+    cursor: str | None,
+    layouts: list[PipelineLayout] | None = None,
 ) -> tuple[list[dg.RunRequest], list[dg.AssetObservation], str, str]:
-    """One tick's decisions: (run requests, status observations, new cursor, summary line).
+    """One tick's decisions for the pipelines in `layouts` (default: the built-in one): (run requests, status
+    observations, new cursor, summary line). `llms`: LLM resources by resource key, each layout's `llm_keys`.
 
     The cursor maps `<partition>/<stage>` to the last status observed, so each change is recorded once."""
     seen: dict[str, str] = json.loads(cursor) if cursor else {}
@@ -163,12 +195,12 @@ def evaluate_batches(
     observations: list[dg.AssetObservation] = []
     states: dict[str, int] = {}
     current: dict[str, str] = {}
-    for chunk in find_pending_batches(home):
+    for chunk in find_pending_batches(home, layouts):
         try:
             parse_chunk_key(chunk.partition_key)
         except ValueError:
             continue
-        llm = llms[STAGE_RESOURCES[chunk.stage]]
+        llm = llms[chunk.layout.llm_key(chunk.stage)]
         status = poll_chunk(llm, chunk)
         key = f"{chunk.partition_key}/{chunk.stage}"
         current[key] = status.state
@@ -188,30 +220,39 @@ def evaluate_batches(
 def build_batch_poll_sensor(
     *,
     name: str = "batch_poll_sensor",
+    layouts: list[PipelineLayout] | None = None,
+    jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """The batch poll sensor; `minimum_interval_seconds` is the polling interval (batches take minutes to
-    hours, so 30 s wastes nothing and costs nothing: polling is free at both providers)."""
+    """The batch poll sensor of the pipelines in `layouts` (default: the built-in one); `jobs`: their chunk jobs'
+    definitions (a spec pipeline's from `pipeline_definitions(spec).jobs`), needed when it serves several.
+    Needs `settings` and every stage's LLM resource. `minimum_interval_seconds` is the polling interval
+    (batches take minutes to hours, so 30 s wastes nothing and costs nothing: polling is free at both
+    providers)."""
+    served = list(layouts or [BUILTIN_LAYOUT])
+    job_names = [layout.chunk_job for layout in served]
+    llm_keys = [key for layout in served for key in layout.llm_keys]
 
     @dg.sensor(
         name=name,
-        job=chunk_pipeline_job,
+        **sensor_targets(job_names, [chunk_pipeline_job, *(jobs or [])]),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
-        required_resource_keys={"settings", *STAGE_RESOURCES.values()},
+        required_resource_keys={"settings", *llm_keys},
         description=(
-            "Polls the provider batches of batch-mode chunks (classify_mode / enrich_mode = batch) every "
-            f"{minimum_interval_seconds}s; when a chunk stage's batches have ended, requests the run that collects "
-            "them and materializes the partition. Records batch_status (submitted / in_progress / ended) on the "
-            "stage's partition."
+            f"Polls the provider batches of batch-mode chunk stages every {minimum_interval_seconds}s, through "
+            f"each stage's LLM resource ({', '.join(llm_keys)}); when a chunk stage's batches have ended, "
+            f"requests the run of its pipeline's chunk job ({', '.join(job_names)}) that collects them and "
+            "materializes the partition. Records batch_status (submitted / in_progress / ended) on the stage's "
+            "partition."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        llms = {key: getattr(context.resources, key) for key in STAGE_RESOURCES.values()}
+        llms = {key: getattr(context.resources, key) for key in llm_keys}
         home = context.resources.settings.home_path()
         requests, observations, cursor, summary = evaluate_batches(
-            context.instance, home, llms, context.cursor
+            context.instance, home, llms, context.cursor, served
         )
         context.log.info(summary)
         return dg.SensorResult(

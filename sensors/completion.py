@@ -1,11 +1,15 @@
 """The completion sensor: each dataset finishes exactly once, and downstream is told.
 
-Each tick, for every registered dataset not finished yet:
+One sensor serves every pipeline of the code location (`layouts`, llm_assets/layout.py): a dataset belongs to
+the pipeline named in its manifest (`spec.pipeline`, set at registration; "" = the built-in one), and a dataset
+of a pipeline not served here is skipped. Each tick, for every registered dataset not finished yet:
 1. when every chunk is terminal (succeeded, or failed for good: see llm_assets/chunk_status.py), it adds the
-   dataset's partition to `datasets` and requests one run of `dataset_completion` (cost ledger + the
-   `dataset_complete` report asset) with `run_key=complete:<dataset_id>`: Dagster never launches a run key
-   twice, so the report is materialized once however many ticks or daemon restarts see the dataset complete;
-2. once `dataset_complete` is materialized for it, POSTs the report summary (the materialization's `summary`
+   dataset's partition to its pipeline's dataset partitions and requests one run of its pipeline's completion
+   job (cost ledger + report asset; built-in: `dataset_completion` -> `dataset_complete`, a spec pipeline's:
+   `<pipeline>__completion_job` -> `<pipeline>/completion_report`) with `run_key=complete:<dataset_id>`:
+   Dagster never launches a run key twice, so the report is materialized once however many ticks or daemon
+   restarts see the dataset complete;
+2. once the report asset is materialized for it, POSTs the report summary (the materialization's `summary`
    metadata) to `$CHUNKWISE_COMPLETION_WEBHOOK_URL` (a secret, never logged) and records the delivery in the
    instance's key-value store (`chunkwise/completion/notified/<dataset_id>`), so a restart or a lost cursor
    never notifies twice; a failed POST is retried next tick (at-least-once only if the process dies between a
@@ -25,19 +29,21 @@ from typing import Any
 import dagster as dg
 
 from llm_assets.chunk_status import chunk_states
-from llm_assets.cost_ledger import dataset_partitions
 from llm_assets.datasets import DatasetError, list_datasets, load_dataset
+from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout, layout_named
+from sensors.chunk_runs import ExecutableJob, sensor_targets
 from sensors.webhooks import post_json, webhook_url
 
 COMPLETION_WEBHOOK_ENV = "CHUNKWISE_COMPLETION_WEBHOOK_URL"
 NOTIFIED_KEY_PREFIX = "chunkwise/completion/notified/"
-DATASET_COMPLETE = dg.AssetKey("dataset_complete")
+DATASET_COMPLETE = BUILTIN_LAYOUT.completion_key
 
 dataset_completion_job = dg.define_asset_job(
-    "dataset_completion",
-    selection=dg.AssetSelection.assets("cost_ledger", "dataset_complete"),
+    BUILTIN_LAYOUT.completion_job,
+    selection=dg.AssetSelection.assets(BUILTIN_LAYOUT.ledger_key, BUILTIN_LAYOUT.completion_key),
     description="A finished dataset's cost ledger and completion report (partition = dataset id).",
 )
+"""The built-in pipeline's completion job; a spec pipeline's is in its `pipeline_definitions`."""
 
 
 @dataclass
@@ -58,9 +64,11 @@ class CompletionCursor:
         return cls(**json.loads(text)) if text else cls()
 
 
-def _completion_summary(instance: dg.DagsterInstance, dataset_id: str) -> dict[str, Any] | None:
+def _completion_summary(
+    instance: dg.DagsterInstance, layout: PipelineLayout, dataset_id: str
+) -> dict[str, Any] | None:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=DATASET_COMPLETE, asset_partitions=[dataset_id]), limit=1
+        dg.AssetRecordsFilter(asset_key=layout.completion_key, asset_partitions=[dataset_id]), limit=1
     ).records
     if not records or records[0].asset_materialization is None:
         return None
@@ -68,11 +76,14 @@ def _completion_summary(instance: dg.DagsterInstance, dataset_id: str) -> dict[s
     return dict(summary.value) if summary is not None else {"dataset_id": dataset_id}
 
 
-def _latest_completion_run(instance: dg.DagsterInstance, dataset_id: str) -> dg.RunRecord | None:
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=dataset_completion_job.name, tags={"dagster/partition": dataset_id}),
-        limit=1,
-    )
+def _completion_runs(job_name: str, dataset_id: str) -> dg.RunsFilter:
+    return dg.RunsFilter(job_name=job_name, tags={"dagster/partition": dataset_id})
+
+
+def _latest_completion_run(
+    instance: dg.DagsterInstance, job_name: str, dataset_id: str
+) -> dg.RunRecord | None:
+    records = instance.get_run_records(filters=_completion_runs(job_name, dataset_id), limit=1)
     return records[0] if records else None
 
 
@@ -88,26 +99,35 @@ def _mark_notified(instance: dg.DagsterInstance, dataset_id: str, how: str) -> N
 def build_completion_sensor(
     *,
     name: str = "dataset_completion_sensor",
+    layouts: list[PipelineLayout] | None = None,
+    jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     max_attempts: int = 3,
     retry_base_s: float = 60.0,
 ) -> dg.SensorDefinition:
-    """The completion sensor. Needs the `settings` resource (PipelineSettings: where datasets are registered).
+    """The completion sensor of the pipelines in `layouts` (default: the built-in one). `jobs`: their
+    completion jobs' definitions (a spec pipeline's from `pipeline_definitions(spec).jobs`; the built-in one's
+    is known here), needed when it serves several pipelines. Needs the `settings` resource (PipelineSettings:
+    where datasets are registered).
 
     A failed (or canceled) completion run is requested again, `retry_base_s` x 2^(n-1) seconds after the n-th
     ended, up to `max_attempts` runs in all; then the sensor logs an error naming the last run and stops
-    trying for that dataset (materializing `dataset_complete` by hand then finishes it as usual)."""
+    trying for that dataset (materializing the report asset by hand then finishes it as usual)."""
+    served = list(layouts or [BUILTIN_LAYOUT])
+    job_names = [layout.completion_job for layout in served]
+    reports = ", ".join(f"`{layout.completion_key.to_user_string()}`" for layout in served)
 
     @dg.sensor(
         name=name,
-        job=dataset_completion_job,
+        **sensor_targets(job_names, [dataset_completion_job, *(jobs or [])]),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys={"settings"},
         description=(
-            "When every chunk of a dataset succeeded or failed for good, requests its completion report once "
-            f"(`dataset_complete`), then POSTs the summary to ${COMPLETION_WEBHOOK_ENV}."
+            "When every chunk of a dataset succeeded or failed for good, requests its pipeline's completion "
+            f"report once ({reports}, by {', '.join(job_names)}), then POSTs the summary to "
+            f"${COMPLETION_WEBHOOK_ENV}."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
@@ -117,12 +137,22 @@ def build_completion_sensor(
         url = webhook_url(COMPLETION_WEBHOOK_ENV)
         requests: list[dg.RunRequest] = []
         open_count = notified = 0
+        not_served: dict[str, int] = {}
         problem = None
         now = time.time()
         for dataset_id in list_datasets(home):
             if dataset_id in state.done:
                 continue
-            summary = _completion_summary(instance, dataset_id)
+            try:
+                dataset = load_dataset(dataset_id, home)
+            except DatasetError as exc:
+                context.log.error(f"cannot read dataset {dataset_id}: {exc}")
+                continue
+            layout = layout_named(served, dataset.spec.pipeline)
+            if layout is None:
+                not_served[dataset.spec.pipeline] = not_served.get(dataset.spec.pipeline, 0) + 1
+                continue
+            summary = _completion_summary(instance, layout, dataset_id)
             if summary is not None:
                 if _notified(instance, dataset_id):
                     state.done.append(dataset_id)
@@ -145,30 +175,37 @@ def build_completion_sensor(
                 notified += 1
                 continue
             if dataset_id in state.requested:
-                retry = _retry_request(context, state, dataset_id, now, max_attempts, retry_base_s)
+                retry = _retry_request(context, state, layout, dataset_id, now, max_attempts, retry_base_s)
                 if retry is not None:
                     requests.append(retry)
                 continue
-            try:
-                dataset = load_dataset(dataset_id, home)
-            except DatasetError as exc:
-                context.log.error(f"cannot read dataset {dataset_id}: {exc}")
-                continue
-            states = chunk_states(instance, dataset.partition_keys)
+            states = chunk_states(instance, dataset.partition_keys, layout)
             if not all(s.state.terminal for s in states.values()):
                 open_count += 1
                 continue
-            if not instance.has_dynamic_partition(dataset_partitions.name, dataset_id):
-                instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
-            requests.append(dg.RunRequest(run_key=f"complete:{dataset_id}", partition_key=dataset_id))
+            if not instance.has_dynamic_partition(layout.datasets_partitions, dataset_id):
+                instance.add_dynamic_partitions(layout.datasets_partitions, [dataset_id])
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"complete:{dataset_id}", partition_key=dataset_id, job_name=layout.completion_job
+                )
+            )
             state.requested[dataset_id] = time.time()
-            context.log.info(f"every chunk of {dataset_id} is terminal: requesting its completion report")
+            context.log.info(
+                f"every chunk of {dataset_id} is terminal: requesting its completion report ({layout.completion_job})"
+            )
         if problem:
             context.log.warning(f"completion webhook failed ({problem}); retrying next tick")
+        if not_served:
+            context.log.info(
+                "skipped datasets of pipelines this sensor does not serve: "
+                + ", ".join(f"{name or 'built-in'} ({n})" for name, n in sorted(not_served.items()))
+            )
         summary_text = (
             f"{open_count} datasets still running, {len(requests)} completion runs requested, {notified} notified"
             + (f", webhook failed ({problem})" if problem else "")
             + (f", {len(state.gave_up)} completion runs failed for good" if state.gave_up else "")
+            + (f", {sum(not_served.values())} datasets of other pipelines skipped" if not_served else "")
         )
         return dg.SensorResult(
             run_requests=requests,
@@ -182,6 +219,7 @@ def build_completion_sensor(
 def _retry_request(
     context: dg.SensorEvaluationContext,
     state: CompletionCursor,
+    layout: PipelineLayout,
     dataset_id: str,
     now: float,
     max_attempts: int,
@@ -191,22 +229,22 @@ def _retry_request(
     running, succeeded (its summary is read next tick), backing off, or out of attempts."""
     if dataset_id in state.gave_up:
         return None
-    record = _latest_completion_run(context.instance, dataset_id)
+    job_name = layout.completion_job
+    record = _latest_completion_run(context.instance, job_name, dataset_id)
     if record is None or record.dagster_run.status not in (
         dg.DagsterRunStatus.FAILURE,
         dg.DagsterRunStatus.CANCELED,
     ):
         return None
     # Counted from the runs themselves, not the cursor: a restart that lost its cursor keeps the count.
-    attempt = context.instance.get_runs_count(
-        dg.RunsFilter(job_name=dataset_completion_job.name, tags={"dagster/partition": dataset_id})
-    )
+    attempt = context.instance.get_runs_count(_completion_runs(job_name, dataset_id))
     run_id = record.dagster_run.run_id
     if attempt >= max_attempts:
         state.gave_up.append(dataset_id)
         context.log.error(
             f"the completion run of {dataset_id} failed {attempt} times (last: run {run_id}); fix what that "
-            f"run's error says, then materialize dataset_complete for partition {dataset_id} by hand"
+            f"run's error says, then materialize {layout.completion_key.to_user_string()} for partition "
+            f"{dataset_id} by hand"
         )
         return None
     ended = record.end_time or record.update_timestamp.timestamp()
@@ -217,7 +255,9 @@ def _retry_request(
     context.log.warning(
         f"the completion run {run_id} of {dataset_id} failed; requesting attempt {attempt} of {max_attempts}"
     )
-    return dg.RunRequest(run_key=f"complete:{dataset_id}:attempt-{attempt}", partition_key=dataset_id)
+    return dg.RunRequest(
+        run_key=f"complete:{dataset_id}:attempt-{attempt}", partition_key=dataset_id, job_name=job_name
+    )
 
 
 dataset_completion_sensor = build_completion_sensor()

@@ -1,4 +1,9 @@
-"""The new-dataset sensor: a file landing in a watched folder (or S3 prefix) becomes a dataset and its runs.
+"""The new-dataset sensors: a file landing in a watched folder (or S3 prefix) becomes a dataset and its runs.
+
+One sensor per pipeline: `new_dataset_sensor` for the built-in BANKING77 pipeline (`$CHUNKWISE_WATCH_URI`,
+default `<CHUNKWISE_HOME>/inbox`) and `<pipeline>__new_dataset_sensor` for each pipeline built from a spec
+(`build_pipeline_new_dataset_sensor`: its `input.watch`, default `<CHUNKWISE_HOME>/inbox/<pipeline>`), which
+registers the file with the spec's column mapping into `<pipeline>__chunks` and launches `<pipeline>__chunk_job`.
 
 Watched: `.csv`, `.jsonl`/`.ndjson`, `.parquet`/`.pq` files directly in the folder (or under the S3 prefix);
 names starting with `.` or `_` and `*.tmp` are ignored (writers' temp files).
@@ -9,18 +14,20 @@ names starting with `.` or `_` and `*.tmp` are ignored (writers' temp files).
   (`minimum_interval_seconds` apart, so a writer that pauses longer than that must use the marker).
 The cursor keeps each file's last seen (size, mtime) and the files already registered.
 
-Registration is `register_dataset` (idempotent: same bytes, same dataset id and partitions). Each chunk
-gets one RunRequest of `chunk_pipeline` with `run_key=<partition>:attempt-1` and the tags
-`chunkwise/dataset`, `chunkwise/provider`, `chunkwise/attempt=1`: Dagster never launches a run key twice, so
-the same file seen again, a restart, or a lost cursor launches nothing twice. The runs go through the run
-queue; deploy/dagster.yaml bounds how many run at once per provider. A file that cannot be registered (no
-`text` column, bad CSV, ...) is logged with the reason and skipped until it changes.
+Registration is idempotent (same bytes, same dataset id and partitions). Each chunk gets one RunRequest of the
+pipeline's chunk job with `run_key=<partition>:attempt-1` and the tags `chunkwise/dataset`,
+`chunkwise/provider`, `chunkwise/attempt=1`: Dagster never launches a run key twice, so the same file seen
+again, a restart, or a lost cursor launches nothing twice. The runs go through the run queue;
+deploy/dagster.yaml bounds how many run at once per provider. A file that cannot be registered (no `text`
+column, bad CSV, ...) is logged with the reason and skipped until it changes. While any provider the pipeline
+calls is stopped (sensors/halts.py), files still register but their runs are held until it is cleared.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +35,25 @@ from typing import Any
 import dagster as dg
 
 from io_managers.parquet_files import is_s3_uri, parse_s3_uri, s3_client
-from llm_assets.datasets import DatasetError, DatasetSpec, register_dataset
-from sensors.chunk_runs import chunk_pipeline_job, chunk_run_request, default_provider
+from llm_assets import pipeline_assets
+from llm_assets.datasets import DatasetError, DatasetSpec, RegisteredDataset, register_dataset
+from llm_assets.settings import chunkwise_home
+from llm_assets.spec import PipelineSpec
+from sensors.chunk_runs import (
+    ExecutableJob,
+    chunk_pipeline_job,
+    chunk_run_request,
+    default_provider,
+    sensor_targets,
+)
 from sensors.halts import provider_stop
 
 DATA_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet", ".pq")
 SUCCESS_SUFFIX = "._SUCCESS"
+
+RegisterFile = Callable[[str, dg.DagsterInstance, Path, Any], RegisteredDataset]
+"""(uri, instance, home, s3) -> the dataset registered with its chunk partitions; raises DatasetError for a
+file that cannot be registered (the sensor logs the reason and skips the file until it changes)."""
 
 
 @dataclass(frozen=True)
@@ -109,41 +129,68 @@ def build_new_dataset_sensor(
     name: str = "new_dataset_sensor",
     chunk_size: int = 250,
     spec_options: dict[str, Any] | None = None,
-    provider: str | None = None,
+    providers: Sequence[str] | None = None,
+    job: ExecutableJob | str = chunk_pipeline_job,
+    register: RegisterFile | None = None,
+    pipeline: str = "",
+    missing_folder_ok: bool = False,
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """Watch `watch_uri` (a local folder or `s3://bucket/prefix`; S3 needs an `s3` S3Resource in the definitions).
+    """Watch `watch_uri` (a local folder or `s3://bucket/prefix`; S3 needs an `s3` S3Resource in the definitions)
+    and launch one run of `job` (a definition, or the name of one defined elsewhere) per chunk of each new file.
 
-    `spec_options` are DatasetSpec fields applied to every file (`column_map`, `id_column`, `team_from_label`);
-    the dataset name is the file stem. Needs the `settings` resource (PipelineSettings: where manifests live).
+    `register` registers a file (default: `register_dataset` of a DatasetSpec with `chunk_size` and
+    `spec_options`, the DatasetSpec fields `column_map`, `id_column`, `team_from_label`; the dataset name is the
+    file stem). `providers`: a halt of any of them holds the runs; the first labels them (None:
+    `$CHUNKWISE_LLM_PROVIDER`). `pipeline` names the pipeline in the description ("": the built-in one).
+    `missing_folder_ok`: a local folder that does not exist holds no files yet (a default inbox nobody uses)
+    instead of failing the tick. Needs the `settings` resource (PipelineSettings: where manifests live).
     """
     options = dict(spec_options or {})
     resource_keys = {"settings", "s3"} if is_s3_uri(watch_uri) else {"settings"}
+    job_name = job if isinstance(job, str) else job.name
+
+    def _register_dataset(uri: str, instance: dg.DagsterInstance, home: Path, s3: Any) -> RegisteredDataset:
+        return register_dataset(DatasetSpec(uri=uri, chunk_size=chunk_size, **options), instance, home, s3=s3)
+
+    register_one = register or _register_dataset
+    which = f"pipeline `{pipeline}`" if pipeline else "the built-in BANKING77 pipeline"
 
     @dg.sensor(
         name=name,
-        job=chunk_pipeline_job,
+        **sensor_targets([job_name], [] if isinstance(job, str) else [job]),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys=resource_keys,
         description=(
-            f"Registers each new data file in {watch_uri} as a dataset (chunks of {chunk_size} rows) once it is "
-            "fully written (a `<file>._SUCCESS` marker, or size and mtime unchanged over two ticks) and "
-            "requests one run per chunk."
+            f"Registers each new data file in {watch_uri} as a dataset of {which} (chunks of {chunk_size} rows) "
+            "once it is fully written (a `<file>._SUCCESS` marker, or size and mtime unchanged over two ticks) "
+            f"and requests one `{job_name}` run per chunk."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         s3 = getattr(context.resources, "s3", None) if "s3" in resource_keys else None
         home = context.resources.settings.home_path()
         state = NewDatasetCursor.from_json(context.cursor)
-        files, markers = list_input_files(watch_uri, s3)
-        chosen = provider or default_provider()
-        stopped = provider_stop(context.instance, chosen)
+        if missing_folder_ok and not is_s3_uri(watch_uri) and not Path(watch_uri).is_dir():
+            files, markers = [], set()  # nothing has landed yet
+        else:
+            files, markers = list_input_files(watch_uri, s3)
+        held_by = tuple(providers or (default_provider(),))
+        chosen = held_by[0]
+        halts = {p: why for p in held_by if (why := provider_stop(context.instance, p))}
+        stopped = "; ".join(f"provider {p} is stopped ({why})" for p, why in halts.items()) or None
         requests: list[dg.RunRequest] = []
+
+        def runs_of(keys: list[str]) -> list[dg.RunRequest]:
+            return [chunk_run_request(k, 1, chosen, "new_dataset", job_name=job_name) for k in keys]
+
         if state.held and stopped is None:
-            requests += [chunk_run_request(k, 1, chosen, "new_dataset") for k in state.held]
-            context.log.info(f"provider {chosen} cleared: launching {len(state.held)} held chunk runs")
+            requests += runs_of(state.held)
+            context.log.info(
+                f"provider {', '.join(held_by)} cleared: launching {len(state.held)} held chunk runs"
+            )
             state.held = []
         waiting = 0
         for seen in sorted(files, key=lambda f: f.uri):
@@ -157,9 +204,8 @@ def build_new_dataset_sensor(
                 waiting += 1
                 continue
             state.seen.pop(seen.uri, None)
-            spec = DatasetSpec(uri=seen.uri, chunk_size=chunk_size, **options)
             try:
-                dataset = register_dataset(spec, context.instance, home, s3=s3)
+                dataset = register_one(seen.uri, context.instance, home, s3)
             except DatasetError as exc:
                 state.rejected[seen.uri] = {"size": seen.size, "mtime": seen.mtime, "error": str(exc)}
                 context.log.error(f"cannot register {seen.uri}: {exc} (skipped until the file changes)")
@@ -172,18 +218,18 @@ def build_new_dataset_sensor(
             if stopped is not None:
                 state.held += dataset.partition_keys
                 context.log.warning(
-                    f"registered {seen.uri} as {dataset.dataset_id}: {dataset.n_chunks} chunk runs held, provider "
-                    f"{chosen} is stopped ({stopped}); `python -m sensors.backfill clear {chosen}` after fixing it"
+                    f"registered {seen.uri} as {dataset.dataset_id}: {dataset.n_chunks} chunk runs held, {stopped}; "
+                    f"`python -m sensors.backfill clear {' / '.join(halts)}` after fixing it"
                 )
                 continue
-            requests += [chunk_run_request(k, 1, chosen, "new_dataset") for k in dataset.partition_keys]
+            requests += runs_of(dataset.partition_keys)
             context.log.info(
                 f"registered {seen.uri} as {dataset.dataset_id}: {dataset.total_rows} rows in "
-                f"{dataset.n_chunks} chunks; requested {dataset.n_chunks} runs"
+                f"{dataset.n_chunks} chunks; requested {dataset.n_chunks} `{job_name}` runs"
             )
         summary = f"{len(files)} data files, {waiting} still being written, {len(requests)} runs requested"
         if state.held:
-            summary += f", {len(state.held)} chunk runs held: provider {chosen} is stopped ({stopped})"
+            summary += f", {len(state.held)} chunk runs held: {stopped}"
         return dg.SensorResult(
             run_requests=requests,
             cursor=state.to_json(),
@@ -191,3 +237,43 @@ def build_new_dataset_sensor(
         )
 
     return _sensor
+
+
+def pipeline_watch_uri(spec: PipelineSpec, inbox: Path | None = None) -> str:
+    """Where a spec pipeline's files land: its `input.watch`, else `<inbox>/<pipeline>` (default inbox:
+    `<CHUNKWISE_HOME>/inbox`)."""
+    return spec.input.watch or str((inbox or chunkwise_home() / "inbox") / spec.name)
+
+
+def build_pipeline_new_dataset_sensor(
+    spec: PipelineSpec,
+    watch_uri: str | None = None,
+    *,
+    inbox: Path | None = None,
+    chunk_size: int | None = None,
+    minimum_interval_seconds: int = 30,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """`<pipeline>__new_dataset_sensor`: registers files landing in `watch_uri` (None: `pipeline_watch_uri`, its
+    `input.watch` or `<inbox>/<pipeline>`) with the spec's column mapping (`pipeline_assets.register`, chunks of
+    `chunk_size` rows, default the spec's) and launches `<pipeline>__chunk_job` per chunk; a halt of any provider
+    its stages call holds the runs. The default inbox folder may not exist yet (nothing has landed); a folder
+    that was configured must exist."""
+    layout = pipeline_assets.spec_layout(spec)
+    rows = chunk_size or spec.input.chunk_size
+
+    def _register(uri: str, instance: dg.DagsterInstance, home: Path, s3: Any) -> RegisteredDataset:
+        return pipeline_assets.register(spec, uri, instance, home, s3=s3, chunk_size=rows)
+
+    return build_new_dataset_sensor(
+        watch_uri=watch_uri or pipeline_watch_uri(spec, inbox),
+        name=f"{spec.name}__new_dataset_sensor",
+        chunk_size=rows,
+        providers=layout.providers,
+        job=layout.chunk_job,
+        register=_register,
+        pipeline=spec.name,
+        missing_folder_ok=not (watch_uri or spec.input.watch),
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+    )

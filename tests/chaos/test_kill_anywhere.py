@@ -55,14 +55,14 @@ def test_report_cost_is_the_simulator_bill_less_only_replies_killed_in_flight(ch
 
 
 def test_no_item_lost_or_duplicated(chaos) -> None:
-    outputs = chaos.home / "outputs" / "enriched"
+    outputs = chaos.home / "outputs" / "banking77" / "enriched"
     frames = [pd.read_parquet(p) for p in sorted(outputs.glob("*.parquet"))]
     enriched = pd.concat(frames, ignore_index=True)
     assert not enriched["item_id"].duplicated().any()
     dead = set()
     for path in (chaos.home / "dead_letters").glob("**/*.parquet"):
         dead |= set(pd.read_parquet(path)["item_id"].astype(str))
-    assert set(enriched["item_id"].astype(str)) | dead == {f"m{i:06d}" for i in range(ROWS)}
+    assert set(enriched["item_id"].astype(str)) | dead == {f"r{i:07d}" for i in range(ROWS)}
     assert chaos.report["succeeded"] == len(enriched)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.definitions.partitions.context import partition_loading_context
 
-from llm_assets.definitions import build_defs
+from llm_assets.builtin import build_defs
 from sensors.batches import build_batch_poll_sensor
 
 RUN_KEY_TAG = "dagster/run_key"

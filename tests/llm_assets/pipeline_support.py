@@ -7,8 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from llm_assets.builtin import build_defs, stage_assets
 from llm_assets.datasets import DatasetSpec, RegisteredDataset, register_dataset
-from llm_assets.definitions import build_defs, stage_assets
 from sensors.chunk_runs import chunk_run_request
 
 POISON = "[[poison]]"

@@ -3,7 +3,7 @@ descriptions, column schemas, and the retry policy for transient chunk failures.
 
 import dagster as dg
 
-from llm_assets.definitions import build_defs
+from llm_assets.builtin import build_defs
 
 
 def _specs(tmp_path) -> dict[str, dg.AssetSpec]:

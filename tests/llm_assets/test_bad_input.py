@@ -55,14 +55,14 @@ BAD_FILES = [
         "notext.csv",
         lambda p: p.write_text("id,body\n1,hi\n"),
         [],
-        r"notext\.csv has no 'text' column \(columns found: 'id', 'body'\); rename",
+        r"notext\.csv has no text column 'text' \(columns found: 'id', 'body'\); set `input\.columns\.text`",
     ),
     (
         "no_id_column",
         "noid.csv",
-        lambda p: p.write_text("text,label\nhi,x\n"),
-        [],
-        r"noid\.csv has no id column 'id' \(columns found: 'text', 'label'\); add a column",
+        lambda p: p.write_text("title,body\nhi,there\n"),
+        ["--pipeline", "pipelines/reviews.yaml"],  # BANKING77's spec derives ids; this one names `review_id`
+        r"noid\.csv has no id column 'review_id' \(columns found: 'title', 'body'\); .*`input\.columns\.id`",
     ),
     (
         "not_utf8",
@@ -95,6 +95,8 @@ def _run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         CHUNKWISE_HOME=str(tmp_path / "home"),
         CHUNKWISE_LLM_BASE_URL=UNUSED_LLM_URL,
         CHUNKWISE_LLM_API_KEY="sk-unused",
+        CHUNKWISE_ANTHROPIC_BASE_URL=UNUSED_LLM_URL,
+        CHUNKWISE_ANTHROPIC_API_KEY="sk-unused",
     )
     return subprocess.run(
         [sys.executable, "-m", "scripts.demo", *args],
@@ -132,7 +134,8 @@ def test_bad_file_gives_one_line_naming_it_and_exit_2_before_any_partition(
     home = tmp_path / "home"
     assert not (home / "datasets").exists()  # no manifest
     with dg.DagsterInstance.from_config(str(home / "dagster")) as inst:
-        assert inst.get_dynamic_partitions("chunks") == []
+        for pipeline in ("banking77", "reviews"):
+            assert inst.get_dynamic_partitions(f"{pipeline}__chunks") == []
         assert inst.get_runs() == []
 
 

@@ -95,7 +95,7 @@ def test_registering_the_same_file_again_changes_nothing(instance, tmp_path):
 
 def test_reregistering_with_another_chunk_size_is_refused(instance, tmp_path):
     register_dataset(_banking_spec(), instance, tmp_path)
-    with pytest.raises(DatasetError, match=r"different chunk_size \(chunk_size=250\).*another `name`"):
+    with pytest.raises(DatasetError, match=r"different chunk_size \(chunk_size=250\).*rename the file"):
         register_dataset(_banking_spec(chunk_size=100), instance, tmp_path)
 
 
@@ -148,7 +148,9 @@ def test_csv_quoted_newlines_quotes_blank_lines_and_ragged_rows(instance, tmp_pa
 def test_missing_text_column_names_columns_found_and_the_config_key(instance, tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("id,body\n1,hello\n")
-    with pytest.raises(DatasetError, match=r"no 'text' column \(columns found: 'id', 'body'\).*`column_map`"):
+    with pytest.raises(
+        DatasetError, match=r"no text column 'text' \(columns found: 'id', 'body'\).*`input.columns.text`"
+    ):
         register_dataset(DatasetSpec(uri=str(path)), instance, tmp_path)
     ds = register_dataset(DatasetSpec(uri=str(path), column_map={"body": "text"}), instance, tmp_path)
     assert read_chunk(ds, 0)["text"].tolist() == ["hello"]
@@ -157,7 +159,9 @@ def test_missing_text_column_names_columns_found_and_the_config_key(instance, tm
 def test_missing_id_column_names_columns_found_and_the_config_key(instance, tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("text\nhello\n")
-    with pytest.raises(DatasetError, match=r"no id column 'id' \(columns found: 'text'\).*`id_column`"):
+    with pytest.raises(
+        DatasetError, match=r"no id column 'id' \(columns found: 'text'\).*`input.columns.id`"
+    ):
         register_dataset(DatasetSpec(uri=str(path)), instance, tmp_path)
     assert instance.get_dynamic_partitions("chunks") == []
 

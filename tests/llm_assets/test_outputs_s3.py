@@ -11,7 +11,7 @@ from pipeline_support import materialize_partition, register, write_dataset
 
 from io_managers.parquet_files import read_parquet
 from io_managers.s3_config import s3_from_env
-from llm_assets.definitions import OUTPUTS_URI_ENV, build_defs, defs_from_env
+from llm_assets.builtin import OUTPUTS_URI_ENV, build_defs, defs_from_env
 
 pytestmark = pytest.mark.slow
 

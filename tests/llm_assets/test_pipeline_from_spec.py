@@ -151,9 +151,11 @@ def test_a_spec_pipeline_has_its_own_cost_ledger_and_completion_report(sim_env, 
         pd.read_csv(spec.input.demo_data).head(40).to_csv(subset, index=False)
         dataset = register(spec, str(subset), instance, home, chunk_size=20)
         for key in dataset.partition_keys:
-            assert defs.resolve_job_def(chunk_job_name(spec)).execute_in_process(
-                instance=instance, partition_key=key
-            ).success
+            assert (
+                defs.resolve_job_def(chunk_job_name(spec))
+                .execute_in_process(instance=instance, partition_key=key)
+                .success
+            )
         instance.add_dynamic_partitions(layout.datasets_partitions, [dataset.dataset_id])
         done = defs.resolve_job_def(completion_job_name(spec)).execute_in_process(
             instance=instance, partition_key=dataset.dataset_id

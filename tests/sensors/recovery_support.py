@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.definitions.partitions.context import partition_loading_context
 
-from llm_assets.definitions import build_defs
+from llm_assets.builtin import build_defs
 
 BANKING = Path(__file__).resolve().parents[2] / "data" / "banking77" / "test.csv"
 RUN_KEY_TAG = "dagster/run_key"

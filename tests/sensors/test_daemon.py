@@ -1,12 +1,15 @@
 """The deployed path, for real: `dagster-daemon` with the shipped instance config (deploy/dagster.yaml: queued
 runs, per-provider limits) and workspace.yaml. A file dropped in the watched folder becomes a dataset; the
 daemon's sensor tick requests its chunk runs, the run queue launches each in its own run worker process (the
-code location configured from the environment alone), and the completion sensor writes the report.
+code location configured from the environment alone: every spec in pipelines/), and the completion sensor
+writes the report. The file lands in the folder the banking77 spec watches (`$CHUNKWISE_WATCH_URI`).
 
 Everything else tests sensors by evaluating ticks and launching in process; this one runs nothing in process."""
 
+import csv
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -17,13 +20,20 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_support import write_labelled_dataset  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
+
+
+def _write_banking(path: Path, n: int) -> None:
+    """n BANKING77 messages with their gold intent, in the columns the banking77 spec reads (`text,category`)."""
+    with (ROOT / "data" / "banking77" / "test.csv").open(newline="") as f:
+        rows = random.Random(7).sample(list(csv.DictReader(f)), n)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "category"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _wait_for(condition, timeout_s: float, what: str, log: Path):
@@ -52,12 +62,15 @@ def test_the_daemon_runs_a_dropped_file_end_to_end_through_the_run_queue(start_s
         "CHUNKWISE_WATCH_URI": str(inbox),
         "CHUNKWISE_LLM_BASE_URL": f"{sim.base_url}/v1",
         "CHUNKWISE_LLM_API_KEY": sim.api_key,
+        # The reviews spec is in the same code location: its Anthropic profile must resolve too.
+        "CHUNKWISE_ANTHROPIC_BASE_URL": sim.base_url,
+        "CHUNKWISE_ANTHROPIC_API_KEY": sim.api_key,
     }
     env.pop("CHUNKWISE_S3_ENDPOINT_URL", None)
     workspace = ["-w", str(ROOT / "workspace.yaml")]
     subprocess.run([BIN / "dagster", "sensor", "start", "--start-all", *workspace], env=env, cwd=ROOT,
                    check=True, capture_output=True)  # fmt: skip
-    write_labelled_dataset(inbox / "tickets.csv", 300)
+    _write_banking(inbox / "tickets.csv", 300)
     (inbox / "tickets.csv._SUCCESS").write_text("")
 
     log = tmp_path / "daemon.log"
@@ -68,7 +81,7 @@ def test_the_daemon_runs_a_dropped_file_end_to_end_through_the_run_queue(start_s
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
 
             def chunk_runs() -> list[dg.DagsterRun]:
-                return instance.get_runs(filters=dg.RunsFilter(job_name="chunk_pipeline"))
+                return instance.get_runs(filters=dg.RunsFilter(job_name="banking77__chunk_job"))
 
             _wait_for(lambda: len(chunk_runs()) == 2, 120, "the sensor to request both chunk runs", log)
             runs = _wait_for(
@@ -78,7 +91,7 @@ def test_the_daemon_runs_a_dropped_file_end_to_end_through_the_run_queue(start_s
                 log,
             )
             assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-            assert {r.tags["dagster/sensor_name"] for r in runs} == {"new_dataset_sensor"}
+            assert {r.tags["dagster/sensor_name"] for r in runs} == {"banking77__new_dataset_sensor"}
             assert {r.tags["chunkwise/provider"] for r in runs} == {"openai"}
             dataset_id = runs[0].tags["chunkwise/dataset"]
 

@@ -92,7 +92,7 @@ def test_a_file_that_cannot_be_registered_is_reported_and_skipped_until_it_chang
         requests, cursor, _ = tick(watcher, instance, defs, None)
         assert requests == []
         rejected = NewDatasetCursor.from_json(cursor).rejected[str(bad.resolve())]
-        assert "no 'text' column" in rejected["error"]
+        assert "no text column 'text'" in rejected["error"]
         requests, cursor, _ = tick(watcher, instance, defs, cursor)
         assert requests == [] and NewDatasetCursor.from_json(cursor).seen == {}
 

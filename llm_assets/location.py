@@ -1,0 +1,133 @@
+"""The code location's builder: every pipeline spec in the pipelines folder, as its own assets, with the sensors
+that run them. llm_assets/definitions.py (what workspace.yaml loads) calls `defs_from_env()`; tools import this
+module, so they never load specs they do not use.
+
+Read it as a table of contents. A pipeline is one YAML file (docs/pipeline-spec.md); adding one needs no Python.
+For each spec, llm_assets/pipeline_assets.py builds `<pipeline>/items` and one asset per stage (partitioned by
+chunk), its quality gates, `<pipeline>/cost_ledger` and `<pipeline>/completion_report` (partitioned by dataset),
+its chunk and completion jobs and one LLM resource per stage. The sensors (sensors/recovery.py) serve every
+pipeline: one new-dataset sensor per pipeline, one backfill, completion, batch-poll and check-alert sensor for all.
+
+What differs per deployment comes from the environment:
+- `CHUNKWISE_PIPELINES` (the folder of specs, default `<repo>/pipelines`); each spec names its own variables
+  (`${CHUNKWISE_LLM_BASE_URL:-...}`, the *name* of the env var holding each API key, budgets, ...);
+- `CHUNKWISE_HOME` (local state, default `./.chunkwise`);
+- `CHUNKWISE_OUTPUTS_URI` (where stage outputs go: default `$CHUNKWISE_HOME/outputs`, or `s3://bucket/prefix`)
+- `CHUNKWISE_S3_ENDPOINT_URL` / `CHUNKWISE_S3=1` (S3 for `s3://` datasets and outputs; on by itself when a
+  watched URI or `CHUNKWISE_OUTPUTS_URI` is `s3://`; io_managers/s3_config.py).
+A spec that does not load (an unknown field, a bad schema, a missing key variable, ...) stops the code location
+with one message per problem naming the file, line and field (llm_assets/spec_load.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from io_managers.parquet_files import is_s3_uri
+from io_managers.s3_config import s3_from_env
+from llm_assets.pipeline_assets import pipeline_definitions
+from llm_assets.settings import chunkwise_home
+from llm_assets.spec import PipelineSpec, load_pipelines
+from sensors.alerts import check_alert_sensor
+from sensors.backfill import BackfillPolicy
+from sensors.recovery import build_recovery_sensors
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+PIPELINES_ENV = "CHUNKWISE_PIPELINES"
+OUTPUTS_URI_ENV = "CHUNKWISE_OUTPUTS_URI"
+SHARED_RESOURCES = ("settings", "io_manager", "s3")
+"""Resources every pipeline defines alike (one home, one output location, one S3 client)."""
+
+
+def pipelines_dir() -> Path:
+    """`$CHUNKWISE_PIPELINES`, default the repository's `pipelines/` folder."""
+    return Path(os.environ.get(PIPELINES_ENV) or PIPELINES_DIR)
+
+
+def build_defs(
+    specs: Sequence[PipelineSpec],
+    *,
+    home: Path,
+    outputs_uri: str | None = None,
+    s3: Any = None,
+    sensors: list[dg.SensorDefinition] | None = None,
+    watch_uris: dict[str, str] | None = None,
+) -> dg.Definitions:
+    """Every pipeline of `specs` in one Definitions: their assets, checks, jobs and resources, and the sensors
+    (`sensors` replaces the default ones; `watch_uris` maps a pipeline to the folder its new-dataset sensor
+    watches, over its spec's `input.watch`). `outputs_uri` is where stage outputs go (default
+    `<home>/outputs`); `s3` (a dagster-aws S3Resource) reads `s3://` datasets and writes `s3://` outputs."""
+    outputs = outputs_uri or str(home / "outputs")
+    if is_s3_uri(outputs) and s3 is None:
+        raise ValueError(
+            f"outputs go to {outputs}, but no S3 resource was given: pass s3= (a dagster_aws S3Resource), or set "
+            "CHUNKWISE_S3_ENDPOINT_URL / CHUNKWISE_S3=1 for defs_from_env"
+        )
+    assets: list[Any] = []
+    checks: list[Any] = []
+    jobs: list[Any] = []
+    resources: dict[str, Any] = {}
+    for spec in specs:
+        part = pipeline_definitions(spec, home=home, outputs_uri=outputs, s3=s3)
+        assets += list(part.assets or [])
+        checks += list(part.asset_checks or [])
+        jobs += list(part.jobs or [])
+        for key, value in (part.resources or {}).items():
+            if key in resources and key not in SHARED_RESOURCES:
+                raise ValueError(f"two pipelines define the resource {key!r}; pipeline names must differ")
+            resources.setdefault(key, value)
+    if sensors is None:
+        sensors = [
+            *build_recovery_sensors(
+                specs=specs,
+                jobs=jobs,
+                builtin=False,
+                watch_uris=watch_uris,
+                inbox=home / "inbox",
+                policy=_backfill_policy(specs),
+            ),
+            check_alert_sensor,
+        ]
+    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors, resources=resources)
+
+
+def _backfill_policy(specs: Sequence[PipelineSpec]) -> BackfillPolicy | None:
+    """The backfill sensor serves every pipeline with one policy: the first spec's (docs/pipeline-spec.md)."""
+    if not specs:
+        return None
+    b = specs[0].backfill
+    return BackfillPolicy(
+        max_attempts=b.max_attempts,
+        backoff_base_s=b.backoff_base_s,
+        backoff_factor=b.backoff_factor,
+        backoff_max_s=b.backoff_max_s,
+        max_in_flight=b.max_in_flight,
+    )
+
+
+def s3_for(*uris: str, specs: Sequence[PipelineSpec] = ()) -> Any:
+    """The deployment's S3 resource (io_managers/s3_config.py); required when any of `uris`, a spec's watched
+    URI or the outputs URI is `s3://`. None for a local-only deployment."""
+    watched = [spec.input.watch or "" for spec in specs]
+    return s3_from_env(
+        required=any(is_s3_uri(uri) for uri in (*uris, *watched, os.environ.get(OUTPUTS_URI_ENV, "")))
+    )
+
+
+def defs_from_env(
+    home: Path | None = None, s3: Any = None, specs: Sequence[PipelineSpec] | None = None
+) -> dg.Definitions:
+    """The code location: the specs in `pipelines_dir()` (or `specs`), configured from the environment (see
+    the module docstring); `s3` (from `s3_for`) overrides the S3 resource it describes."""
+    chosen = list(specs) if specs is not None else load_pipelines(pipelines_dir())
+    return build_defs(
+        chosen,
+        home=home or chunkwise_home(),
+        s3=s3 if s3 is not None else s3_for(specs=chosen),
+        outputs_uri=os.environ.get(OUTPUTS_URI_ENV) or None,
+    )

@@ -1,10 +1,12 @@
 """What batch mode saves: cost per 1,000 demo items, online vs batch vs batch with the cascade (not a test).
 
-The first `--items` rows of the shipped BANKING77 split (chunks of 250, as `make demo`) go through the whole
-pipeline (items -> classified -> enriched, quality gates, completion report) four times, each against a fresh
-simulator with no faults and no latency (deterministic, so the four runs answer alike):
-- `online, route all`: every item through both models, request by request;
-- `online, cascade`: the stronger model only on low-confidence items (the default routing rule);
+The first `--items` rows of the shipped BANKING77 split go through the BANKING77 pipeline spec
+(pipelines/banking77.yaml: banking77/items -> classified -> enriched, their quality gates, the cost ledger and
+completion report; chunks of 250 as in the spec) four times, each against a fresh simulator with no faults and no
+latency (deterministic, so the four runs answer alike), with the stages' `mode` and `enriched.route` overridden:
+- `online, route all`: every item through both models, request by request (`route: all`);
+- `online, cascade`: the stronger model only on low-confidence items (the spec's route, `classified.confidence
+  < 0.3`);
 - `batch, route all`: both stages through the providers' Batch API (half price), collected the way the
   daemon's batch_poll_sensor does (scripts/demo.py `collect_batches`);
 - `batch, cascade`: both savings together.
@@ -14,12 +16,12 @@ the report), wall time. Writes the section between `<!-- batch:start -->` and `<
 docs/benchmarks.md and prints a JSON line.
 
 Usage: .venv/bin/python bench/batch_cost.py [--items 1000] [--no-write]
+       (`--items 20 --no-write`: a quick check that it runs, one chunk per variant)
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -33,61 +35,39 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.banking77 import banking77_data, banking77_spec, first_rows, simulator  # noqa: E402
 from bench.docs import replace_section  # noqa: E402
-from llm_assets.datasets import DatasetSpec, load_team_rules, register_dataset  # noqa: E402
-from scripts.demo import BANKING, SIM_KEY, collect_batches, start_simulator  # noqa: E402
+from llm_assets.location import build_defs  # noqa: E402
+from llm_assets.pipeline_assets import register, spec_layout  # noqa: E402
+from scripts.demo import collect_batches  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 VARIANTS = [
     ("online, route all", "online", "all"),
-    ("online, cascade", "online", "low_confidence"),
+    ("online, cascade", "online", None),
     ("batch, route all", "batch", "all"),
-    ("batch, cascade", "batch", "low_confidence"),
+    ("batch, cascade", "batch", None),
 ]
+"""(name, every stage's `mode`, `enriched.route`: None keeps the spec's low-confidence route)."""
 
 
-def _subset(path: Path, n: int) -> None:
-    with BANKING.open(newline="") as src, path.open("w", newline="") as dst:
-        reader = csv.reader(src)
-        writer = csv.writer(dst)
-        writer.writerow(next(reader))
-        for i, row in enumerate(reader):
-            if i >= n:
-                break
-            writer.writerow(row)
-
-
-def run_variant(data: Path, mode: str, route: str, workdir: Path) -> dict:
-    from llm_assets.builtin import build_defs
-
-    sim, root = start_simulator(config=None)
-    home = workdir / f"{mode}-{route}"
-    try:
-        defs = build_defs(
-            base_url=f"{root}/v1",
-            api_key=SIM_KEY,
-            home=home,
-            settings={"route": route, "classify_mode": mode, "enrich_mode": mode},
-            llm={"state_dir": str(home / "llm_state")},
-        )
+def run_variant(data: Path, mode: str, route: str | None, workdir: Path) -> dict:
+    home = workdir / f"{mode}-{route or 'cascade'}"
+    with simulator() as root:
+        enriched = {"mode": mode, **({"route": route} if route else {})}
+        spec = banking77_spec({"stages": {"classified": {"mode": mode}, "enriched": enriched}})
+        layout = spec_layout(spec)
+        defs = build_defs([spec], home=home, sensors=[])
         started = time.monotonic()
         with dg.instance_for_test() as instance:
-            spec = DatasetSpec(
-                uri=str(data),
-                name="banking77",
-                chunk_size=250,
-                column_map={"category": "label"},
-                id_column=None,
-                team_from_label=load_team_rules(BANKING.parent / "teams.json"),
-            )
-            dataset = register_dataset(spec, instance, home)
-            job = defs.resolve_job_def("chunk_pipeline")
+            dataset = register(spec, str(data), instance, home)
+            job = defs.resolve_job_def(layout.chunk_job)
             for key in dataset.partition_keys:
                 job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
             if mode == "batch":
-                collect_batches(defs, instance, home, dataset.partition_keys, timeout_s=600)
-            instance.add_dynamic_partitions("datasets", [dataset.dataset_id])
-            done = defs.resolve_job_def("dataset_completion").execute_in_process(
+                collect_batches(defs, instance, home, dataset.partition_keys, timeout_s=600, layout=layout)
+            instance.add_dynamic_partitions(layout.datasets_partitions, [dataset.dataset_id])
+            done = defs.resolve_job_def(layout.completion_job).execute_in_process(
                 instance=instance, partition_key=dataset.dataset_id, raise_on_error=False
             )
             if not done.success:
@@ -95,14 +75,11 @@ def run_variant(data: Path, mode: str, route: str, workdir: Path) -> dict:
         wall = time.monotonic() - started
         report = json.loads((home / "reports" / dataset.dataset_id / "completion_report.json").read_text())
         billed = httpx.get(f"{root}/_sim/stats", timeout=5).json()["billed_usd"]
-    finally:
-        sim.terminate()
-        sim.wait(timeout=10)
     items = report["total_items"]
     sampled = report["checks"]["sampled_accuracy"]
     return {
         "mode": mode,
-        "route": route,
+        "route": route or spec.stage("enriched").route,
         "items": items,
         "succeeded": report["succeeded"],
         "usd_per_1000": 1000 * report["total_cost_usd"] / items,
@@ -122,7 +99,8 @@ def render(rows: list[dict], n_items: int) -> str:
     lines = [
         "## Batch mode: cost per 1,000 items (bench/batch_cost.py)",
         "",
-        f"The first {n_items:,} BANKING77 items (chunks of 250) through the whole pipeline against the simulator "
+        f"The first {n_items:,} BANKING77 items (chunks of 250) through the whole BANKING77 pipeline spec "
+        "(pipelines/banking77.yaml, every stage's `mode` and `enriched.route` overridden) against the simulator "
         "(no faults, no latency; batches complete in 2 s). USD from the completion report, which equals the "
         "simulator's ledger (`billed`). Accuracy: labels vs gold over every item, and the sampled quality gate's "
         "pooled sample. Batch lines cost 50% of online at both providers; the cascade sends only low-confidence "
@@ -138,9 +116,14 @@ def render(rows: list[dict], n_items: int) -> str:
         lines.append(
             f"| {name} | ${r['usd_per_1000']:.4f} | {r['usd_per_1000'] / base:.0%} | "
             f"${stage.get('classified', 0.0):.4f} | ${stage.get('enriched', 0.0):.4f} | ${r['billed_usd']:.4f} | "
-            f"{r['accuracy']:.3f} | {r['sampled_accuracy']:.3f} ({r['sampled_n']}) | {r['wall_s']:.0f} |"
+            f"{_share(r['accuracy'])} | {_share(r['sampled_accuracy'])} ({r['sampled_n']}) | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    """An accuracy, or `n/a` when the report has none (no gold label reached it)."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,11 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="chunkwise-batch-bench-") as tmp:
         workdir = Path(tmp)
-        os.environ["DAGSTER_HOME"] = str(
-            workdir
-        )  # instance_for_test makes its own; this keeps stray state here
-        data = workdir / "banking77_subset.csv"
-        _subset(data, args.items)
+        # instance_for_test makes its own instance; this keeps any stray state in the temporary folder
+        os.environ["DAGSTER_HOME"] = str(workdir)
+        data = first_rows(banking77_data(), workdir / f"first-{args.items}.csv", args.items)
         rows = [run_variant(data, mode, route, workdir) for _, mode, route in VARIANTS]
     text = render(rows, args.items)
     print(text)

@@ -1,10 +1,12 @@
 """How many dynamic partitions can one Dagster instance carry? Prints a markdown table (never pass/fail).
 
-Measures, on a SQLite instance (``instance_for_test``, on disk in a temp dir), with N chunk partitions present:
-add (batched, as ``register_dataset`` does), list all keys, one ``has_dynamic_partition`` lookup, pruning one
-800-chunk dataset, and the wall time of materializing one partition of a trivial partitioned asset (the fixed
-cost a run pays). Usage: ``python bench/partition_counts.py [N ...]`` (default 10000 50000 200000);
-``python bench/partition_counts.py --status N M`` times the UI's partition status cache with M of N materialized.
+Measures, on a SQLite instance (``instance_for_test``, on disk in a temp dir), with N chunk partitions present in
+the chunk partitions set of the BANKING77 pipeline spec (``banking77__chunks``, one per chunk of every dataset it
+registered): add (batched, as ``register_dataset`` does), list all keys, one ``has_dynamic_partition`` lookup,
+pruning one 800-chunk dataset, and the wall time of materializing one partition of a trivial asset partitioned
+like the spec's stages (the fixed cost a run pays). Usage: ``python bench/partition_counts.py [N ...]`` (default
+10000 50000 200000; ``1600`` is a quick check); ``python bench/partition_counts.py --status N M`` times the UI's
+partition status cache with M of N materialized.
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dagster as dg  # noqa: E402
 
-from llm_assets.partitions import (  # noqa: E402
-    CHUNK_PARTITIONS_NAME,
-    add_chunk_partitions,
-    chunk_partitions,
-    dataset_partition_keys,
-    prune_dataset_partitions,
-)
+from bench.banking77 import BANKING77_SPEC  # noqa: E402
+from llm_assets.partitions import add_chunk_partitions, dataset_partition_keys, prune_dataset_partitions  # noqa: E402
+from llm_assets.pipeline_assets import chunks_partitions_name  # noqa: E402
+from llm_assets.spec import load_pipeline  # noqa: E402
 
 CHUNKS_PER_DATASET = 800  # 200,000 items at the default chunk size of 250
+# Loaded for its names only: nothing here calls a model, so no provider key is needed.
+PARTITIONS_NAME = chunks_partitions_name(load_pipeline(BANKING77_SPEC, require_secrets=False))
+chunk_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 
 @dg.asset(partitions_def=chunk_partitions, io_manager_key="mem")
 def probe(context) -> int:  # unannotated: `from __future__ import annotations` hides the type from dagster
     return len(context.partition_key)
+
+
+def add(instance: dg.DagsterInstance, keys: list[str], max_live: int | None) -> list[str]:
+    return add_chunk_partitions(instance, keys, max_live=max_live, partitions_name=PARTITIONS_NAME)
 
 
 def _timed(fn, repeat: int = 1) -> float:
@@ -50,25 +56,25 @@ def measure(total: int) -> dict[str, float]:
     with dg.instance_for_test() as instance:
         start = time.perf_counter()
         for ds in datasets:
-            add_chunk_partitions(instance, dataset_partition_keys(ds, CHUNKS_PER_DATASET), max_live=None)
+            add(instance, dataset_partition_keys(ds, CHUNKS_PER_DATASET), max_live=None)
         out["add_all_s"] = time.perf_counter() - start
         out["add_one_dataset_s"] = _timed(
-            lambda: add_chunk_partitions(
+            lambda: add(
                 instance, dataset_partition_keys("extra-ffffffff", CHUNKS_PER_DATASET), max_live=10**9
             )
         )
-        out["list_s"] = _timed(lambda: instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME), repeat=3)
+        out["list_s"] = _timed(lambda: instance.get_dynamic_partitions(PARTITIONS_NAME), repeat=3)
         probe_key = dataset_partition_keys(datasets[-1], CHUNKS_PER_DATASET)[-1]
-        out["has_ms"] = 1000 * _timed(
-            lambda: instance.has_dynamic_partition(CHUNK_PARTITIONS_NAME, probe_key), 20
-        )
+        out["has_ms"] = 1000 * _timed(lambda: instance.has_dynamic_partition(PARTITIONS_NAME, probe_key), 20)
         out["materialize_one_s"] = _timed(
             lambda: dg.materialize(
                 [probe], partition_key=probe_key, instance=instance, resources={"mem": dg.InMemoryIOManager()}
             ),
             repeat=3,
         )
-        out["prune_one_dataset_s"] = _timed(lambda: prune_dataset_partitions(instance, "extra-ffffffff"))
+        out["prune_one_dataset_s"] = _timed(
+            lambda: prune_dataset_partitions(instance, "extra-ffffffff", PARTITIONS_NAME)
+        )
     return out
 
 
@@ -80,7 +86,7 @@ def measure_status_cache(total: int, materialized: int) -> dict[str, float]:
     keys = [k for d in range(total // CHUNKS_PER_DATASET) for k in dataset_partition_keys(f"n-{d:08x}", 800)]
     asset_key = dg.AssetKey("probe")
     with dg.instance_for_test() as instance:
-        add_chunk_partitions(instance, keys, max_live=None)
+        add(instance, keys, max_live=None)
         start = time.perf_counter()
         for key in keys[:materialized]:
             instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset_key, partition=key))

@@ -47,7 +47,11 @@ stages:
       required: [priority, needs_person]
       additionalProperties: false
     gates:
-      sampled_quality: {{field: priority, gold_column: null, sample_size: 10}}
+      sampled_quality:
+        field: priority
+        gold_column: null
+        sample_size: 10
+        judge: {{provider: default, model: gpt-6.2-sol, rubric: "Triage the ticket. Answer only with JSON."}}
   - name: fix
     model: gpt-6.2-sol
     provider: default

@@ -1,23 +1,23 @@
-"""Quality gates: partition-aware asset checks on `classified` and `enriched`, run with every chunk.
+"""Quality gates: what each gate decides for one chunk, and what the report reads back.
 
-| check            | on                    | blocking | severity            | fails when                                     |
-| ---------------- | --------------------- | -------- | ------------------- | ---------------------------------------------- |
-| outputs_valid    | classified, enriched  | yes      | ERROR               | a row breaks its stage schema or the taxonomy  |
-| success_rate     | classified, enriched  | yes      | ERROR               | output rows / items that reached the LLM       |
-|                  |                       |          |                     | < min_success_rate (invalid inputs apart)      |
-| sampled_quality  | classified            | yes      | WARN (config ERROR) | Wilson lower bound of sampled accuracy < min   |
-| label_drift      | classified            | no       | WARN                | permutation chi-square vs recent chunks, p<max |
-| cost_per_item    | classified, enriched  | no       | WARN                | cost per item > ceiling, or top 10% of items   |
-|                  |                       |          |                     | take more than max_top_decile_token_share      |
+A pipeline's gates are declared per stage in its spec and built as partition-aware asset checks by
+llm_assets/pipeline_checks.py (docs/quality_gates.md):
 
-A blocking check that fails with ERROR severity stops `enriched` (and anything downstream) for that chunk in
-the same run, and tags the run `chunkwise/failure_class=quality_gate` (see llm_assets/failure_class.py) so
-the backfill sensor never retries it. Thresholds live in the `QualityGateSettings` resource (`quality_gates`);
-the demo's defaults and the measurement behind them are in docs/quality_gates.md.
+| gate             | fails when                                                                              |
+| ---------------- | --------------------------------------------------------------------------------------- |
+| outputs_valid    | a row breaks the stage's output schema (taxonomy included), or keys are missing/repeated |
+| success_rate     | output rows / items routed to the stage < `min` (invalid inputs are reported apart)     |
+| sampled_quality  | the Wilson lower bound of a seeded sample's accuracy (gold column or judge) < `min_accuracy` |
+| label_drift      | permutation chi-square of the chunk's field mix vs recent chunks: p < `max_p_value`     |
+| cost_per_item    | USD per item > `max_usd`, or the top 10% of items take more than their token share     |
 
-Each gate's decision is a pure function of frames and settings (`outputs_valid_outcome`, `success_rate_outcome`,
-`sampled_quality_outcome`, `label_drift_outcome`, `cost_per_item_outcome`, returning a `GateOutcome`): the one
-implementation behind these checks and the spec pipelines' (llm_assets/pipeline_checks.py).
+A gate of severity ERROR is blocking: its failure stops the chunk's later stages in the same run and tags the
+run `chunkwise/failure_class=quality_gate` (llm_assets/failure_class.py) so the backfill sensor never retries
+it; the chunk's rows are quarantined, not discarded (llm_assets/report.py).
+
+Each gate's decision is a pure function of frames and thresholds (`outputs_valid_outcome`,
+`success_rate_outcome`, `sampled_quality_outcome`, `label_drift_outcome`, `cost_per_item_outcome`, returning a
+`GateOutcome`); `checks_section` and `blocked_partitions` read the latest evaluations of a pipeline's gates.
 """
 
 import json
@@ -26,24 +26,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
 from llm_assets.datasets import RegisteredDataset
 from llm_assets.failure_class import mark_quality_gate_failure
-from llm_assets.judge import judge_items, judge_prompt
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
+from llm_assets.layout import PipelineLayout
 from llm_assets.materializations import latest_materialization
-from llm_assets.partitions import chunk_partitions, parse_chunk_key
-from llm_assets.prompts import classify_prompt, enrich_prompt, load_few_shot, load_taxonomy
-from llm_assets.quality_stats import label_drift, sample_item_ids, top_decile_share, wilson_interval
-from llm_assets.settings import PipelineSettings
-from resources.dead_letters import DeadLetterStore
-from resources.llm import LLMResource
+from llm_assets.quality_stats import label_drift, top_decile_share, wilson_interval
 from resources.llm.structured import validate
 
 # Partitioned checks (`partitions_def=` on AssetCheckSpec) are a preview feature in dagster 1.13; we rely on it knowingly.
@@ -51,66 +44,8 @@ warnings.filterwarnings(
     "ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning
 )
 
-CLASSIFIED = dg.AssetKey("classified")
-ENRICHED = dg.AssetKey("enriched")
 DRIFT_HISTORY_LIMIT = 500  # drift evaluations scanned for a dataset's recent chunks
 _MAX_EXAMPLES = 10  # offending rows/items listed in metadata
-
-
-class QualityGateSettings(dg.ConfigurableResource):
-    """Thresholds of the quality gates (resource key `quality_gates`). Defaults are the demo's, measured
-    against the local simulator (docs/quality_gates.md); with a real model raise `min_sampled_accuracy`."""
-
-    min_success_rate: float = Field(
-        default=0.95,
-        description="Output rows / items of the chunk that reached the LLM. Items dead-lettered at a model stage "
-        "count as failed; invalid inputs (rejected by `items` before any LLM call) are reported apart, not counted.",
-    )
-    sample_size: int = Field(default=50, description="Items scored per chunk by sampled_quality.")
-    min_sampled_accuracy: float = Field(
-        default=0.10,
-        description="sampled_quality passes when the Wilson lower bound of sampled accuracy reaches this. "
-        "Demo value from the simulator's measured accuracy; a real model deserves far more (e.g. 0.8).",
-    )
-    confidence: float = Field(default=0.95, description="One-sided confidence of the Wilson lower bound.")
-    sampled_quality_severity: Literal["WARN", "ERROR"] = Field(
-        default="WARN", description="ERROR makes a failed sampled_quality block `enriched` for the chunk."
-    )
-    judge_enabled: bool = Field(
-        default=True, description="Score items without a gold label with the `judge_llm` model (costs money)."
-    )
-    drift_max_p_value: float = Field(
-        default=0.001,
-        description="label_drift warns when the permutation p-value is below this (min ~0.0005).",
-    )
-    drift_reference_chunks: int = Field(
-        default=5, description="Recent chunks of the dataset pooled as reference."
-    )
-    drift_min_reference_items: int = Field(
-        default=100, description="Below this many reference items label_drift passes with 'no baseline yet'."
-    )
-    classified_max_cost_per_item_usd: float | None = Field(
-        default=0.0005,
-        description="cost_per_item ceiling for `classified` (USD per item sent); None: no ceiling.",
-    )
-    enriched_max_cost_per_item_usd: float | None = Field(
-        default=0.005,
-        description="cost_per_item ceiling for `enriched` (USD per routed item); None: no ceiling.",
-    )
-    max_top_decile_token_share: float = Field(
-        default=0.3,
-        description="cost_per_item warns when the 10% largest items take more of the chunk's tokens.",
-    )
-
-    def z(self) -> float:
-        return NormalDist().inv_cdf(self.confidence)
-
-    def cost_ceiling(self, asset: dg.AssetKey) -> float | None:
-        return (
-            self.classified_max_cost_per_item_usd
-            if asset == CLASSIFIED
-            else self.enriched_max_cost_per_item_usd
-        )
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -125,8 +60,8 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetKey, partition
 @dataclass(frozen=True)
 class GateOutcome:
     """What one gate decided for one chunk, computed from frames and settings alone (no Dagster context):
-    the `*_outcome` functions below are the one implementation behind both the BANKING77 checks here and the
-    spec pipelines' checks (llm_assets/pipeline_checks.py)."""
+    the `*_outcome` functions below are the one implementation behind every pipeline's gates
+    (llm_assets/pipeline_checks.py)."""
 
     passed: bool
     description: str
@@ -175,25 +110,6 @@ def as_python(value: Any) -> Any:
     return value
 
 
-def _spec(
-    asset: dg.AssetKey,
-    name: str,
-    *,
-    blocking: bool,
-    description: str,
-    additional_deps: list[str] | None = None,
-) -> dg.AssetCheckSpec:
-    """A chunk-partitioned check on a stage asset."""
-    return dg.AssetCheckSpec(
-        name,
-        asset=asset,
-        blocking=blocking,
-        description=description,
-        additional_deps=additional_deps,
-        partitions_def=chunk_partitions,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- outputs_valid
 
 
@@ -236,22 +152,6 @@ def schema_row_errors(
     return errors
 
 
-def _classified_row_errors(frame: pd.DataFrame, schema: dict) -> list[tuple[str, str]]:
-    return schema_row_errors(frame, schema, ["label", "confidence"])
-
-
-def _enriched_row_errors(frame: pd.DataFrame, schema: dict, taxonomy: set[str]) -> list[tuple[str, str]]:
-    errors = [
-        (str(item_id), f"$.label: {label!r} is not in the taxonomy")
-        for item_id, label in zip(frame["item_id"], frame["label"], strict=True)
-        if as_python(label) not in taxonomy
-    ]
-    routed = frame[frame["routed"].astype(bool)]
-    errors += schema_row_errors(routed, schema, ["summary", "entities", "urgency"])
-    row_of = {item_id: i for i, item_id in enumerate(frame["item_id"].astype(str))}
-    return sorted(errors, key=lambda error: row_of[error[0]])  # row order, as a person reads the file
-
-
 def key_errors(frame: pd.DataFrame, dataset_id: str) -> list[tuple[str, str]]:
     """(item_id, problem) for missing keys, repeated items and rows of another dataset."""
     errors = []
@@ -263,19 +163,6 @@ def key_errors(frame: pd.DataFrame, dataset_id: str) -> list[tuple[str, str]]:
     for item_id in frame.loc[frame["dataset_id"].notna() & (frame["dataset_id"] != dataset_id), "item_id"]:
         errors.append((str(item_id), f"dataset_id is not {dataset_id}"))
     return errors
-
-
-def _outputs_valid_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
-    return _spec(
-        asset,
-        "outputs_valid",
-        blocking=True,
-        description=(
-            f"Every `{asset.path[-1]}` row conforms to the stage's output schema and its label is in the taxonomy; "
-            "keys are present and unique. Blocking: a chunk with any invalid row does not feed downstream. "
-            "Metadata lists the offending items and what is wrong with them."
-        ),
-    )
 
 
 def outputs_valid_outcome(rows_checked: int, errors: list[tuple[str, str]]) -> GateOutcome:
@@ -301,50 +188,7 @@ def outputs_valid_outcome(rows_checked: int, errors: list[tuple[str, str]]) -> G
     )
 
 
-def outputs_valid(
-    context: dg.AssetCheckExecutionContext,
-    asset: dg.AssetKey,
-    settings: PipelineSettings,
-    frame: pd.DataFrame,
-) -> dg.AssetCheckResult:
-    dataset_id, _ = parse_chunk_key(context.partition_key)
-    taxonomy = load_taxonomy(settings.taxonomy_path)
-    if frame.empty:
-        errors: list[tuple[str, str]] = []
-    elif asset == CLASSIFIED:
-        schema = classify_prompt(taxonomy, []).schema
-        errors = key_errors(frame, dataset_id) + _classified_row_errors(frame, schema)
-    else:
-        errors = key_errors(frame, dataset_id) + _enriched_row_errors(
-            frame, enrich_prompt().schema, set(taxonomy)
-        )
-    return check_result(
-        context,
-        asset,
-        "outputs_valid",
-        outputs_valid_outcome(len(frame), errors),
-        severity=dg.AssetCheckSeverity.ERROR,
-        blocking=True,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- success_rate
-
-
-def _success_rate_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
-    return _spec(
-        asset,
-        "success_rate",
-        blocking=True,
-        description=(
-            f"`{asset.path[-1]}` rows / items of the chunk that reached the LLM is at least "
-            "`quality_gates.min_success_rate` (default 0.95). The gate judges the model and the provider: items "
-            "dead-lettered at a model stage (this one or an earlier one) count as failed; invalid inputs (empty, "
-            "over-long, repeated ids: dead-lettered by `items` before any LLM call) are reported apart "
-            "(`items_invalid_input`) and not counted. Blocking: a failing chunk's rows are quarantined, not "
-            "deleted. Metadata says how many failed, at which stage and why, and where their dead letters are."
-        ),
-    )
 
 
 def success_rate_outcome(
@@ -397,53 +241,7 @@ def success_rate_outcome(
     )
 
 
-def success_rate(
-    context: dg.AssetCheckExecutionContext,
-    asset: dg.AssetKey,
-    settings: PipelineSettings,
-    quality_gates: QualityGateSettings,
-    frame: pd.DataFrame,
-) -> dg.AssetCheckResult:
-    partition = context.partition_key
-    dataset_id, _ = parse_chunk_key(partition)
-    items_meta = _latest_metadata(context.instance, dg.AssetKey("items"), partition)
-    # Invalid inputs never reached the model: they are dead letters, but not the model's or provider's failures.
-    invalid_inputs = int(items_meta.get("items_invalid", 0))
-    total_rows = int(items_meta.get("items_total", len(frame)))
-    attempted = int(items_meta.get("items_valid", total_rows - invalid_inputs))
-    store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
-    dead = store.query(dataset_id, partition)
-    upstream = ("classified",) if asset == CLASSIFIED else ("classified", "enriched")
-    outcome = success_rate_outcome(
-        attempted=attempted,
-        succeeded=len(frame),
-        threshold=quality_gates.min_success_rate,
-        failures=dead[dead["stage"].isin(upstream)],
-        invalid_inputs=invalid_inputs,
-        invalid_letters=dead[dead["stage"] == "items"],
-        dead_letters_uri=store.uri_for(dataset_id),
-    )
-    return check_result(
-        context, asset, "success_rate", outcome, severity=dg.AssetCheckSeverity.ERROR, blocking=True
-    )
-
-
 # ---------------------------------------------------------------------------------------------- sampled_quality
-
-
-SAMPLED_QUALITY = _spec(
-    CLASSIFIED,
-    "sampled_quality",
-    blocking=True,
-    additional_deps=["items"],
-    description=(
-        "A random sample of the chunk (size `quality_gates.sample_size`, default 50; seeded by the partition key "
-        "so a re-run scores the same items) is scored against the input's gold `label`, or by the `judge_llm` "
-        "model where there is none. Passes when the Wilson lower bound of the sample accuracy reaches "
-        "`min_sampled_accuracy`: a small unlucky sample is not mistaken for a bad chunk, nor a lucky one for a "
-        "good chunk. Severity WARN by default; ERROR blocks `enriched`. The judge's cost is `cost_usd`."
-    ),
-)
 
 
 def _agrees(answer: Any, reference: Any) -> bool:
@@ -515,65 +313,6 @@ def sampled_quality_outcome(
     )
 
 
-def sampled_quality(
-    context: dg.AssetCheckExecutionContext,
-    settings: PipelineSettings,
-    quality_gates: QualityGateSettings,
-    judge_llm: LLMResource,
-    classified: pd.DataFrame,
-    items: pd.DataFrame,
-) -> dg.AssetCheckResult:
-    partition = context.partition_key
-    dataset_id, _ = parse_chunk_key(partition)
-    ids = [] if classified.empty else classified["item_id"].astype(str).tolist()
-    sample = sample_item_ids(ids, partition, quality_gates.sample_size)
-    rows = classified.set_index(classified["item_id"].astype(str)) if ids else classified
-    gold = {i: rows.at[i, "gold_label"] for i in sample if as_python(rows.at[i, "gold_label"]) is not None}
-    unlabelled = [i for i in sample if i not in gold]
-
-    judged: dict[str, str] = {}
-    judge_cost = 0.0
-    judge_failed = 0
-    if unlabelled and quality_gates.judge_enabled:
-        taxonomy = load_taxonomy(settings.taxonomy_path)
-        prompt = judge_prompt(taxonomy, load_few_shot(settings.few_shot_path, taxonomy))
-        texts = items.set_index(items["item_id"].astype(str))["text"]
-        verdicts = judge_items(
-            judge_llm,
-            prompt,
-            {i: str(texts[i]) for i in unlabelled if i in texts.index},
-            dataset_id=dataset_id,
-            run_id=context.run.run_id,
-            partition_key=context.partition_key,
-            log=context.log,
-        )
-        judged, judge_cost, judge_failed = verdicts.labels, verdicts.cost_usd, verdicts.failed
-
-    outcome = sampled_quality_outcome(
-        sample,
-        {i: rows.at[i, "label"] for i in sample},
-        gold,
-        judged,
-        field="label",
-        threshold=quality_gates.min_sampled_accuracy,
-        confidence=quality_gates.confidence,
-        not_scored=(
-            "not scored: the sampled items have no gold label and the judge is off (or failed on every item); "
-            "turn on `quality_gates.judge_enabled` or supply a `label` column to gate quality."
-        ),
-        judge_failed=judge_failed,
-        judge_cost_usd=judge_cost,
-    )
-    return check_result(
-        context,
-        CLASSIFIED,
-        "sampled_quality",
-        outcome,
-        severity=dg.AssetCheckSeverity(quality_gates.sampled_quality_severity),
-        blocking=True,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- label_drift
 
 
@@ -582,7 +321,7 @@ def recent_label_counts(
     dataset_id: str,
     partition: str,
     chunks: int,
-    check: dg.AssetCheckKey = dg.AssetCheckKey(CLASSIFIED, "label_drift"),
+    check: dg.AssetCheckKey,
 ) -> dict[str, dict[str, int]]:
     """Label counts recorded by the latest evaluations of the drift `check` on up to `chunks` other chunks of the
     dataset, most recent first (each chunk's own evaluation stores its counts, so no other chunk's file is read)."""
@@ -605,20 +344,6 @@ def recent_label_counts(
         if len(found) >= chunks:
             break
     return found
-
-
-LABEL_DRIFT = _spec(
-    CLASSIFIED,
-    "label_drift",
-    blocking=False,
-    description=(
-        "The chunk's label mix against the pooled mix of the dataset's most recently checked chunks "
-        "(`drift_reference_chunks`, default 5): permutation test of the chi-square statistic, warns when "
-        "p < `drift_max_p_value`. PSI is reported too. WARN only: a real shift in the input is not an error, "
-        "but a person should look (a new kind of ticket, or a prompt change). Input files sorted by label drift "
-        "by construction."
-    ),
-)
 
 
 def label_drift_outcome(
@@ -675,44 +400,7 @@ def label_drift_outcome(
     return GateOutcome(passed, description, metadata)
 
 
-def label_drift_check(
-    context: dg.AssetCheckExecutionContext, quality_gates: QualityGateSettings, classified: pd.DataFrame
-) -> dg.AssetCheckResult:
-    partition = context.partition_key
-    dataset_id, _ = parse_chunk_key(partition)
-    counts = (
-        {} if classified.empty else {str(k): int(v) for k, v in classified["label"].value_counts().items()}
-    )
-    recent = recent_label_counts(
-        context.instance, dataset_id, partition, quality_gates.drift_reference_chunks
-    )
-    outcome = label_drift_outcome(
-        counts,
-        recent,
-        max_p_value=quality_gates.drift_max_p_value,
-        min_reference_items=quality_gates.drift_min_reference_items,
-        seed=partition,
-    )
-    return check_result(
-        context, CLASSIFIED, "label_drift", outcome, severity=dg.AssetCheckSeverity.WARN, blocking=False
-    )
-
-
 # ---------------------------------------------------------------------------------------------- cost_per_item
-
-
-def _cost_per_item_spec(asset: dg.AssetKey) -> dg.AssetCheckSpec:
-    stage = asset.path[-1]
-    return _spec(
-        asset,
-        "cost_per_item",
-        blocking=False,
-        description=(
-            f"USD per item sent to `{stage}` against `{stage}_max_cost_per_item_usd`, and the share of the chunk's "
-            "tokens taken by its most expensive 10% of items against `max_top_decile_token_share`. WARN: the "
-            "listed items are the inputs to filter or truncate (see `length_policy`)."
-        ),
-    )
 
 
 def tokens_by_item(billed: pd.DataFrame) -> dict[str, int]:
@@ -765,44 +453,11 @@ def cost_per_item_outcome(
     )
 
 
-def cost_per_item(
-    context: dg.AssetCheckExecutionContext,
-    asset: dg.AssetKey,
-    quality_gates: QualityGateSettings,
-    frame: pd.DataFrame,
-) -> dg.AssetCheckResult:
-    meta = _latest_metadata(context.instance, asset, context.partition_key)
-    billed = frame[frame["routed"].astype(bool)] if asset == ENRICHED and not frame.empty else frame
-    outcome = cost_per_item_outcome(
-        float(meta.get("cost_usd", frame["cost_usd"].sum() if not frame.empty else 0.0)),
-        int(meta.get("items_total", len(frame))),
-        tokens_by_item(billed),
-        ceiling_usd=quality_gates.cost_ceiling(asset),
-        max_top_decile_token_share=quality_gates.max_top_decile_token_share,
-    )
-    return check_result(
-        context, asset, "cost_per_item", outcome, severity=dg.AssetCheckSeverity.WARN, blocking=False
-    )
-
-
 # ---------------------------------------------------------------------------------------------- the checks
 #
 # One step per checked stage, not one per check: each step costs a run ~90 ms of events and input loads, and
 # eight single-check steps were more than half of a chunk run's orchestration overhead (docs/benchmarks.md).
 # The steps can subset, so the UI still runs any one check on its own.
-
-CLASSIFIED_CHECK_SPECS = [
-    _outputs_valid_spec(CLASSIFIED),
-    _success_rate_spec(CLASSIFIED),
-    SAMPLED_QUALITY,
-    LABEL_DRIFT,
-    _cost_per_item_spec(CLASSIFIED),
-]
-ENRICHED_CHECK_SPECS = [
-    _outputs_valid_spec(ENRICHED),
-    _success_rate_spec(ENRICHED),
-    _cost_per_item_spec(ENRICHED),
-]
 
 
 def evaluate_selected(
@@ -826,68 +481,6 @@ def evaluate_selected(
         yield result
     if errors:
         raise errors[0][1]
-
-
-def _stage_evaluators(
-    context: dg.AssetCheckExecutionContext,
-    asset: dg.AssetKey,
-    settings: PipelineSettings,
-    quality_gates: QualityGateSettings,
-    frame: pd.DataFrame,
-) -> dict[str, Callable[[], dg.AssetCheckResult]]:
-    """The checks both stages have, by name, ready to evaluate on `frame`."""
-    return {
-        "outputs_valid": lambda: outputs_valid(context, asset, settings, frame),
-        "success_rate": lambda: success_rate(context, asset, settings, quality_gates, frame),
-        "cost_per_item": lambda: cost_per_item(context, asset, quality_gates, frame),
-    }
-
-
-@dg.multi_asset_check(
-    name="classified_checks",
-    specs=CLASSIFIED_CHECK_SPECS,
-    can_subset=True,
-    ins={"classified": dg.AssetIn("classified"), "items": dg.AssetIn("items")},
-    description="The quality gates of `classified` for one chunk (see each check's description).",
-)
-def classified_checks(
-    context: dg.AssetCheckExecutionContext,
-    settings: PipelineSettings,
-    quality_gates: QualityGateSettings,
-    judge_llm: LLMResource,
-    classified: pd.DataFrame,
-    items: pd.DataFrame,
-) -> Iterator[dg.AssetCheckResult]:
-    evaluators = _stage_evaluators(context, CLASSIFIED, settings, quality_gates, classified)
-    evaluators["sampled_quality"] = lambda: sampled_quality(
-        context, settings, quality_gates, judge_llm, classified, items
-    )
-    evaluators["label_drift"] = lambda: label_drift_check(context, quality_gates, classified)
-    yield from evaluate_selected(context, CLASSIFIED, evaluators)
-
-
-@dg.multi_asset_check(
-    name="enriched_checks",
-    specs=ENRICHED_CHECK_SPECS,
-    can_subset=True,
-    ins={"enriched": dg.AssetIn("enriched")},
-    description="The quality gates of `enriched` for one chunk (see each check's description).",
-)
-def enriched_checks(
-    context: dg.AssetCheckExecutionContext,
-    settings: PipelineSettings,
-    quality_gates: QualityGateSettings,
-    enriched: pd.DataFrame,
-) -> Iterator[dg.AssetCheckResult]:
-    yield from evaluate_selected(
-        context, ENRICHED, _stage_evaluators(context, ENRICHED, settings, quality_gates, enriched)
-    )
-
-
-stage_checks: list[dg.AssetChecksDefinition] = [classified_checks, enriched_checks]
-"""Every quality gate; register with `dg.Definitions(asset_checks=stage_checks, ...)`."""
-
-STAGE_CHECK_SPECS: list[dg.AssetCheckSpec] = [*CLASSIFIED_CHECK_SPECS, *ENRICHED_CHECK_SPECS]
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -933,12 +526,12 @@ def _blocked_by(
 
 
 def pipeline_check_specs(layout: PipelineLayout) -> list[dg.AssetCheckSpec]:
-    """The quality gates of `layout`'s pipeline, in stage order (the built-in pipeline's: classified, enriched)."""
-    return list(layout.check_specs) if layout.check_specs is not None else STAGE_CHECK_SPECS
+    """The quality gates of `layout`'s pipeline, in stage order."""
+    return list(layout.check_specs)
 
 
 def blocked_partitions(
-    instance: dg.DagsterInstance, partitions: list[str], layout: PipelineLayout = BUILTIN_LAYOUT
+    instance: dg.DagsterInstance, partitions: list[str], layout: PipelineLayout
 ) -> list[str]:
     """The partitions whose latest evaluation of a blocking check failed with ERROR severity: their outputs are
     quarantined (kept on disk, counted apart, never counted as succeeded; a blocking failure on the last stage
@@ -948,7 +541,7 @@ def blocked_partitions(
 
 
 def checks_section(
-    instance: dg.DagsterInstance, dataset: RegisteredDataset, layout: PipelineLayout = BUILTIN_LAYOUT
+    instance: dg.DagsterInstance, dataset: RegisteredDataset, layout: PipelineLayout
 ) -> dict[str, Any]:
     """The `checks` section of a dataset's completion report, over the quality gates of `layout`'s pipeline.
 

@@ -1,7 +1,7 @@
 """Where each chunk of a dataset stands, read from the Dagster instance: pending, in flight, or terminal.
 
 A chunk is *terminal* when nothing will happen to it without a person:
-- `succeeded`: its latest run succeeded and `enriched` is materialized for it;
+- `succeeded`: its latest run succeeded and the pipeline's last stage is materialized for it;
 - `failed_quality_gate`: its latest run failed a blocking quality gate (re-running buys the same answers);
 - `gave_up`: its latest run failed for a retryable reason and the backfill sensor used every attempt
   (it tags that run `chunkwise/backfill=gave_up`);
@@ -21,7 +21,7 @@ from enum import StrEnum
 import dagster as dg
 
 from llm_assets.failure_class import FailureClass, run_failure_class
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
+from llm_assets.layout import PipelineLayout
 
 PARTITION_TAG = "dagster/partition"
 DATASET_TAG = "chunkwise/dataset"
@@ -48,7 +48,7 @@ class ChunkState(StrEnum):
     IN_FLIGHT = "in_flight"
     RETRY_PENDING = "retry_pending"  # retryable failure; the backfill sensor decides when to re-run it
     NEEDS_HUMAN = "needs_human"  # job-fatal failure: waits until a person clears the provider
-    INCOMPLETE = "incomplete"  # the latest run succeeded but did not materialize `enriched`
+    INCOMPLETE = "incomplete"  # the latest run succeeded but did not materialize the last stage
     SUCCEEDED = "succeeded"
     FAILED_QUALITY_GATE = "failed_quality_gate"
     GAVE_UP = "gave_up"
@@ -93,10 +93,10 @@ def latest_runs(instance: dg.DagsterInstance, partition_keys: list[str]) -> dict
 
 
 def chunk_states(
-    instance: dg.DagsterInstance, partition_keys: list[str], layout: PipelineLayout = BUILTIN_LAYOUT
+    instance: dg.DagsterInstance, partition_keys: list[str], layout: PipelineLayout
 ) -> dict[str, ChunkStatus]:
     """The state of each chunk partition (see the module docstring for the rules); `layout` names the
-    pipeline's last stage (the built-in one's is `enriched`)."""
+    pipeline's last stage (BANKING77's is `enriched`)."""
     runs = latest_runs(instance, partition_keys)
     materialized = instance.get_materialized_partitions(layout.final_key)
     out: dict[str, ChunkStatus] = {}

@@ -24,10 +24,10 @@ import pandas as pd
 
 from io_managers.atomic_files import write_bytes_atomic
 from llm_assets.chunk_status import ChunkState, ChunkStatus, chunk_states
-from llm_assets.cost_ledger import cost_ledger, dataset_partitions, rollup
+from llm_assets.cost_ledger import rollup
 from llm_assets.datasets import RegisteredDataset, load_dataset
 from llm_assets.judge import JUDGE_STAGE
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
+from llm_assets.layout import PipelineLayout
 from llm_assets.report import NOT_PROCESSED_WHY, CompletionReport, build_completion_report
 from llm_assets.settings import PipelineSettings
 from llm_assets.stages import checkpoint_root
@@ -142,7 +142,7 @@ def build_dataset_completion(
     s3: Any = None,
     *,
     ledger_rows: pd.DataFrame,
-    layout: PipelineLayout = BUILTIN_LAYOUT,
+    layout: PipelineLayout,
 ) -> DatasetCompletion:
     """The report of a dataset whose chunks (`states`, from chunk_states) are all terminal; dg.Failure (no
     retry) if some are not. `ledger`: the cost_ledger asset's rows; `ledger_rows`: the dataset's spend-ledger
@@ -333,12 +333,6 @@ def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus])
     return removed, kept
 
 
-class CompletionSettings(dg.ConfigurableResource):
-    """Dataset-level success: the share of items that must succeed for `threshold_met` (0..1)."""
-
-    min_success_rate: float = 0.95
-
-
 def report_metadata(done: DatasetCompletion, path: Path, removed: int, kept: int) -> dict[str, Any]:
     """The completion report's materialization metadata: the Markdown, the webhook summary, the numbers."""
     r = done.report
@@ -373,12 +367,12 @@ def completion_asset(
     *,
     group_name: str,
     owners: list[str] | None,
-    min_success_rate: float | None = None,
+    min_success_rate: float,
 ) -> dg.AssetsDefinition:
-    """The completion report of `layout`'s pipeline (key `layout.completion_key`), one partition per dataset.
-    `min_success_rate` None: read from the `completion` resource (CompletionSettings)."""
+    """The completion report of `layout`'s pipeline (key `layout.completion_key`), one partition per dataset;
+    `min_success_rate` is the share of items that must succeed for `threshold_met` (the spec's `completion`)."""
     llm_key = layout.llm_keys[0]
-    resource_keys = {"settings", "s3", llm_key} | ({"completion"} if min_success_rate is None else set())
+    resource_keys = {"settings", "s3", llm_key}
 
     @dg.asset(
         key=layout.completion_key,
@@ -403,18 +397,13 @@ def completion_asset(
         states = chunk_states(context.instance, dataset.partition_keys, layout)
         # Every LLM resource writes the same spend ledger (one state folder); the first stage's finds it.
         events = getattr(context.resources, llm_key).spend_ledger().rows(dataset.dataset_id)
-        threshold = (
-            min_success_rate
-            if min_success_rate is not None
-            else context.resources.completion.min_success_rate
-        )
         done = build_dataset_completion(
             context.instance,
             dataset,
             states,
             home,
             ledger,
-            threshold,
+            min_success_rate,
             context.resources.s3,
             ledger_rows=events,
             layout=layout,
@@ -425,11 +414,3 @@ def completion_asset(
         return dg.MaterializeResult(metadata=report_metadata(done, path, removed, kept))
 
     return _completion
-
-
-dataset_complete = completion_asset(
-    BUILTIN_LAYOUT, dataset_partitions, group_name="chunkwise", owners=["team:data-platform"]
-)
-
-ledger_assets = [cost_ledger, dataset_complete]
-"""Add to definitions.py's assets, with the resource `completion=CompletionSettings()`."""

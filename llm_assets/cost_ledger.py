@@ -21,14 +21,11 @@ import dagster as dg
 import pandas as pd
 
 from llm_assets.datasets import load_dataset
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
+from llm_assets.layout import PipelineLayout
 from llm_assets.report import NO_TEAM, QUALITY_CHECKS, SPEND_KINDS, item_buckets, spend_rows, sum_by
 from llm_assets.settings import PipelineSettings
 from resources.dead_letters import DeadLetterStore
 from resources.llm import LLMResource
-
-dataset_partitions = dg.DynamicPartitionsDefinition(name="datasets")
-"""One partition per registered dataset id (the completion sensor adds it when the dataset finishes)."""
 
 TOKEN_COLUMNS = ("input_tokens", "cached_input_tokens", "output_tokens")
 LEDGER_COLUMNS = [
@@ -36,7 +33,7 @@ LEDGER_COLUMNS = [
     "attempt", "run_id", "idempotency_key", "provider_request_id",
     *TOKEN_COLUMNS, "cost_usd", "cache_savings_usd",
 ]  # fmt: skip
-__all__ = ["NO_TEAM", "QUALITY_CHECKS", "SPEND_KINDS", "build_ledger", "cost_ledger", "rollup"]
+__all__ = ["NO_TEAM", "QUALITY_CHECKS", "SPEND_KINDS", "build_ledger", "cost_ledger_asset", "rollup"]
 
 
 def build_ledger(ledger_rows: pd.DataFrame, dataset_id: str, kept_keys: set[str]) -> pd.DataFrame:
@@ -143,8 +140,3 @@ def cost_ledger_asset(
         return dg.MaterializeResult(value=ledger, metadata=ledger_metadata(ledger))
 
     return _cost_ledger
-
-
-cost_ledger = cost_ledger_asset(
-    BUILTIN_LAYOUT, dataset_partitions, group_name="chunkwise", owners=["team:data-platform"]
-)

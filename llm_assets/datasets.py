@@ -120,7 +120,7 @@ class DatasetSpec:
     team_from_label: dict[str, str] | None = None  # label prefix -> team; longest prefix wins; "" = fallback
     text_columns: tuple[str, ...] = ()  # several source columns joined (with text_separator) into `text`
     text_separator: str = "\n\n"
-    pipeline: str = ""  # the pipeline spec it was registered for ("": the built-in BANKING77 pipeline)
+    pipeline: str = ""  # the pipeline spec it was registered for (pipeline_assets.register sets it)
 
 
 @dataclass(frozen=True)

@@ -16,27 +16,6 @@ from resources.llm import BudgetScope, LLMRequest, LLMResource
 JUDGE_STAGE = "judge"
 
 
-def judge_prompt(taxonomy: list[str], examples: list[tuple[str, str]]) -> StagePrompt:
-    """The judge's fixed instructions and schema (same few-shot examples as the classifier: same task)."""
-    lines = [
-        "You review the intent labels of customer messages to a bank's support team.",
-        "Read the message and answer with the single intent label from the list below that fits it best.",
-        "Answer only with JSON matching the schema.",
-        "",
-        "Intent labels:",
-        *(f"- {label}" for label in taxonomy),
-    ]
-    if examples:
-        lines += ["", "Examples (message => label):", *(f"{text} => {label}" for text, label in examples)]
-    schema = {
-        "type": "object",
-        "properties": {"correct_label": {"type": "string", "enum": list(taxonomy)}},
-        "required": ["correct_label"],
-        "additionalProperties": False,
-    }
-    return StagePrompt(JUDGE_STAGE, "\n".join(lines), schema, "judgement")
-
-
 @dataclass
 class JudgeVerdicts:
     """The judge's label per item id (items the judge failed on for good are absent), and what it cost."""

@@ -34,7 +34,6 @@ from llm_assets.pipeline_assets import pipeline_definitions
 from llm_assets.settings import chunkwise_home
 from llm_assets.spec import PipelineSpec, load_pipelines
 from sensors.alerts import check_alert_sensor
-from sensors.backfill import BackfillPolicy
 from sensors.recovery import build_recovery_sensors
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
@@ -83,31 +82,10 @@ def build_defs(
             resources.setdefault(key, value)
     if sensors is None:
         sensors = [
-            *build_recovery_sensors(
-                specs=specs,
-                jobs=jobs,
-                builtin=False,
-                watch_uris=watch_uris,
-                inbox=home / "inbox",
-                policy=_backfill_policy(specs),
-            ),
+            *build_recovery_sensors(specs=specs, jobs=jobs, watch_uris=watch_uris, inbox=home / "inbox"),
             check_alert_sensor,
         ]
     return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors, resources=resources)
-
-
-def _backfill_policy(specs: Sequence[PipelineSpec]) -> BackfillPolicy | None:
-    """The backfill sensor serves every pipeline with one policy: the first spec's (docs/pipeline-spec.md)."""
-    if not specs:
-        return None
-    b = specs[0].backfill
-    return BackfillPolicy(
-        max_attempts=b.max_attempts,
-        backoff_base_s=b.backoff_base_s,
-        backoff_factor=b.backoff_factor,
-        backoff_max_s=b.backoff_max_s,
-        max_in_flight=b.max_in_flight,
-    )
 
 
 def s3_for(*uris: str, specs: Sequence[PipelineSpec] = ()) -> Any:

@@ -85,7 +85,7 @@ def add_chunk_partitions(
             raise PartitionLimitExceeded(
                 f"adding {missing_total} chunk partitions would bring the instance to {live + missing_total}, over "
                 f"the limit of {max_live}; prune datasets past their retention window "
-                "(prune_dataset_partitions) or register with a larger chunk_size"
+                "(prune_dataset_partitions) or raise the pipeline's `input.chunk_size`"
             )
     for start in range(0, len(keys), _ADD_BATCH_SIZE):
         batch = keys[start : start + _ADD_BATCH_SIZE]
@@ -97,14 +97,17 @@ def add_chunk_partitions(
     return added
 
 
-def prune_dataset_partitions(instance: dg.DagsterInstance, dataset_id: str) -> int:
-    """Delete every chunk partition of ``dataset_id`` from the instance; returns how many were deleted.
+def prune_dataset_partitions(
+    instance: dg.DagsterInstance, dataset_id: str, partitions_name: str = CHUNK_PARTITIONS_NAME
+) -> int:
+    """Delete every chunk partition of ``dataset_id`` from the instance's ``partitions_name`` set (a pipeline's
+    `<pipeline>__chunks`); returns how many were deleted.
 
     Materialization history (event log) stays; only the partition keys go, so the partitions set that every
     UI page and sensor tick loads stays small. Call it for datasets past their retention window.
     """
     prefix = f"{dataset_id}{_KEY_SEPARATOR}"
-    doomed = [k for k in instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME) if k.startswith(prefix)]
+    doomed = [k for k in instance.get_dynamic_partitions(partitions_name) if k.startswith(prefix)]
     for key in doomed:
-        instance.delete_dynamic_partition(CHUNK_PARTITIONS_NAME, key)
+        instance.delete_dynamic_partition(partitions_name, key)
     return len(doomed)

@@ -28,7 +28,8 @@ import dagster as dg
 import pandas as pd
 
 from io_managers.chunk_parquet import ChunkParquetIOManager
-from llm_assets.assets import items_dead_letters, write_dead_letters
+from io_managers.parquet_files import is_s3_uri
+from io_managers.s3_config import S3_ENDPOINT_ENV, S3_ON_ENV
 from llm_assets.completion import completion_asset
 from llm_assets.cost_ledger import cost_ledger_asset
 from llm_assets.datasets import DatasetSpec, RegisteredDataset, load_dataset, load_team_rules, read_chunk
@@ -39,9 +40,11 @@ from llm_assets.run_liveness import mark_run_worker
 from llm_assets.settings import PipelineSettings
 from llm_assets.spec import PipelineSpec, StageSpec
 from llm_assets.spec_template import render
-from llm_assets.stages import USAGE_COLUMNS, BatchWait, StageOutcome, run_batch_stage, run_stage
+from llm_assets.stages import KEY_COLUMNS, USAGE_COLUMNS, BatchWait, StageOutcome, run_batch_stage, run_stage
 from llm_assets.validation import validate_chunk
+from resources.dead_letters import DeadLetter, DeadLetterStore
 from resources.llm import LLMResource
+from resources.llm.errors import JobFatalError
 from resources.llm.tokens import count_tokens
 
 ROUTED = "routed"
@@ -89,10 +92,9 @@ def spec_layout(spec: PipelineSpec) -> PipelineLayout:
     completion report and the sensors."""
     providers = {spec.profile(stage).provider: None for stage in spec.stages}
     return PipelineLayout(
-        stages=tuple(s.name for s in spec.stages),
-        prefix=(spec.name,),
-        label_field=_gold_field(spec),
         name=spec.name,
+        stages=tuple(s.name for s in spec.stages),
+        label_field=_gold_field(spec),
         chunks_partitions=chunks_partitions_name(spec),
         datasets_partitions=datasets_partitions_name(spec),
         chunk_job=chunk_job_name(spec),
@@ -100,6 +102,9 @@ def spec_layout(spec: PipelineSpec) -> PipelineLayout:
         llm_keys=tuple(llm_resource_key(spec, stage) for stage in spec.stages),
         providers=tuple(providers),
         check_specs=tuple(_gate_specs(spec)),
+        alert_webhook_env=spec.notifications.alert_webhook_env,
+        completion_webhook_env=spec.notifications.completion_webhook_env,
+        backfill=tuple(spec.backfill.model_dump().items()),
     )
 
 
@@ -238,6 +243,20 @@ def _write_price_rows(spec: PipelineSpec, name: str, profile: Any, home: Path) -
 
 # ------------------------------------------------------------------------------------------------ items
 
+ITEMS_TABLE_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("item_id", "string", description="`input.columns.id`, or `r<row number>`"),
+        dg.TableColumn(
+            "text", "string", description="`input.columns.text` (joined), after the length policy"
+        ),
+        dg.TableColumn("team", "string", description="`input.columns.team`, or from `input.team_from_label`"),
+        dg.TableColumn("gold_label", "string", description="`input.columns.label`, when the file has it"),
+        dg.TableColumn("input_tokens", "int", description="estimated tokens of `text`"),
+        dg.TableColumn("truncated", "bool"),
+        dg.TableColumn("extra_json", "string", description="the passthrough columns, as JSON"),
+    ]
+)
+
 
 def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
@@ -250,6 +269,7 @@ def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition)
             f"The chunk's input rows of pipeline `{spec.name}`, validated: rows with no id, a repeated id or an "
             "empty text become dead letters (`invalid_input`); the length policy applies before any call."
         ),
+        metadata={"dagster/column_schema": ITEMS_TABLE_SCHEMA},
     )
     def _items(
         context: dg.AssetExecutionContext, settings: PipelineSettings, s3: dg.ResourceParam[Any]
@@ -257,6 +277,13 @@ def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition)
         mark_run_worker(context)
         dataset_id, chunk_index = parse_chunk_key(context.partition_key)
         dataset = load_dataset(dataset_id, settings.home_path())
+        if is_s3_uri(dataset.uri) and s3 is None:  # a deployment setting: re-running cannot fix it
+            raise JobFatalError(
+                "config",
+                f"dataset {dataset_id} is read from {dataset.uri}, but this code location has no S3 resource: set "
+                f"{S3_ENDPOINT_ENV} (an S3-compatible server) or {S3_ON_ENV}=1 (AWS) where Dagster runs, then "
+                "re-run the chunk",
+            )
         raw = read_chunk(dataset, chunk_index, s3=s3)
         checked = validate_chunk(
             raw,
@@ -271,6 +298,9 @@ def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition)
             "items_valid": dg.MetadataValue.int(len(checked.valid)),
             "items_invalid": dg.MetadataValue.int(len(checked.rejected)),
             "items_truncated": dg.MetadataValue.int(checked.truncated),
+            "length_policy": dg.MetadataValue.text(
+                f"{spec.length_policy.action} above {spec.length_policy.max_input_tokens} tokens"
+            ),
             **write_dead_letters(
                 context, settings, dataset_id, "items", items_dead_letters(context, dataset_id, checked)
             ),
@@ -278,6 +308,47 @@ def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition)
         return dg.MaterializeResult(value=checked.valid, metadata=metadata)
 
     return _items
+
+
+def write_dead_letters(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    dataset_id: str,
+    stage: str,
+    rows: list[DeadLetter],
+) -> dict[str, Any]:
+    """Store the chunk's dead letters of `stage` (replacing an earlier run's); their count and folder as metadata."""
+    store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
+    store.write_partition(dataset_id, context.partition_key, stage, rows)
+    return {
+        "dead_letters": dg.MetadataValue.int(len(rows)),
+        "dead_letters_uri": dg.MetadataValue.path(
+            store.uri_for(dataset_id, context.partition_key, stage=stage)
+        ),
+    }
+
+
+def items_dead_letters(context: dg.AssetExecutionContext, dataset_id: str, checked: Any) -> list[DeadLetter]:
+    """A dead letter (stage `items`, no attempt) for every row validation rejected."""
+    now = pd.Timestamp.now(tz="UTC").isoformat()
+    return [
+        DeadLetter(
+            dataset_id=dataset_id,
+            partition_key=context.partition_key,
+            item_id=r.item_id,
+            stage="items",
+            error_class=r.error_class,
+            error_message=r.error_message,
+            attempts=0,
+            first_attempt_at=now,
+            last_attempt_at=now,
+            model="",
+            run_id=context.run_id,
+            input_text=r.text,
+            input_json=r.row_json,
+        )
+        for r in checked.rejected
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -349,7 +420,12 @@ def _stage_asset(
         retry_policy=spec.retry.retry_policy(),
         required_resource_keys={llm_key, "settings"},
         output_required=False,  # batch mode: a run that only submits a provider batch materializes nothing
-        metadata={"model": stage.model, "route": stage.route, "prompt_version": stage.prompt_version()},
+        metadata={
+            "model": stage.model,
+            "route": stage.route,
+            "prompt_version": stage.prompt_version(),
+            "dagster/column_schema": stage_table_schema(stage),
+        },
     )
     def _stage(context: dg.AssetExecutionContext, **inputs: pd.DataFrame) -> Iterator[Any]:
         mark_run_worker(context)
@@ -398,6 +474,48 @@ def _stage_asset(
     return _stage
 
 
+_JSON_TYPES = {"string": "string", "number": "float", "integer": "int", "boolean": "bool"}
+_KEY_DESCRIPTIONS = {
+    "idempotency_key": "dataset|item|stage|prompt version|model",
+    "team": "the team billed for this item",
+    "prompt_version": "empty on rows not routed to the stage",
+}
+_USAGE_DESCRIPTIONS = {
+    "cost_usd": "USD, every attempt of this item at this stage",
+    "cache_savings_usd": "USD saved by prompt caching",
+}
+
+
+def stage_table_schema(stage: StageSpec) -> dg.TableSchema:
+    """The stage table's columns for the UI: keys, `routed`, the output schema's top-level fields (arrays and
+    objects as JSON text), the gold label when the input has one, and the usage columns."""
+    properties = stage.resolved_schema().get("properties", {})
+    fields = []
+    for name in stage.output_fields():
+        kind = properties.get(name, {}).get("type")
+        kind = kind[0] if isinstance(kind, list) and kind else kind
+        column_type = _JSON_TYPES.get(kind, "json") if isinstance(kind, str) else "json"
+        fields.append(
+            dg.TableColumn(name, column_type, description=properties.get(name, {}).get("description"))
+        )
+    return dg.TableSchema(
+        columns=[
+            *[dg.TableColumn(c, "string", description=_KEY_DESCRIPTIONS.get(c)) for c in KEY_COLUMNS],
+            dg.TableColumn(ROUTED, "bool", description=f"False: not selected by the route `{stage.route}`"),
+            *fields,
+            dg.TableColumn("gold_label", "string", description="the input's gold label, when it has one"),
+            *[
+                dg.TableColumn(
+                    c,
+                    "float" if c.endswith(("_usd", "_s")) else "int",
+                    description=_USAGE_DESCRIPTIONS.get(c),
+                )
+                for c in USAGE_COLUMNS
+            ],
+        ]
+    )
+
+
 def _reached(items: pd.DataFrame, previous_output: pd.DataFrame) -> pd.DataFrame:
     """The items the previous stage kept (processed or carried through), in input order."""
     kept = set(previous_output["item_id"].astype(str))
@@ -434,6 +552,9 @@ def _carry_through(
         if len(done) or len(passthrough)
         else done
     )
+    if "gold_label" in reached.columns:  # the input's gold answer beside the model's, for accuracy downstream
+        gold = reached.set_index(reached["item_id"].astype(str))["gold_label"]
+        frame["gold_label"] = frame["item_id"].astype(str).map(gold)
     return frame.reset_index(drop=True)
 
 

@@ -1,10 +1,13 @@
 """The completion report of a dataset: where every input row went, and where every dollar went.
 
+The pipeline's stages and asset keys come from its layout (llm_assets/layout.py); below, "the last stage" is
+BANKING77's `enriched` and reviews' `reply_draft`.
+
 **Rows.** `item_buckets` puts every row of the input file in exactly one bucket, with a reason:
-- `succeeded`: the item is in the `enriched` output of a chunk whose `enriched` is materialized and that no
-  blocking gate stopped;
+- `succeeded`: the item is in the last stage's output of a chunk whose last stage is materialized and that no
+  blocking gate stopped (carried-through rows a stage did not route count: they reached the end);
 - `quarantined` (by gate): the chunk's latest evaluation of a blocking check failed with ERROR severity
-  (`checks_section(...)["blocked_by"]`, the first such gate, `classified`'s before `enriched`'s). Its valid rows
+  (`checks_section(...)["blocked_by"]`, the first such gate in stage order). Its valid rows
   are the stored output of the gated stage (the IO manager wrote it before the check ran): kept on disk, never
   deleted, fed to nothing downstream until a re-run or a person clears the gate;
 - `dead_lettered` (by error class): an input row rejected before any LLM call (stage `items`, counted per row:
@@ -45,14 +48,10 @@ from llm_assets.checks import checks_section
 from llm_assets.chunk_status import ChunkState, ChunkStatus, chunk_states
 from llm_assets.datasets import RegisteredDataset
 from llm_assets.judge import JUDGE_STAGE
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
+from llm_assets.layout import PipelineLayout
 from llm_assets.materializations import latest_materialization, load_stage_output
 from resources.dead_letters import DeadLetterStore
 from resources.llm.spend_ledger import BILLED, OK, attempt_summary
-
-STAGES = ("classified", "enriched")
-"""The LLM stages, in pipeline order."""
-DEAD_LETTER_STAGES = ("items", *STAGES)
 
 NO_TEAM = "(no team)"
 QUALITY_CHECKS = "(quality checks)"
@@ -77,7 +76,7 @@ NOT_PROCESSED_WHY = {
     ChunkState.IN_FLIGHT.value: "a run of the chunk is queued or running",
     ChunkState.RETRY_PENDING.value: "retryable failure; the backfill sensor re-runs it",
     ChunkState.NEEDS_HUMAN.value: "job-fatal halt (key, quota, budget, config): needs a person",
-    ChunkState.INCOMPLETE.value: "the latest run ended without materializing `enriched`",
+    ChunkState.INCOMPLETE.value: "the latest run ended without materializing the last stage",
     ChunkState.GAVE_UP.value: "gave up after every retry",
     ChunkState.CANCELED.value: "a person canceled its run",
     ChunkState.FAILED_QUALITY_GATE.value: "its run failed a gate whose latest evaluation has since passed",
@@ -101,7 +100,7 @@ class ItemBuckets:
     dead_lettered_by_reason: dict[str, int] = field(default_factory=dict)
     """error class -> rows (`invalid_input`, `refusal`, `schema_invalid`, ...)."""
     dead_lettered_by_stage: dict[str, int] = field(default_factory=dict)
-    """`items` (invalid inputs, never sent), `classified`, `enriched`."""
+    """`items` (invalid inputs, never sent), then each stage."""
     quarantined_by_gate: dict[str, int] = field(default_factory=dict)
     """`<asset>:<check>` -> rows."""
     not_processed_by_reason: dict[str, int] = field(default_factory=dict)
@@ -142,7 +141,7 @@ def item_buckets(
     states: dict[str, ChunkStatus] | None = None,
     blocked_by: dict[str, str] | None = None,
     s3: Any = None,
-    layout: PipelineLayout = BUILTIN_LAYOUT,
+    layout: PipelineLayout,
 ) -> ItemBuckets:
     """Where every row of `dataset` is (see the module docstring). `states` (chunk_states) and `blocked_by`
     (checks_section) are read from the instance when not given. Raises RuntimeError if the buckets of a chunk
@@ -164,8 +163,9 @@ def item_buckets(
         gate = blocked_by.get(partition)
         kept_stages: tuple[str, ...] = ()
         if gate is not None:
-            gated_stage = gate.split(":", 1)[0]
-            kept_stages = stages[: stages.index(gated_stage) + 1] if gated_stage in stages else stages[:1]
+            gated_key = gate.split(":", 1)[0]  # `<asset key>:<check>`, e.g. `banking77/enriched:success_rate`
+            gated = [i for i, s in enumerate(stages) if layout.key(s).to_user_string() == gated_key]
+            kept_stages = stages[: gated[0] + 1] if gated else stages[:1]
         elif partition in materialized:
             kept_stages = stages
         outputs = {s: load_stage_output(instance, layout.key(s), partition, s3) for s in kept_stages}
@@ -344,12 +344,12 @@ def build_completion_report(
     *,
     ledger_rows: pd.DataFrame,
     states: dict[str, ChunkStatus] | None = None,
-    layout: PipelineLayout = BUILTIN_LAYOUT,
+    layout: PipelineLayout,
     checks: dict[str, Any] | None = None,
 ) -> CompletionReport:
     """The report of `dataset`. `ledger_rows`: the dataset's spend ledger (`SpendLedger.rows(dataset_id)`),
     every event of every attempt; `states`: chunk_states (read when not given); `layout`: the pipeline's
-    stages and asset keys; `checks`: its checks section (default: the built-in pipeline's `checks_section`)."""
+    stages and asset keys; `checks`: its checks section (default: `checks_section` of the layout's gates)."""
     checks = checks if checks is not None else checks_section(instance, dataset, layout)
     buckets = item_buckets(
         instance, dataset, dead_letters, states=states, blocked_by=checks["blocked_by"], s3=s3, layout=layout

@@ -86,7 +86,8 @@ class InputSpec(SpecModel):
     watch: str | None = Field(
         default=None,
         description="Folder or `s3://bucket/prefix` the new-dataset sensor watches for this pipeline's files. "
-        "null: datasets come only from `make demo PIPELINE=<file> DATA=...`.",
+        "null: `$CHUNKWISE_HOME/inbox/<pipeline>` (while it does not exist, it counts as empty). Files can "
+        "also be given to `make demo PIPELINE=<file> DATA=...`.",
     )
     demo_data: str | None = Field(
         default=None,

@@ -1,7 +1,9 @@
-"""Cancel a chunk's provider batches: `python -m scripts.cancel_batch <partition_key> [--stage classified]`.
+"""Cancel a chunk's provider batches:
+`python -m scripts.cancel_batch <partition_key> [--stage classified] [--pipeline pipelines/banking77.yaml]`.
 
-Uses the same provider settings as the code location (CHUNKWISE_* environment, llm_assets/definitions.py) and the
-chunk's batch journal under `$CHUNKWISE_HOME/checkpoints`. It
+Calls the provider through the stage's LLM resource as the code location builds it from the pipeline spec
+(`--pipeline`, default BANKING77's; its `${...}` settings and key variable read from the environment, as
+llm_assets/location.py does) and reads the chunk's batch journal under `$CHUNKWISE_HOME/checkpoints`. It
 1. writes the stage's cancel marker (`cancelled.json` beside the journal) first, so the stage submits nothing
    more for this chunk, even if a run is collecting right now;
 2. cancels every batch of the stage that has not been collected, at the provider (lines already finished stay
@@ -25,7 +27,8 @@ from llm_assets.stages import batch_journal_path, cancel_marker_path, checkpoint
 from resources.checkpoints import ChunkCheckpoint
 from resources.llm import BatchJournal, LLMResource
 from resources.llm.batch_journal import SUBMITTING
-from sensors.batches import STAGE_RESOURCES
+
+DEFAULT_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "banking77.yaml"
 
 
 def stage_folder(home: Path, partition_key: str, stage: str) -> Path:
@@ -63,24 +66,44 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("partition_key", help="the chunk, e.g. banking77-3f2a9c1d__c00012")
-    parser.add_argument("--stage", default="classified", choices=sorted(STAGE_RESOURCES))
+    parser.add_argument("partition_key", help="the chunk, e.g. banking77-test-3f2a9c1d__c00012")
+    parser.add_argument(
+        "--stage", default=None, help="the stage whose batches to cancel (default: the first)"
+    )
+    parser.add_argument(
+        "--pipeline",
+        default=str(DEFAULT_PIPELINE),
+        help="the pipeline spec (YAML) the chunk belongs to; docs/pipeline-spec.md",
+    )
     args = parser.parse_args(argv)
 
     import dagster as dg
 
-    from llm_assets.builtin import defs_from_env
+    from llm_assets.location import build_defs
+    from llm_assets.pipeline_assets import spec_layout
     from llm_assets.settings import chunkwise_home
+    from llm_assets.spec import PipelineSpecError, load_pipeline
 
+    try:
+        spec = load_pipeline(args.pipeline)
+    except PipelineSpecError as exc:
+        for line in str(exc).splitlines():
+            print(f"chunkwise: {line}", file=sys.stderr)
+        return 2
+    layout = spec_layout(spec)
+    stage = args.stage or layout.stages[0]
+    if stage not in layout.stages:
+        parser.error(f"pipeline {spec.name} has no stage {stage!r}; its stages: {', '.join(layout.stages)}")
     home = chunkwise_home()
-    key = STAGE_RESOURCES[args.stage]
+    key = layout.llm_key(stage)
+    resource = build_defs([spec], home=home, sensors=[]).resources[key]
     # build_resources resolves the EnvVar API key the same way a run does.
-    with dg.build_resources({key: defs_from_env(home).resources[key]}) as resources:
+    with dg.build_resources({key: resource}) as resources:
         llm = getattr(resources, key)
-        for line in cancel_stage_batches(llm, home, args.partition_key, args.stage):
+        for line in cancel_stage_batches(llm, home, args.partition_key, stage):
             print(line)
     print(
-        f"cancelled {args.stage} of {args.partition_key}; the batch poll sensor requests the run that keeps the "
+        f"cancelled {stage} of {args.partition_key}; the batch poll sensor requests the run that keeps the "
         "partial results"
     )
     return 0

@@ -59,12 +59,11 @@ from llm_assets.chunk_status import (
     RETRY_SCHEDULED,
 )
 from llm_assets.failure_class import FailureClass, job_fatal_reason, run_failure_class
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout
+from llm_assets.layout import DEFAULT_ALERT_WEBHOOK_ENV, PipelineLayout, layout_for_job
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.run_liveness import fail_orphaned_runs
 from sensors.chunk_runs import (
     ExecutableJob,
-    chunk_pipeline_job,
     chunk_run_request,
     layout_providers,
     sensor_targets,
@@ -72,7 +71,8 @@ from sensors.chunk_runs import (
 from sensors.halts import clear_provider, cleared_at, provider_stop, record_block
 from sensors.webhooks import deliver, webhook_url
 
-ALERT_WEBHOOK_ENV = "CHUNKWISE_ALERT_WEBHOOK_URL"
+ALERT_WEBHOOK_ENV = DEFAULT_ALERT_WEBHOOK_ENV
+"""The default of a spec's `notifications.alert_webhook_env`."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,13 @@ class BackfillPolicy:
     backoff_max_s: float = 3600.0
     max_in_flight: int = 8
     """Per provider: queued + running runs tagged with it; no re-run is launched at or above this."""
+
+    @classmethod
+    def of(cls, layout: PipelineLayout, default: BackfillPolicy | None = None) -> BackfillPolicy:
+        """The pipeline's own policy (its spec's `backfill`), else `default`, else the defaults."""
+        if layout.backfill:
+            return cls(**dict(layout.backfill))
+        return default or cls()
 
     def delay_s(self, failed_attempt: int) -> float:
         """Wait after the `failed_attempt`-th run failed: base, base*factor, base*factor^2, ... capped."""
@@ -193,6 +200,9 @@ class _Tick:
             self.state.after = result.cursor
         return len(result.records)
 
+    def policy_of(self, layout: PipelineLayout) -> BackfillPolicy:
+        return BackfillPolicy.of(layout, self.policy)
+
     def _decide(self, run_id: str, failed_at: float) -> None:
         """Decide what a failed run means. Idempotent: re-reading a run (a lost cursor) repeats no alert."""
         run = self.instance.get_run_by_id(run_id)
@@ -221,8 +231,8 @@ class _Tick:
                     "human (see the check's alert and metadata)"
                 )
         elif failure == FailureClass.JOB_FATAL:
-            self._hold(partition, run_id, attempt, provider, layout.chunk_job, failed_at, first_time)
-        elif attempt >= self.policy.max_attempts:
+            self._hold(partition, run_id, attempt, provider, layout, failed_at, first_time)
+        elif attempt >= self.policy_of(layout).max_attempts:
             self._tag(run_id, GAVE_UP)
             if first_time:
                 self.state.gave_up_total += 1
@@ -231,7 +241,7 @@ class _Tick:
                     "failed in the completion report. Re-materialize it from the UI once the cause is fixed."
                 )
         else:
-            due = failed_at + self.policy.delay_s(attempt)
+            due = failed_at + self.policy_of(layout).delay_s(attempt)
             self.state.scheduled[partition] = {
                 "attempt": attempt + 1,
                 "due_at": due,
@@ -255,12 +265,12 @@ class _Tick:
         run_id: str,
         attempt: int,
         provider: str,
-        job: str,
+        layout: PipelineLayout,
         failed_at: float,
         first_time: bool,
     ) -> None:
         self._tag(run_id, NEEDS_HUMAN)
-        entry = {"attempt": attempt + 1, "provider": provider, "failed_run": run_id, "job": job}
+        entry = {"attempt": attempt + 1, "provider": provider, "failed_run": run_id, "job": layout.chunk_job}
         if cleared_at(self.instance, provider) > failed_at:
             self.state.scheduled[partition] = {**entry, "due_at": self.now}  # cleared since: just re-run it
             return
@@ -280,7 +290,8 @@ class _Tick:
         if not first_time:
             return  # alerted before this cursor was lost
         self.state.needs_human_total += 1
-        self.state.notices.append(_needs_human_notice(provider, reason, partition, run_id, message))
+        notice = _needs_human_notice(provider, reason, partition, run_id, message)
+        self.state.notices.append({**notice, "pipeline": layout.name})
         self.log.error(
             f"NEEDS A HUMAN: provider {provider} stopped ({reason}) on chunk {partition}, run {run_id}: {message} "
             f"Nothing more is launched for {provider} until `python -m sensors.backfill clear {provider}`."
@@ -311,17 +322,21 @@ class _Tick:
                 stopped[provider] = provider_stop(self.instance, provider)
             if stopped[provider] is not None:
                 continue
-            if provider not in room:
-                room[provider] = self.policy.max_in_flight - _in_flight(self.instance, provider)
+            job = entry.get("job", "")
+            layout = layout_for_job(self.layouts, job)
+            if layout is None:
+                del self.state.scheduled[partition]
+                self.log.warning(
+                    f"chunk {partition}: its job {job!r} is not served here any more; not re-run"
+                )
+                continue
+            if provider not in room:  # the in-flight cap of the pipeline whose chunk comes first
+                room[provider] = self.policy_of(layout).max_in_flight - _in_flight(self.instance, provider)
             if room[provider] <= 0:
                 continue
             del self.state.scheduled[partition]
             if not _is_latest_run(self.instance, partition, entry["failed_run"]):
                 continue  # someone re-ran it meanwhile
-            job = entry.get("job", BUILTIN_LAYOUT.chunk_job)  # a cursor from before pipelines had names
-            if job not in {layout.chunk_job for layout in self.layouts}:
-                self.log.warning(f"chunk {partition}: its job {job} is not served here any more; not re-run")
-                continue
             self.requests.append(
                 chunk_run_request(partition, entry["attempt"], provider, "backfill", job_name=job)
             )
@@ -329,16 +344,28 @@ class _Tick:
             self.state.launched_total += 1
 
     def notify(self) -> str | None:
-        url = webhook_url(ALERT_WEBHOOK_ENV)
-        if url is None:
-            self.state.notices.clear()  # each was logged as an error when raised; nobody to post them to
-            return None
-        _, problem = deliver(url, self.state.notices)
+        """POST each notice to its pipeline's alert webhook (`notifications.alert_webhook_env`); notices whose
+        webhook is not configured were logged as errors when raised and are dropped; failed ones are kept."""
+        by_env: dict[str, list[dict[str, Any]]] = {}
+        for notice in self.state.notices:
+            layout = next((x for x in self.layouts if x.name == notice.get("pipeline")), None)
+            env = layout.alert_webhook_env if layout is not None else ALERT_WEBHOOK_ENV
+            if env is not None:
+                by_env.setdefault(env, []).append(notice)
+        kept: list[dict[str, Any]] = []
+        problem = None
+        for env, notices in by_env.items():
+            url = webhook_url(env)
+            if url is None:
+                continue
+            _, failed = deliver(url, notices)
+            if failed:
+                problem = failed
+                kept += notices
+        self.state.notices = kept
         if problem:
             self.state.failed_posts_total += 1
-            self.log.warning(
-                f"alert webhook failed ({problem}); {len(self.state.notices)} notices kept for next tick"
-            )
+            self.log.warning(f"alert webhook failed ({problem}); {len(kept)} notices kept for next tick")
         return problem
 
 
@@ -347,34 +374,35 @@ def build_backfill_sensor(
     name: str = "chunk_backfill_sensor",
     policy: BackfillPolicy | None = None,
     provider: str | None = None,
-    layouts: list[PipelineLayout] | None = None,
+    layouts: list[PipelineLayout],
     jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 30,
     read_limit: int = 500,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """The backfill sensor of the pipelines in `layouts` (default: the built-in one). `jobs`: their chunk jobs'
-    definitions (a spec pipeline's from `pipeline_definitions(spec).jobs`; the built-in one's is known here),
+    """The backfill sensor of the pipelines in `layouts`, each retried by its own policy (its spec's `backfill`;
+    `policy` for a layout without one). `jobs`: their chunk jobs' definitions (`pipeline_definitions(spec).jobs`),
     needed when it serves several pipelines. `provider` labels failed runs that carry no `chunkwise/provider`
-    tag (runs launched from the UI); None: the pipeline's first provider (the built-in one's:
-    `$CHUNKWISE_LLM_PROVIDER`, default `openai`)."""
+    tag (runs launched from the UI); None: the pipeline's first provider."""
     chosen = policy or BackfillPolicy()
-    served = list(layouts or [BUILTIN_LAYOUT])
+    served = list(layouts)
     job_names = [layout.chunk_job for layout in served]
-    pipelines = ", ".join(f"`{layout.name}`" if layout.name else "built-in" for layout in served)
+    pipelines = ", ".join(f"`{layout.name}`" for layout in served)
+    first = BackfillPolicy.of(served[0], chosen) if served else chosen
 
     @dg.sensor(
         name=name,
-        **sensor_targets(job_names, [chunk_pipeline_job, *(jobs or [])]),
+        **sensor_targets(job_names, list(jobs or [])),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=(
             f"Re-runs chunks of the {pipelines} pipeline{'s' if len(served) > 1 else ''} whose latest run failed "
-            f"for a retryable reason, on their own chunk job ({', '.join(job_names)}), after "
-            f"{chosen.backoff_base_s:g}s x {chosen.backoff_factor:g}^(n-1) (cap {chosen.backoff_max_s:g}s), at most "
-            f"{chosen.max_attempts} runs per chunk and {chosen.max_in_flight} in flight per provider. Quality-gate "
-            "and job-fatal failures are not retried; a job-fatal one blocks its provider until "
-            "`python -m sensors.backfill clear <provider>`."
+            f"for a retryable reason, on their own chunk job ({', '.join(job_names)}), by each pipeline's "
+            f"`backfill` policy (the first's: after {first.backoff_base_s:g}s x {first.backoff_factor:g}^(n-1), cap "
+            f"{first.backoff_max_s:g}s, at most {first.max_attempts} runs per chunk and {first.max_in_flight} in "
+            "flight per provider). Quality-gate and job-fatal failures are not retried; a job-fatal one blocks its "
+            "provider until `python -m sensors.backfill clear <provider>`. Needs-a-human notices go to each "
+            "pipeline's `notifications.alert_webhook_env`."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
@@ -399,9 +427,6 @@ def build_backfill_sensor(
         )
 
     return _sensor
-
-
-chunk_backfill_sensor = build_backfill_sensor()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,7 @@ materializing. One sensor serves every pipeline of the code location (`layouts`,
 pipelines may both have a stage called `classified`, so a journal's pipeline is the one named in its dataset's
 manifest (`spec.pipeline`). Each tick of `batch_poll_sensor`:
 1. finds every journal with batches not yet collected, of a stage of a pipeline served here;
-2. polls each batch at the provider through the stage's LLM resource (`layout.llm_key(stage)`: built-in
-   `classifier_llm` for `classified`, `enricher_llm` for `enriched`; a spec pipeline's
+2. polls each batch at the provider through the stage's LLM resource (`layout.llm_key(stage)`,
    `<pipeline>__<stage>__llm`; polling has no side effects and costs nothing);
 3. when all of a chunk stage's batches have ended (completed, expired, cancelled), requests a run of the
    pipeline's chunk job for that partition with the stage and everything downstream selected (not `items` nor
@@ -24,7 +23,7 @@ Batches that are still being created (a crashed submission) are resumed by the n
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -38,19 +37,16 @@ from llm_assets.chunk_status import (
     PROVIDER_TAG,
 )
 from llm_assets.datasets import DatasetError, load_dataset
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout, layout_named
+from llm_assets.layout import PipelineLayout, layout_named
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.stages import BATCH_JOURNAL_FILE, checkpoint_root
 from resources.llm import BatchHandle, BatchJournal, BatchStatus, LLMResource
 from resources.llm.batch_journal import SUBMITTING
-from sensors.chunk_runs import LAUNCHED_BY_TAG, ExecutableJob, chunk_pipeline_job, sensor_targets
+from sensors.chunk_runs import LAUNCHED_BY_TAG, ExecutableJob, sensor_targets
 
 BATCH_STATUS_TAG = "chunkwise/batch_status"
 """On collecting runs: `ended`; the stage whose batches it collects is in `chunkwise/batch_stage`."""
 BATCH_STAGE_TAG = "chunkwise/batch_stage"
-STAGE_RESOURCES = dict(zip(BUILTIN_LAYOUT.stages, BUILTIN_LAYOUT.llm_keys, strict=True))
-"""The built-in pipeline's LLM resource per stage (scripts/cancel_batch.py, scripts/demo.py); the sensor reads
-each pipeline's from its layout."""
 
 
 @dataclass
@@ -62,7 +58,7 @@ class ChunkBatches:
     stage: str
     journal_path: Path
     pending: list[BatchHandle]
-    layout: PipelineLayout = field(default=BUILTIN_LAYOUT)
+    layout: PipelineLayout
     """The pipeline the chunk's dataset was registered for: whose LLM resource polls, whose job collects."""
 
 
@@ -78,10 +74,10 @@ class ChunkBatchStatus:
         return {n: sum(getattr(s, n) for s in self.statuses) for n in names}
 
 
-def find_pending_batches(home: Path, layouts: list[PipelineLayout] | None = None) -> list[ChunkBatches]:
+def find_pending_batches(home: Path, layouts: list[PipelineLayout]) -> list[ChunkBatches]:
     """Every chunk stage under `<home>/checkpoints` whose journal holds batches not yet collected, of a stage of
-    a pipeline in `layouts` (default: the built-in one), each with its pipeline's layout."""
-    served = list(layouts or [BUILTIN_LAYOUT])
+    a pipeline in `layouts`, each with its pipeline's layout."""
+    served = list(layouts)
     pipelines: dict[str, PipelineLayout | None] = {}
     found: list[ChunkBatches] = []
     for path in sorted(checkpoint_root(home).glob(f"*/*/*/{BATCH_JOURNAL_FILE}")):
@@ -184,9 +180,9 @@ def evaluate_batches(
     home: Path,
     llms: dict[str, LLMResource],
     cursor: str | None,
-    layouts: list[PipelineLayout] | None = None,
+    layouts: list[PipelineLayout],
 ) -> tuple[list[dg.RunRequest], list[dg.AssetObservation], str, str]:
-    """One tick's decisions for the pipelines in `layouts` (default: the built-in one): (run requests, status
+    """One tick's decisions for the pipelines in `layouts`: (run requests, status
     observations, new cursor, summary line). `llms`: LLM resources by resource key, each layout's `llm_keys`.
 
     The cursor maps `<partition>/<stage>` to the last status observed, so each change is recorded once."""
@@ -220,23 +216,23 @@ def evaluate_batches(
 def build_batch_poll_sensor(
     *,
     name: str = "batch_poll_sensor",
-    layouts: list[PipelineLayout] | None = None,
+    layouts: list[PipelineLayout],
     jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
 ) -> dg.SensorDefinition:
-    """The batch poll sensor of the pipelines in `layouts` (default: the built-in one); `jobs`: their chunk jobs'
+    """The batch poll sensor of the pipelines in `layouts`; `jobs`: their chunk jobs'
     definitions (a spec pipeline's from `pipeline_definitions(spec).jobs`), needed when it serves several.
     Needs `settings` and every stage's LLM resource. `minimum_interval_seconds` is the polling interval
     (batches take minutes to hours, so 30 s wastes nothing and costs nothing: polling is free at both
     providers)."""
-    served = list(layouts or [BUILTIN_LAYOUT])
+    served = list(layouts)
     job_names = [layout.chunk_job for layout in served]
     llm_keys = [key for layout in served for key in layout.llm_keys]
 
     @dg.sensor(
         name=name,
-        **sensor_targets(job_names, [chunk_pipeline_job, *(jobs or [])]),
+        **sensor_targets(job_names, list(jobs or [])),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys={"settings", *llm_keys},
@@ -263,6 +259,3 @@ def build_batch_poll_sensor(
         )
 
     return _sensor
-
-
-batch_poll_sensor = build_batch_poll_sensor()

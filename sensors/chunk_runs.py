@@ -1,11 +1,10 @@
-"""The chunk job the sensors launch, and the one way they build a chunk's run request (key and tags).
+"""The one way the sensors build a chunk's run request (key and tags), and the jobs a sensor declares.
 
-A sensor may serve several pipelines (the built-in one and those built from specs, llm_assets/layout.py), so a
-request names its job (`job_name`) and a sensor declares every job it may launch (`sensor_targets`)."""
+A sensor may serve several pipelines (llm_assets/layout.py), so a request names its job (`job_name`: the
+pipeline's `<pipeline>__chunk_job`) and a sensor declares every job it may launch (`sensor_targets`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -19,33 +18,15 @@ if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 LAUNCHED_BY_TAG = "chunkwise/launched_by"
-CHUNK_ASSETS = ("items", "classified", "enriched")
 
 ExecutableJob: TypeAlias = "dg.JobDefinition | UnresolvedAssetJobDefinition"
 """A job a sensor can target: a spec pipeline's come from `pipeline_definitions(spec).jobs`."""
 
-chunk_pipeline_job = dg.define_asset_job(
-    "chunk_pipeline",
-    selection=dg.AssetSelection.assets(*CHUNK_ASSETS),
-    # One process per run, not per step: a chunk's steps run one after another anyway, and parallelism comes
-    # from many chunk runs at once (the run queue). The multiprocess executor cost 11 s of fixed cost per chunk
-    # run here against 1 s in process (5 step processes, each loading the code location;
-    # bench/pipeline_overhead.py).
-    executor_def=dg.in_process_executor,
-    description="One chunk through items -> classified -> enriched (with their checks). The sensors launch it.",
-)
-"""The built-in pipeline's chunk job, launched by the new-dataset and backfill sensors, one run per chunk."""
-
-
-def default_provider() -> str:
-    """The provider label for runs: `$CHUNKWISE_LLM_PROVIDER`, default `openai` (what definitions.py uses)."""
-    return os.environ.get("CHUNKWISE_LLM_PROVIDER", "openai")
-
 
 def layout_providers(layout: PipelineLayout) -> tuple[str, ...]:
     """The providers whose halt stops `layout`'s launches; the first labels its chunk runs (`chunkwise/provider`,
-    what the run queue's per-provider limits count). The built-in pipeline's: `$CHUNKWISE_LLM_PROVIDER`."""
-    return layout.providers or (default_provider(),)
+    what the run queue's per-provider limits count)."""
+    return layout.providers
 
 
 def chunk_run_request(

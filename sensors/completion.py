@@ -30,20 +30,13 @@ import dagster as dg
 
 from llm_assets.chunk_status import chunk_states
 from llm_assets.datasets import DatasetError, list_datasets, load_dataset
-from llm_assets.layout import BUILTIN_LAYOUT, PipelineLayout, layout_named
+from llm_assets.layout import DEFAULT_COMPLETION_WEBHOOK_ENV, PipelineLayout, layout_named
 from sensors.chunk_runs import ExecutableJob, sensor_targets
 from sensors.webhooks import post_json, webhook_url
 
-COMPLETION_WEBHOOK_ENV = "CHUNKWISE_COMPLETION_WEBHOOK_URL"
+COMPLETION_WEBHOOK_ENV = DEFAULT_COMPLETION_WEBHOOK_ENV
+"""The default of a spec's `notifications.completion_webhook_env`."""
 NOTIFIED_KEY_PREFIX = "chunkwise/completion/notified/"
-DATASET_COMPLETE = BUILTIN_LAYOUT.completion_key
-
-dataset_completion_job = dg.define_asset_job(
-    BUILTIN_LAYOUT.completion_job,
-    selection=dg.AssetSelection.assets(BUILTIN_LAYOUT.ledger_key, BUILTIN_LAYOUT.completion_key),
-    description="A finished dataset's cost ledger and completion report (partition = dataset id).",
-)
-"""The built-in pipeline's completion job; a spec pipeline's is in its `pipeline_definitions`."""
 
 
 @dataclass
@@ -99,42 +92,42 @@ def _mark_notified(instance: dg.DagsterInstance, dataset_id: str, how: str) -> N
 def build_completion_sensor(
     *,
     name: str = "dataset_completion_sensor",
-    layouts: list[PipelineLayout] | None = None,
+    layouts: list[PipelineLayout],
     jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 60,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     max_attempts: int = 3,
     retry_base_s: float = 60.0,
 ) -> dg.SensorDefinition:
-    """The completion sensor of the pipelines in `layouts` (default: the built-in one). `jobs`: their
-    completion jobs' definitions (a spec pipeline's from `pipeline_definitions(spec).jobs`; the built-in one's
-    is known here), needed when it serves several pipelines. Needs the `settings` resource (PipelineSettings:
-    where datasets are registered).
+    """The completion sensor of the pipelines in `layouts`. `jobs`: their completion jobs' definitions
+    (`pipeline_definitions(spec).jobs`), needed when it serves several pipelines. Needs the `settings` resource
+    (PipelineSettings: where datasets are registered). Each summary goes to its pipeline's
+    `notifications.completion_webhook_env`.
 
     A failed (or canceled) completion run is requested again, `retry_base_s` x 2^(n-1) seconds after the n-th
     ended, up to `max_attempts` runs in all; then the sensor logs an error naming the last run and stops
     trying for that dataset (materializing the report asset by hand then finishes it as usual)."""
-    served = list(layouts or [BUILTIN_LAYOUT])
+    served = list(layouts)
     job_names = [layout.completion_job for layout in served]
     reports = ", ".join(f"`{layout.completion_key.to_user_string()}`" for layout in served)
 
     @dg.sensor(
         name=name,
-        **sensor_targets(job_names, [dataset_completion_job, *(jobs or [])]),
+        **sensor_targets(job_names, list(jobs or [])),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys={"settings"},
         description=(
             "When every chunk of a dataset succeeded or failed for good, requests its pipeline's completion "
-            f"report once ({reports}, by {', '.join(job_names)}), then POSTs the summary to "
-            f"${COMPLETION_WEBHOOK_ENV}."
+            f"report once ({reports}, by {', '.join(job_names)}), then POSTs the summary to the webhook its "
+            f"spec names (`notifications.completion_webhook_env`, default ${COMPLETION_WEBHOOK_ENV})."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         instance = context.instance
         home = context.resources.settings.home_path()
         state = CompletionCursor.from_json(context.cursor)
-        url = webhook_url(COMPLETION_WEBHOOK_ENV)
+        failed_envs: set[str] = set()
         requests: list[dg.RunRequest] = []
         open_count = notified = 0
         not_served: dict[str, int] = {}
@@ -157,17 +150,22 @@ def build_completion_sensor(
                 if _notified(instance, dataset_id):
                     state.done.append(dataset_id)
                     continue
+                env = layout.completion_webhook_env
+                url = webhook_url(env) if env else None
                 if url is None:
                     _mark_notified(instance, dataset_id, "webhook not configured")
                     context.log.info(
-                        f"{dataset_id} complete; ${COMPLETION_WEBHOOK_ENV} not set: nobody notified"
+                        f"{dataset_id} complete; {f'${env}' if env else 'no completion webhook'} not set: "
+                        "nobody notified"
                     )
                     state.done.append(dataset_id)
                     continue
-                if problem:
-                    continue  # the webhook already failed this tick: every dataset is retried next tick
-                problem = post_json(url, summary)
-                if problem:
+                if env in failed_envs:
+                    continue  # that webhook already failed this tick: its datasets are retried next tick
+                failure = post_json(url, summary)
+                if failure:
+                    problem = failure
+                    failed_envs.add(env)
                     state.failed_posts_total += 1
                     continue
                 _mark_notified(instance, dataset_id, "posted")
@@ -258,6 +256,3 @@ def _retry_request(
     return dg.RunRequest(
         run_key=f"complete:{dataset_id}:attempt-{attempt}", partition_key=dataset_id, job_name=job_name
     )
-
-
-dataset_completion_sensor = build_completion_sensor()

@@ -1,9 +1,8 @@
 """The new-dataset sensors: a file landing in a watched folder (or S3 prefix) becomes a dataset and its runs.
 
-One sensor per pipeline: `new_dataset_sensor` for the built-in BANKING77 pipeline (`$CHUNKWISE_WATCH_URI`,
-default `<CHUNKWISE_HOME>/inbox`) and `<pipeline>__new_dataset_sensor` for each pipeline built from a spec
-(`build_pipeline_new_dataset_sensor`: its `input.watch`, default `<CHUNKWISE_HOME>/inbox/<pipeline>`), which
-registers the file with the spec's column mapping into `<pipeline>__chunks` and launches `<pipeline>__chunk_job`.
+One sensor per pipeline, `<pipeline>__new_dataset_sensor` (`build_pipeline_new_dataset_sensor`): it watches the
+spec's `input.watch` (default `<CHUNKWISE_HOME>/inbox/<pipeline>`), registers each file with the spec's column
+mapping into `<pipeline>__chunks` and launches `<pipeline>__chunk_job`.
 
 Watched: `.csv`, `.jsonl`/`.ndjson`, `.parquet`/`.pq` files directly in the folder (or under the S3 prefix);
 names starting with `.` or `_` and `*.tmp` are ignored (writers' temp files).
@@ -36,14 +35,12 @@ import dagster as dg
 
 from io_managers.parquet_files import is_s3_uri, parse_s3_uri, s3_client
 from llm_assets import pipeline_assets
-from llm_assets.datasets import DatasetError, DatasetSpec, RegisteredDataset, register_dataset
+from llm_assets.datasets import DatasetError, RegisteredDataset
 from llm_assets.settings import chunkwise_home
 from llm_assets.spec import PipelineSpec
 from sensors.chunk_runs import (
     ExecutableJob,
-    chunk_pipeline_job,
     chunk_run_request,
-    default_provider,
     sensor_targets,
 )
 from sensors.halts import provider_stop
@@ -126,13 +123,12 @@ def list_input_files(watch_uri: str, s3: Any = None) -> tuple[list[FileSeen], se
 def build_new_dataset_sensor(
     *,
     watch_uri: str,
-    name: str = "new_dataset_sensor",
-    chunk_size: int = 250,
-    spec_options: dict[str, Any] | None = None,
-    providers: Sequence[str] | None = None,
-    job: ExecutableJob | str = chunk_pipeline_job,
-    register: RegisterFile | None = None,
-    pipeline: str = "",
+    name: str,
+    chunk_size: int,
+    providers: Sequence[str],
+    job: ExecutableJob | str,
+    register: RegisterFile,
+    pipeline: str,
     missing_folder_ok: bool = False,
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
@@ -140,22 +136,15 @@ def build_new_dataset_sensor(
     """Watch `watch_uri` (a local folder or `s3://bucket/prefix`; S3 needs an `s3` S3Resource in the definitions)
     and launch one run of `job` (a definition, or the name of one defined elsewhere) per chunk of each new file.
 
-    `register` registers a file (default: `register_dataset` of a DatasetSpec with `chunk_size` and
-    `spec_options`, the DatasetSpec fields `column_map`, `id_column`, `team_from_label`; the dataset name is the
-    file stem). `providers`: a halt of any of them holds the runs; the first labels them (None:
-    `$CHUNKWISE_LLM_PROVIDER`). `pipeline` names the pipeline in the description ("": the built-in one).
+    `register` registers a file as a dataset of `pipeline` (chunks of `chunk_size` rows, said in the
+    description). `providers`: a halt of any of them holds the runs; the first labels them.
     `missing_folder_ok`: a local folder that does not exist holds no files yet (a default inbox nobody uses)
     instead of failing the tick. Needs the `settings` resource (PipelineSettings: where manifests live).
     """
-    options = dict(spec_options or {})
     resource_keys = {"settings", "s3"} if is_s3_uri(watch_uri) else {"settings"}
     job_name = job if isinstance(job, str) else job.name
 
-    def _register_dataset(uri: str, instance: dg.DagsterInstance, home: Path, s3: Any) -> RegisteredDataset:
-        return register_dataset(DatasetSpec(uri=uri, chunk_size=chunk_size, **options), instance, home, s3=s3)
-
-    register_one = register or _register_dataset
-    which = f"pipeline `{pipeline}`" if pipeline else "the built-in BANKING77 pipeline"
+    which = f"pipeline `{pipeline}`"
 
     @dg.sensor(
         name=name,
@@ -177,7 +166,7 @@ def build_new_dataset_sensor(
             files, markers = [], set()  # nothing has landed yet
         else:
             files, markers = list_input_files(watch_uri, s3)
-        held_by = tuple(providers or (default_provider(),))
+        held_by = tuple(providers)
         chosen = held_by[0]
         halts = {p: why for p in held_by if (why := provider_stop(context.instance, p))}
         stopped = "; ".join(f"provider {p} is stopped ({why})" for p, why in halts.items()) or None
@@ -205,7 +194,7 @@ def build_new_dataset_sensor(
                 continue
             state.seen.pop(seen.uri, None)
             try:
-                dataset = register_one(seen.uri, context.instance, home, s3)
+                dataset = register(seen.uri, context.instance, home, s3)
             except DatasetError as exc:
                 state.rejected[seen.uri] = {"size": seen.size, "mtime": seen.mtime, "error": str(exc)}
                 context.log.error(f"cannot register {seen.uri}: {exc} (skipped until the file changes)")

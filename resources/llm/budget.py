@@ -53,14 +53,17 @@ def caps_by_scope(caps: BudgetCaps, keys: tuple[str, str, str]) -> dict[str, Bud
     return {k: v for k, v in out.items() if v.usd is not None or v.tokens is not None}
 
 
-_FIELD = {"run": "budget_run", "dataset": "budget_dataset", "day": "budget_day"}
+_FIELD = {"run": "budgets.run", "dataset": "budgets.dataset", "day": "budgets.day"}
+"""The pipeline spec's fields (docs/pipeline-spec.md) that hold each cap."""
 
 
 def exhausted_message(verdict: str) -> str:
     """Turn the store's refusal ("usd|dataset:x|spent|cap|need") into what happened and what to do."""
     unit, scope, spent, cap, need = verdict.split("|")
     kind, _, name = scope.partition(":")
-    field = f"{_FIELD.get(kind, 'budget_' + kind)}_{'usd' if unit == 'usd' else 'tokens'}"
+    field = (
+        f"`{_FIELD.get(kind, 'budgets.' + kind)}_{'usd' if unit == 'usd' else 'tokens'}` in the pipeline spec"
+    )
     later = " or re-run tomorrow (UTC)" if kind == "day" else ""
     if unit == "usd":
         return (

@@ -188,8 +188,8 @@ def _config_error(err: ProviderError, lowered: str) -> Classified | None:
     return Classified(
         FailureLevel.FATAL,
         "config",
-        f"the server does not accept {what} that was sent ({status}: {err.message}); set `dialect` to the "
-        "server's kind (llamacpp, vllm, ollama, litellm or openai_compatible)",
+        f"the server does not accept {what} that was sent ({status}: {err.message}); set the provider profile's "
+        "`dialect` to the server's kind (llamacpp, vllm, ollama, litellm or openai_compatible)",
         setting="dialect",
     )
 

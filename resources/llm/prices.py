@@ -57,7 +57,7 @@ def _rows_from(path: Path) -> dict[str, ModelPrice]:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(
-            f"cannot read price table {path}: {exc}; fix the file or unset price_table_path"
+            f"cannot read price table {path}: {exc}; fix the file or the provider profile's `price_file`"
         ) from exc
     rows: dict[str, ModelPrice] = {}
     for raw in data.get("models", []):
@@ -96,12 +96,11 @@ class PriceTable:
         if row is not None:
             return row
         if allow_unpriced:
-            return ModelPrice(
-                provider, model, 0.0, 0.0, 0.0, 0.0, 1.0, "n/a", "allow_unpriced_model=True (zero price)"
-            )
+            return ModelPrice(provider, model, 0.0, 0.0, 0.0, 0.0, 1.0, "n/a", "allow_unpriced (zero price)")
         known = ", ".join(sorted(self.rows))
         where = f"the shipped table and {self.override_path}" if self.override_path else "the shipped table"
         raise UnknownModelPriceError(
-            f"no price for model '{model}' in {where} (known: {known}). Add a row to a JSON file given as "
-            f"price_table_path, or set allow_unpriced_model=True for a local model you do not pay for."
+            f"no price for model '{model}' in {where} (known: {known}). Give the pipeline spec's provider profile "
+            "a `prices` row for it (or a `price_file`), or set `allow_unpriced: true` on the profile for a local "
+            "model you do not pay for."
         )

@@ -400,9 +400,7 @@ class LLMResource(dg.ConfigurableResource):
         try:
             return self.price()
         except UnknownModelPriceError as exc:
-            raise JobFatalError(
-                "config", f"configuration error: {exc} (LLM resource setting `allow_unpriced_model`)"
-            ) from exc
+            raise JobFatalError("config", f"configuration error: {exc}") from exc
 
     def _shared_store(self) -> SQLiteStateStore:
         with self._lock:

@@ -1,15 +1,17 @@
-"""Shared by the pipeline tests and their crash-test child process: a small dataset and a wired pipeline."""
+"""Shared by the pipeline tests and their crash-test child process: a small dataset, and what a chunk recorded.
+
+The pipeline itself is BANKING77's spec (tests/spec_pipelines.py `test_spec`, `spec_defs`, `run_chunk`).
+"""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
-from llm_assets.builtin import build_defs, stage_assets
-from llm_assets.datasets import DatasetSpec, RegisteredDataset, register_dataset
-from sensors.chunk_runs import chunk_run_request
+from llm_assets.layout import PipelineLayout
 
 POISON = "[[poison]]"
 WORDS = [
@@ -46,22 +48,36 @@ def write_dataset(path: Path, n: int, poison_every: int = 0, invalid: bool = Fal
     return kinds
 
 
-def register(path: Path, instance: dg.DagsterInstance, home: Path, chunk_size: int) -> RegisteredDataset:
-    return register_dataset(DatasetSpec(uri=str(path), name="tiny", chunk_size=chunk_size), instance, home)
+def raw_meta(
+    instance: dg.DagsterInstance, layout: PipelineLayout, asset: str, partition: str
+) -> dict[str, dg.MetadataValue]:
+    """The metadata entries (MetadataValue objects) of the latest materialization of the pipeline's `asset`
+    (`items` or a stage name) for `partition`."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=layout.key(asset), asset_partitions=[partition]), limit=1
+    ).records
+    assert records, f"{layout.key(asset).to_user_string()} {partition} was never materialized"
+    return dict(records[0].asset_materialization.metadata)
 
 
-def pipeline_defs(base_url: str, api_key: str, home: Path, **kw) -> dg.Definitions:
-    return build_defs(base_url=base_url, api_key=api_key, home=home, **kw)
+def meta(instance: dg.DagsterInstance, layout: PipelineLayout, asset: str, partition: str) -> dict[str, Any]:
+    """`raw_meta` as plain values."""
+    return {k: v.value for k, v in raw_meta(instance, layout, asset, partition).items()}
 
 
-def materialize_partition(
-    defs: dg.Definitions, instance: dg.DagsterInstance, key: str, raise_on_error: bool = True
-) -> dg.ExecuteInProcessResult:
-    """One chunk through the `chunk_pipeline` job (stages and their checks), tagged as the sensors tag it."""
-    tags = chunk_run_request(key, attempt=1, provider="openai", launched_by="test").tags
-    return defs.resolve_job_def("chunk_pipeline").execute_in_process(
-        instance=instance, partition_key=key, raise_on_error=raise_on_error, tags=tags
-    )
+def evaluation(
+    result: dg.ExecuteInProcessResult, layout: PipelineLayout, asset: str, check: str
+) -> dg.AssetCheckEvaluation:
+    """The one evaluation of `check` on the pipeline's stage `asset` in a run."""
+    found = [
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.asset_key == layout.key(asset) and e.check_name == check
+    ]
+    assert len(found) == 1, f"expected one {asset}:{check} evaluation, got {len(found)}"
+    return found[0]
 
 
-__all__ = ["stage_assets", "write_dataset", "register", "pipeline_defs", "materialize_partition", "POISON"]
+def numbers(found: dg.AssetCheckEvaluation) -> dict[str, Any]:
+    """A check evaluation's metadata as plain values."""
+    return {k: v.value for k, v in found.metadata.items()}

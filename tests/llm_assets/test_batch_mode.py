@@ -6,61 +6,67 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from batch_support import drive_batches, latest_meta, latest_observation, provider_defs
-from pipeline_support import POISON, materialize_partition, register, write_dataset
+from batch_support import batch_defs, drive_batches, latest_meta, latest_observation, provider_spec
+from pipeline_support import POISON, write_dataset
 
 from io_managers.parquet_files import read_parquet
 from resources.dead_letters import DeadLetterStore
+from tests.spec_pipelines import layout_of, point_at, register_file, run_chunk
 
 pytestmark = pytest.mark.slow
 
 OUTPUT_COLUMNS = {
-    "classified": ["item_id", "label", "confidence"],
-    "enriched": ["item_id", "label", "summary", "entities", "urgency", "routed"],
+    "classified": ["item_id", "label", "confidence", "routed"],
+    "enriched": ["item_id", "summary", "entities", "urgency", "routed"],
 }
 
 
 def _run_online(sim, tmp_path, provider):
     home = tmp_path / "online"
-    defs = provider_defs(sim, home, provider, "online")
+    spec = provider_spec(sim.base_url, provider, "online")
+    layout = layout_of(spec)
+    defs = batch_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "tiny.csv", instance, home, chunk_size=20)
+        dataset = register_file(spec, tmp_path / "tiny.csv", instance, home, chunk_size=20)
         for key in dataset.partition_keys:
-            assert materialize_partition(defs, instance, key).success
+            assert run_chunk(defs, spec, instance, key).success
         return {
-            stage: {key: (latest_meta(instance, stage, key)) for key in dataset.partition_keys}
-            for stage in ("classified", "enriched")
+            stage: {key: latest_meta(instance, layout.key(stage), key) for key in dataset.partition_keys}
+            for stage in OUTPUT_COLUMNS
         }
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_batch_round_trip_equals_online_outputs_at_half_price_and_matches_the_ledger(
-    start_sim, tmp_path, provider
+    start_sim, monkeypatch, tmp_path, provider
 ):
     config = {"seed": 5, "batch": {"complete_after_s": 0.5}}
     online_sim, batch_sim = start_sim(config), start_sim(config)
+    point_at(batch_sim, monkeypatch)  # the API key both share; each spec names its simulator's URL
     kinds = write_dataset(tmp_path / "tiny.csv", 36, poison_every=9)
     online = _run_online(online_sim, tmp_path, provider)
 
     home = tmp_path / "batch"
-    defs = provider_defs(batch_sim, home, provider, "batch")
+    spec = provider_spec(batch_sim.base_url, provider, "batch")
+    layout = layout_of(spec)
+    defs = batch_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "tiny.csv", instance, home, chunk_size=20)
+        dataset = register_file(spec, tmp_path / "tiny.csv", instance, home, chunk_size=20)
         keys = dataset.partition_keys
         for key in keys:
-            result = materialize_partition(defs, instance, key)
+            result = run_chunk(defs, spec, instance, key)
             assert result.success
             # Submitting ends the run: nothing materialized past `items`, the UI shows "submitted".
-            assert [e.asset_key.path[-1] for e in result.get_asset_materialization_events()] == ["items"]
-            assert latest_observation(instance, "classified", key)["batch_status"] == "submitted"
-        assert not instance.get_materialized_partitions(dg.AssetKey("classified"))
+            assert [e.asset_key for e in result.get_asset_materialization_events()] == [layout.key("items")]
+            assert latest_observation(instance, layout.key("classified"), key)["batch_status"] == "submitted"
+        assert not instance.get_materialized_partitions(layout.key("classified"))
 
         runs = drive_batches(defs, instance)
         assert all(r.success for r in runs)
         assert len(runs) == 2 * len(keys)  # one collecting run per chunk and stage
         batch = {
-            stage: {key: latest_meta(instance, stage, key) for key in keys}
-            for stage in ("classified", "enriched")
+            stage: {key: latest_meta(instance, layout.key(stage), key) for key in keys}
+            for stage in OUTPUT_COLUMNS
         }
         dead = DeadLetterStore(str(home / "dead_letters")).query(dataset.dataset_id)
 

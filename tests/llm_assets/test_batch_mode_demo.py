@@ -1,5 +1,7 @@
-"""`make demo MODE=batch` on a small file: every chunk goes through the batch APIs, the demo collects them as
-the daemon's batch poll sensor would, and the report shows the batch cost, equal to the simulator's ledger."""
+"""`make demo MODE=batch` (BANKING77's spec, every stage in batch mode) on a small file: every chunk goes through
+the batch APIs, the demo collects them as the daemon's batch poll sensor would, and the report shows the batch
+cost, equal to the simulator's ledger. The file's columns are `id,text,team`: the spec derives its own ids and
+finds no gold labels, so the quality judge scores the sample (online)."""
 
 from __future__ import annotations
 

@@ -1,64 +1,89 @@
-"""outputs_valid and cost_per_item on hand-made stage outputs: rows the LLM resource would never let through
-(it validates every reply) must still be caught if anything upstream changes, e.g. a taxonomy edit.
-No `from __future__ import annotations`: Dagster reads the annotations of the stand-in asset."""
+"""outputs_valid and cost_per_item of BANKING77's spec gates (llm_assets/pipeline_checks.py) on hand-made stage
+outputs: rows the LLM resource would never let through (it validates every reply) must still be caught if
+anything upstream changes, e.g. a taxonomy edit.
+No `from __future__ import annotations`: Dagster reads the annotations of the stand-in assets."""
 
 import json
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 import pytest
 
 from io_managers.chunk_parquet import ChunkParquetIOManager
-from llm_assets.checks import CLASSIFIED, ENRICHED, QualityGateSettings, classified_checks, enriched_checks
 from llm_assets.failure_class import FailureClass, run_failure_class
-from llm_assets.partitions import CHUNK_PARTITIONS_NAME, chunk_partitions
+from llm_assets.pipeline_assets import chunks_partitions_name
+from llm_assets.pipeline_checks import checks_step_name, pipeline_checks
 from llm_assets.settings import PipelineSettings
-from resources.llm import LLMResource
+from tests.spec_pipelines import layout_of, test_spec
 
 KEY = "tiny-0a1b2c3d__c00000"
+CLASSIFIED = dg.AssetKey(["banking77", "classified"])
+ENRICHED = dg.AssetKey(["banking77", "enriched"])
+
+
+@pytest.fixture(autouse=True)
+def _no_provider(monkeypatch):
+    """The spec's provider profile needs its variables to load; no check run here calls a model (port 9:
+    discard)."""
+    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", "unused")
 
 
 def _classified_row(item: str, label: str, confidence: float) -> dict:
     return {
         "idempotency_key": f"tiny-0a1b2c3d|{item}|classified|v1|m", "dataset_id": "tiny-0a1b2c3d", "item_id": item,
-        "stage": "classified", "prompt_version": "v1", "model": "m", "team": "t", "label": label,
-        "confidence": confidence, "gold_label": None, "cost_usd": 0.001, "input_tokens": 100,
-        "cached_input_tokens": 0, "output_tokens": 10, "attempts": 1, "latency_s": 0.1,
+        "stage": "classified", "prompt_version": "v1", "model": "m", "team": "t", "routed": True, "label": label,
+        "confidence": confidence, "cost_usd": 0.001, "input_tokens": 100, "cached_input_tokens": 0,
+        "output_tokens": 10, "attempts": 1, "latency_s": 0.1,
     }  # fmt: skip
 
 
-def _run_checks(check_keys: list[dg.AssetCheckKey], frame: pd.DataFrame, tmp_path, **gates):
-    """Materialize a stand-in for the checked stage asset holding `frame` and run only `check_keys` of its
-    stage's checks step, for one chunk. Returns the run's result, its failure class and its log
-    messages."""
+def _run_checks(
+    check_keys: list[dg.AssetCheckKey],
+    frame: pd.DataFrame,
+    tmp_path,
+    items: pd.DataFrame | None = None,
+    gates: dict[str, Any] | None = None,
+):
+    """Materialize stand-ins for the checked stage asset holding `frame` and for `banking77/items` holding
+    `items` (default: the frame's items, with a text), then run only `check_keys` of the stage's checks step
+    (BANKING77's gates, `gates` merged into the checked stage's), for one chunk. Returns the run's result, its
+    failure class and its log messages."""
     (asset_key,) = {key.asset_key for key in check_keys}
-    checks = classified_checks if asset_key == CLASSIFIED else enriched_checks
+    stage = asset_key.path[-1]
+    spec = test_spec(stages={stage: {"gates": gates or {}}})
+    layout = layout_of(spec)
+    partitions = dg.DynamicPartitionsDefinition(name=chunks_partitions_name(spec))
+    home = tmp_path / "home"
+    checks, check_resources = pipeline_checks(spec, partitions, home=home)
+    if items is None:
+        items = pd.DataFrame(
+            {"item_id": frame["item_id"].drop_duplicates(), "text": "My card has not arrived."}
+        )
 
-    @dg.asset(key=asset_key, partitions_def=chunk_partitions)
+    @dg.asset(key=asset_key, partitions_def=partitions)
     def stage_output() -> pd.DataFrame:
         return frame
 
-    @dg.asset(key="items", partitions_def=chunk_partitions)
+    @dg.asset(key=layout.key("items"), partitions_def=partitions)
     def items_stand_in() -> pd.DataFrame:
-        return pd.DataFrame({"item_id": [], "text": []})
+        return items
 
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(CHUNK_PARTITIONS_NAME, [KEY])
+        instance.add_dynamic_partitions(partitions.name, [KEY])
         result = dg.materialize(
-            [stage_output, items_stand_in, checks],
-            selection=dg.AssetSelection.assets(asset_key, "items").without_checks()
+            [stage_output, items_stand_in, *checks],
+            selection=dg.AssetSelection.assets(asset_key, layout.key("items")).without_checks()
             | dg.AssetSelection.checks(*check_keys),
             instance=instance,
             partition_key=KEY,
             raise_on_error=False,
             resources={
                 "io_manager": ChunkParquetIOManager(base_uri=str(tmp_path / "outputs")),
-                "settings": PipelineSettings(home=str(tmp_path / "home")),
-                "quality_gates": QualityGateSettings(**gates),
-                # Required by the classified checks step; the checks run here never call it (port 9: discard).
-                "judge_llm": LLMResource(
-                    base_url="http://127.0.0.1:9/v1", api_key="unused", model="gpt-6-luna"
-                ),
+                "settings": PipelineSettings(home=str(home)),
+                "s3": dg.ResourceDefinition.none_resource(),
+                **check_resources,  # the judge's LLM resource; never called here
             },
         )
         logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
@@ -67,23 +92,32 @@ def _run_checks(check_keys: list[dg.AssetCheckKey], frame: pd.DataFrame, tmp_pat
 
 def _run_check(check_key: dg.AssetCheckKey, frame: pd.DataFrame, tmp_path, **gates):
     """Run the one check `check_key` on `frame`: its evaluation and the run's failure class."""
-    result, failure, _ = _run_checks([check_key], frame, tmp_path, **gates)
+    result, failure, _ = _run_checks([check_key], frame, tmp_path, gates=gates)
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.asset_check_key == check_key
     return evaluation, failure
 
 
 def test_a_check_that_raises_does_not_stop_the_other_checks_of_its_step_and_fails_the_step(tmp_path):
-    # A frame without `gold_label` makes sampled_quality raise (KeyError); the other four still report.
-    frame = pd.DataFrame([_classified_row("a", "card_arrival", 0.9)]).drop(columns=["gold_label"])
+    # Items without a `text` column make sampled_quality raise (KeyError); the other four still report.
+    frame = pd.DataFrame([_classified_row("a", "card_arrival", 0.9)])
     names = ["outputs_valid", "success_rate", "sampled_quality", "label_drift", "cost_per_item"]
-    result, _, logged = _run_checks([dg.AssetCheckKey(CLASSIFIED, n) for n in names], frame, tmp_path)
+    result, _, logged = _run_checks(
+        [dg.AssetCheckKey(CLASSIFIED, n) for n in names],
+        frame,
+        tmp_path,
+        items=pd.DataFrame({"item_id": ["a"]}),
+    )
     evaluated = {e.check_name for e in result.get_asset_check_evaluations()}
     assert evaluated == set(names) - {"sampled_quality"}
     assert not result.success
     (failure,) = [e for e in result.all_events if e.is_step_failure]
-    assert failure.step_key == "classified_checks" and "KeyError" in str(failure.step_failure_data.error)
-    assert any("check classified:sampled_quality raised KeyError" in m for m in logged)
+    spec = test_spec()
+    assert (
+        failure.step_key == checks_step_name(spec, spec.stage("classified")) == "banking77__classified_checks"
+    )
+    assert "KeyError" in str(failure.step_failure_data.error)
+    assert any("check banking77/classified:sampled_quality raised KeyError: 'text'" in m for m in logged)
 
 
 def test_a_label_outside_the_taxonomy_fails_outputs_valid_and_marks_a_quality_gate_failure(tmp_path):
@@ -118,10 +152,15 @@ def test_valid_rows_pass_outputs_valid(tmp_path):
 def _enriched_row(
     item: str, routed: bool, urgency: str | None, entities: str | None, tokens: int = 100
 ) -> dict:
+    """A row as the spec's `enriched` writes it: routed rows with the model's fields, the others carried
+    through with empty fields and zero usage."""
     row = _classified_row(item, "card_arrival", 0.4)
-    row.pop("gold_label")
+    for field in ("label", "confidence"):
+        row.pop(field)
     row.update(stage="enriched", routed=routed, urgency=urgency, entities=entities, input_tokens=tokens,
                summary="Card not arrived." if routed else None)  # fmt: skip
+    if not routed:
+        row.update(model="", prompt_version="", cost_usd=0.0, output_tokens=0, attempts=0, latency_s=0.0)
     return row
 
 
@@ -140,6 +179,7 @@ def test_enriched_rows_are_checked_against_the_enrichment_schema(tmp_path):
         ("b", "$.urgency: 'urgent' is not one of the allowed values"),
         ("c", "$.entities: not a JSON list"),
     }
+    assert evaluation.metadata["rows_not_routed"].value == 1  # `d` was carried through, not judged
 
 
 @pytest.mark.parametrize(
@@ -156,7 +196,7 @@ def test_cost_per_item_warns_on_the_ceiling_and_on_a_few_items_eating_the_tokens
         dg.AssetCheckKey(ENRICHED, "cost_per_item"),
         pd.DataFrame(rows),
         tmp_path,
-        enriched_max_cost_per_item_usd=ceiling,
+        cost_per_item={"max_usd": ceiling},
     )
     meta = {k: v.value for k, v in evaluation.metadata.items()}
     assert evaluation.passed is passed and evaluation.severity == dg.AssetCheckSeverity.WARN

@@ -1,4 +1,6 @@
-"""The cost ledger asset: one row per billed attempt, from the spend ledger, adding up to the provider's bill."""
+"""The cost ledger asset: one row per billed attempt, from the spend ledger, adding up to the provider's bill.
+
+The pipeline is BANKING77's spec, every item enriched (`route: all`), run as the recovery tests run it."""
 
 import sys
 from pathlib import Path
@@ -7,40 +9,33 @@ import dagster as dg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sensors"))
-from recovery_support import launch, recovery_defs, write_labelled_dataset  # noqa: E402
+from recovery_support import recovery_spec, write_labelled_dataset  # noqa: E402
 
 from io_managers.parquet_files import read_parquet  # noqa: E402
-from llm_assets.cost_ledger import SPEND_KINDS, dataset_partitions, rollup  # noqa: E402
-from llm_assets.datasets import DatasetSpec, register_dataset  # noqa: E402
-from sensors.backfill import build_backfill_sensor  # noqa: E402
-from sensors.chunk_runs import chunk_run_request  # noqa: E402
+from llm_assets.cost_ledger import SPEND_KINDS, rollup  # noqa: E402
+from tests.spec_pipelines import layout_of, point_at, register_file, run_chunk, run_completion, spec_defs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def test_ledger_has_one_row_per_billed_attempt_and_adds_up_to_the_simulator_bill(start_sim, tmp_path):
+def test_ledger_has_one_row_per_billed_attempt_and_adds_up_to_the_simulator_bill(
+    start_sim, tmp_path, monkeypatch
+):
     sim = start_sim({"seed": 4})
+    point_at(sim, monkeypatch)
     home = tmp_path / "home"
     # item 5 is billed, then refused and dead-lettered: its attempt is wasted spend, not an item's useful cost.
     write_labelled_dataset(tmp_path / "nightly.csv", 40, markers={5: "[[refuse]]"})
-    sensor = build_backfill_sensor()
-    defs = recovery_defs(sim.base_url, sim.api_key, home, [sensor])
+    spec = recovery_spec()
+    layout = layout_of(spec)
+    defs = spec_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register_dataset(
-            DatasetSpec(uri=str(tmp_path / "nightly.csv"), chunk_size=20), instance, home
-        )
+        dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=20)
         for key in dataset.partition_keys:
-            assert launch(defs, instance, sensor, chunk_run_request(key, 1, "openai", "test")).success
-        instance.add_dynamic_partitions(dataset_partitions.name, [dataset.dataset_id])
-        result = dg.materialize(
-            [a for a in defs.assets if getattr(a, "key", None) == dg.AssetKey("cost_ledger")],
-            instance=instance,
-            partition_key=dataset.dataset_id,
-            resources=defs.resources,
-            selection=["cost_ledger"],
-        )
+            assert run_chunk(defs, spec, instance, key).success
+        result = run_completion(defs, spec, instance, dataset.dataset_id, asset_selection=[layout.ledger_key])
         assert result.success
-        meta = result.asset_materializations_for_node("cost_ledger")[0].metadata
+        meta = result.asset_materializations_for_node(layout.ledger_key.to_python_identifier())[0].metadata
         ledger = read_parquet(str(meta["uri"].value))
 
     billed = sim.stats()

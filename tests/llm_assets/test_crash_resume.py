@@ -12,26 +12,31 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from pipeline_support import materialize_partition, pipeline_defs, register, write_dataset
+from pipeline_support import write_dataset
 
 from io_managers.parquet_files import read_parquet
+from tests.spec_pipelines import layout_of, point_at, register_file, run_chunk, spec_defs, test_spec
 
 pytestmark = pytest.mark.slow
 CONCURRENCY = 8
+CLASSIFY_MODEL = "gpt-6-luna"
 
 
-def test_kill_mid_chunk_repays_at_most_the_requests_in_flight(start_sim, tmp_path):
+def test_kill_mid_chunk_repays_at_most_the_requests_in_flight(start_sim, tmp_path, monkeypatch):
     sim = start_sim({"seed": 5, "latency": {"base_ms": 20, "jitter_ms": 20}})
+    point_at(sim, monkeypatch)  # the child inherits the variables
     write_dataset(tmp_path / "tiny.csv", 250)
     home, instance_dir = tmp_path / "home", tmp_path / "instance"
     instance_dir.mkdir()
+    # classified only (the child runs the same spec); the resume runs without a concurrency cap of its own.
+    spec = test_spec(stages={"enriched": {"route": "none"}})
     with dg.DagsterInstance.local_temp(tempdir=str(instance_dir)) as instance:
-        dataset = register(tmp_path / "tiny.csv", instance, home, chunk_size=250)
+        dataset = register_file(spec, tmp_path / "tiny.csv", instance, home, chunk_size=250)
     key = dataset.partition_keys[0]
 
     child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("crash_child.py")), f"{sim.base_url}/v1", sim.api_key,
-         str(home), str(instance_dir), key, str(CONCURRENCY)],
+        [sys.executable, str(Path(__file__).with_name("crash_child.py")), str(home), str(instance_dir), key,
+         str(CONCURRENCY)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -45,23 +50,23 @@ def test_kill_mid_chunk_repays_at_most_the_requests_in_flight(start_sim, tmp_pat
     paid_before_resume = sim.stats()["requests_billed"]
     assert paid_before_resume < 250, "the kill came too late to test anything"
 
-    defs = pipeline_defs(f"{sim.base_url}/v1", sim.api_key, home, settings={"route": "none"})
+    defs = spec_defs(spec, home)
     with dg.DagsterInstance.local_temp(tempdir=str(instance_dir)) as instance:
-        result = materialize_partition(defs, instance, key)
+        result = run_chunk(defs, spec, instance, key)
         assert result.success
         mats = {
-            e.asset_key.path[-1]: e.event_specific_data.materialization
+            e.asset_key: e.event_specific_data.materialization
             for e in result.get_asset_materialization_events()
         }
-        uri = mats["classified"].metadata["uri"].value
+        uri = mats[layout_of(spec).key("classified")].metadata["uri"].value
     frame = read_parquet(uri)
     assert len(frame) == 250 and frame["item_id"].is_unique
 
-    classify = "gpt-6-luna"  # the quality gate's judge (another model) also bills: count the stage only
+    # the quality gate's judge (another model) also bills: count the stage only
     billed = [
         r
         for r in sim.requests()
-        if r["model"] == classify and str(r["status"]) == "200" and r["billed_usd"] > 0
+        if r["model"] == CLASSIFY_MODEL and str(r["status"]) == "200" and r["billed_usd"] > 0
     ]
     per_item = collections.Counter(r["user_sha256"] for r in billed)
     repaid = sum(n - 1 for n in per_item.values())

@@ -4,15 +4,18 @@ import dagster as dg
 import pytest
 
 from llm_assets.partitions import (
-    CHUNK_PARTITIONS_NAME,
     MAX_CHUNKS_PER_DATASET,
+    PartitionLimitExceeded,
     add_chunk_partitions,
     chunk_key,
-    chunk_partitions,
     dataset_partition_keys,
     parse_chunk_key,
     prune_dataset_partitions,
 )
+
+CHUNKS = "banking77__chunks"
+"""BANKING77's chunk partitions (llm_assets/pipeline_assets.py `chunks_partitions_name`): one set per pipeline."""
+chunk_partitions = dg.DynamicPartitionsDefinition(name=CHUNKS)
 
 
 def test_keys_are_readable_and_parse_back() -> None:
@@ -47,38 +50,67 @@ def test_add_only_missing_partitions_and_prune_one_dataset() -> None:
     a = dataset_partition_keys("a-00000001", 1_500)  # more than one add batch
     b = dataset_partition_keys("b-00000002", 3)
     with dg.instance_for_test() as instance:
-        assert add_chunk_partitions(instance, a[:10]) == a[:10]
-        assert add_chunk_partitions(instance, a) == a[10:]
-        assert add_chunk_partitions(instance, a) == []
-        add_chunk_partitions(instance, b)
+        assert add_chunk_partitions(instance, a[:10], partitions_name=CHUNKS) == a[:10]
+        assert add_chunk_partitions(instance, a, partitions_name=CHUNKS) == a[10:]
+        assert add_chunk_partitions(instance, a, partitions_name=CHUNKS) == []
+        add_chunk_partitions(instance, b, partitions_name=CHUNKS)
         assert chunk_partitions.get_partition_keys(dynamic_partitions_store=instance) == a + b
 
-        assert prune_dataset_partitions(instance, "b-00000002") == 3
-        assert list(instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME)) == a
-        assert prune_dataset_partitions(instance, "b-00000002") == 0
+        assert prune_dataset_partitions(instance, "b-00000002", partitions_name=CHUNKS) == 3
+        assert list(instance.get_dynamic_partitions(CHUNKS)) == a
+        assert prune_dataset_partitions(instance, "b-00000002", partitions_name=CHUNKS) == 0
         # a prefix of another dataset id does not match it
-        assert prune_dataset_partitions(instance, "a-0000000") == 0
-        assert len(instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME)) == 1_500
+        assert prune_dataset_partitions(instance, "a-0000000", partitions_name=CHUNKS) == 0
+        assert len(instance.get_dynamic_partitions(CHUNKS)) == 1_500
 
 
 def test_adding_past_the_live_partition_limit_is_refused_and_adds_nothing() -> None:
-    from llm_assets.partitions import PartitionLimitExceeded
-
     with dg.instance_for_test() as instance:
-        add_chunk_partitions(instance, dataset_partition_keys("a-00000001", 8), max_live=10)
+        add_chunk_partitions(
+            instance, dataset_partition_keys("a-00000001", 8), max_live=10, partitions_name=CHUNKS
+        )
         with pytest.raises(PartitionLimitExceeded, match=r"to 13, over the limit of 10; prune datasets"):
-            add_chunk_partitions(instance, dataset_partition_keys("b-00000002", 5), max_live=10)
-        assert len(instance.get_dynamic_partitions(CHUNK_PARTITIONS_NAME)) == 8
+            add_chunk_partitions(
+                instance, dataset_partition_keys("b-00000002", 5), max_live=10, partitions_name=CHUNKS
+            )
+        assert len(instance.get_dynamic_partitions(CHUNKS)) == 8
         # re-adding what exists never trips the limit
-        assert add_chunk_partitions(instance, dataset_partition_keys("a-00000001", 8), max_live=8) == []
+        again = add_chunk_partitions(
+            instance, dataset_partition_keys("a-00000001", 8), max_live=8, partitions_name=CHUNKS
+        )
+        assert again == []
 
 
 def test_pruning_keeps_materialization_history_and_readding_restores_the_keys() -> None:
     keys = dataset_partition_keys("a-00000001", 3)
     with dg.instance_for_test() as instance:
-        add_chunk_partitions(instance, keys)
-        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="enriched", partition=keys[1]))
-        prune_dataset_partitions(instance, "a-00000001")
-        assert not instance.has_dynamic_partition(CHUNK_PARTITIONS_NAME, keys[1])
-        assert add_chunk_partitions(instance, keys) == keys
-        assert instance.get_materialized_partitions(dg.AssetKey("enriched")) == {keys[1]}
+        add_chunk_partitions(instance, keys, partitions_name=CHUNKS)
+        enriched = dg.AssetKey(["banking77", "enriched"])
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=enriched, partition=keys[1]))
+        prune_dataset_partitions(instance, "a-00000001", partitions_name=CHUNKS)
+        assert not instance.has_dynamic_partition(CHUNKS, keys[1])
+        assert add_chunk_partitions(instance, keys, partitions_name=CHUNKS) == keys
+        assert instance.get_materialized_partitions(enriched) == {keys[1]}
+
+
+def test_each_pipeline_adds_and_prunes_its_chunks_in_its_own_partitions_set() -> None:
+    reviews = "reviews__chunks"
+    a = dataset_partition_keys("a-00000001", 4)
+    b = dataset_partition_keys("b-00000002", 3)
+    with dg.instance_for_test() as instance:
+        assert add_chunk_partitions(instance, a, partitions_name=CHUNKS) == a
+        assert add_chunk_partitions(instance, b, partitions_name=reviews) == b
+        assert add_chunk_partitions(instance, a, partitions_name=CHUNKS) == []
+        assert list(instance.get_dynamic_partitions(CHUNKS)) == a
+        assert list(instance.get_dynamic_partitions(reviews)) == b
+        # The live-partition limit counts the pipeline's own set.
+        with pytest.raises(PartitionLimitExceeded, match="over the limit of 5"):
+            add_chunk_partitions(
+                instance, dataset_partition_keys("c-00000003", 2), max_live=5, partitions_name=CHUNKS
+            )
+        assert len(instance.get_dynamic_partitions(CHUNKS)) == 4
+        # Pruning a dataset from one pipeline's set leaves the other's alone, even under the same dataset id.
+        add_chunk_partitions(instance, dataset_partition_keys("a-00000001", 2), partitions_name=reviews)
+        assert prune_dataset_partitions(instance, "a-00000001", partitions_name=CHUNKS) == 4
+        assert list(instance.get_dynamic_partitions(CHUNKS)) == []
+        assert list(instance.get_dynamic_partitions(reviews)) == b + dataset_partition_keys("a-00000001", 2)

@@ -17,7 +17,7 @@ from bench.chaos import write_dataset
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-MAX_CONCURRENCY = 32  # LLMResource's default: what may already be in flight when the first refusal arrives
+MAX_CONCURRENCY = 32  # the spec profile's default for a cloud API: what may be in flight at the first refusal
 SIM = {"seed": 3, "latency": {"base_ms": 20, "jitter_ms": 10}}
 
 

@@ -1,17 +1,20 @@
 """Stage outputs on S3 (a real S3 API on localhost, moto's server mode), configured as a deployment would:
-`CHUNKWISE_OUTPUTS_URI=s3://...` and the S3 endpoint in the environment. Every stage partition is one object,
-nothing lands on local disk, and the cost ledger and completion report read the outputs back from S3."""
+`CHUNKWISE_OUTPUTS_URI=s3://...` and the S3 endpoint in the environment. Every stage partition of BANKING77's
+spec is one object, nothing lands on local disk, and the cost ledger and completion report read the outputs back
+from S3."""
 
 import json
 import uuid
 
 import dagster as dg
 import pytest
-from pipeline_support import materialize_partition, register, write_dataset
+from pipeline_support import write_dataset
 
 from io_managers.parquet_files import read_parquet
 from io_managers.s3_config import s3_from_env
-from llm_assets.builtin import OUTPUTS_URI_ENV, build_defs, defs_from_env
+from llm_assets.location import OUTPUTS_URI_ENV, build_defs, defs_from_env
+from llm_assets.spec import load_pipeline
+from tests.spec_pipelines import BANKING77_SPEC, point_at, register_file, run_chunk, run_completion, test_spec
 
 pytestmark = pytest.mark.slow
 
@@ -29,26 +32,26 @@ def test_outputs_on_s3_are_one_object_per_partition_and_feed_the_ledger_and_repo
     sim, s3_outputs, tmp_path, monkeypatch
 ):
     home = tmp_path / "home"
-    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", f"{sim.base_url}/v1")
-    monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", sim.api_key)
-    defs = defs_from_env(home)
+    point_at(sim, monkeypatch)
+    spec = test_spec()
+    defs = defs_from_env(home, specs=[spec])  # the code location, configured from the environment
     write_dataset(tmp_path / "tickets.csv", 40)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "tickets.csv", instance, home, chunk_size=20)
+        dataset = register_file(spec, tmp_path / "tickets.csv", instance, home, chunk_size=20)
         for key in dataset.partition_keys:
-            assert materialize_partition(defs, instance, key).success
-        instance.add_dynamic_partitions("datasets", [dataset.dataset_id])
-        done = defs.resolve_job_def("dataset_completion").execute_in_process(
-            instance=instance, partition_key=dataset.dataset_id
-        )
-        assert done.success
+            assert run_chunk(defs, spec, instance, key).success
+        assert run_completion(defs, spec, instance, dataset.dataset_id).success
 
     client = s3_from_env().get_client()
     listed = client.list_objects_v2(Bucket=s3_outputs, Prefix="chunkwise/")
     keys = sorted(obj["Key"] for obj in listed.get("Contents", []))
-    expected = [f"chunkwise/{stage}/{k}.parquet" for stage in ("classified", "enriched", "items")
-                for k in dataset.partition_keys]  # fmt: skip
-    assert [k for k in keys if k.split("/")[1] in ("classified", "enriched", "items")] == sorted(expected)
+    stages = ("classified", "enriched", "items")
+    expected = [
+        f"chunkwise/banking77/{stage}/{k}.parquet" for stage in stages for k in dataset.partition_keys
+    ]
+    assert [k for k in keys if k.split("/")[2] in stages] == sorted(expected)
+    assert all(k.startswith("chunkwise/banking77/") for k in keys)
+    assert f"chunkwise/banking77/cost_ledger/{dataset.dataset_id}.parquet" in keys
     assert not (home / "outputs").exists()
     enriched = read_parquet(f"s3://{s3_outputs}/{expected[len(dataset.partition_keys)]}", s3=s3_from_env())
     assert len(enriched) == 20
@@ -59,7 +62,6 @@ def test_outputs_on_s3_are_one_object_per_partition_and_feed_the_ledger_and_repo
 
 
 def test_outputs_on_s3_without_an_s3_resource_is_refused_when_the_definitions_load(tmp_path):
+    spec = load_pipeline(BANKING77_SPEC, require_secrets=False)
     with pytest.raises(ValueError, match="no S3 resource"):
-        build_defs(
-            base_url="http://127.0.0.1:9/v1", api_key="k", home=tmp_path, outputs_uri="s3://bucket/out"
-        )
+        build_defs([spec], home=tmp_path, outputs_uri="s3://bucket/out", sensors=[])

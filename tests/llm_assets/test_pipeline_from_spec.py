@@ -172,6 +172,12 @@ def test_a_spec_pipeline_has_its_own_cost_ledger_and_completion_report(sim_env, 
         assert set(report["cost_by_stage"]) >= {"sentiment", "aspects", "reply_draft"}
         assert set(report["checks"]["checks"]) == {s.key.to_user_string() for s in layout.check_specs}
         assert report["chunk_states"] == {"succeeded": dataset.n_chunks}
+        # Accuracy of the first stage's gated field against the input's gold column, over every item.
+        sentiment = pd.concat(
+            [_output(instance, asset_key(spec, "sentiment"), k) for k in dataset.partition_keys]
+        )
+        expected = float((sentiment["sentiment"] == sentiment["gold_label"]).mean())
+        assert report["accuracy"] == pytest.approx(expected) and 0 < expected < 1
         assert "in the final `reply_draft` output" in str(metadata["report"].value)
         ledger = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=layout.ledger_key, asset_partitions=[dataset.dataset_id]), limit=1

@@ -1,6 +1,6 @@
 """The completion report's accounting: every input row in exactly one bucket with a reason, and every dollar from
 the spend ledger (total = useful + re-paid + wasted + quality checks == the simulator's bill). Real Dagster, the
-real simulator, the `dataset_completion` job the completion sensor requests."""
+real simulator, BANKING77's spec and its `banking77__completion_job`, the job the completion sensor requests."""
 
 from __future__ import annotations
 
@@ -9,22 +9,31 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
-from pipeline_support import WORDS, materialize_partition, pipeline_defs, register
+from pipeline_support import WORDS
 
 from io_managers.parquet_files import read_parquet
-from llm_assets.cost_ledger import dataset_partitions
+from llm_assets.spec import PipelineSpec
 from scripts import demo
-from sensors.chunk_runs import chunk_run_request
+from tests.spec_pipelines import (
+    layout_of,
+    point_at,
+    register_file,
+    run_chunk,
+    run_completion,
+    spec_defs,
+    test_spec,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sensors"))
 from recovery_support import write_labelled_dataset  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-JUDGE_MODEL = "gpt-6.2-sol"
+JUDGE_MODEL = "gpt-6.2-sol"  # the shipped spec's judge
 
 
 def _write_unlabelled(path: Path, n: int, empty: tuple[int, ...] = ()) -> None:
@@ -38,21 +47,49 @@ def _write_unlabelled(path: Path, n: int, empty: tuple[int, ...] = ()) -> None:
             w.writerow([f"item-{i:04d}", text, "red" if i % 2 else "blue"])
 
 
-def _defs(sim, home: Path, **kw) -> dg.Definitions:
-    return pipeline_defs(f"{sim.base_url}/v1", sim.api_key, home, judge_model=JUDGE_MODEL, **kw)
+@pytest.fixture
+def at_sim(start_sim, monkeypatch):
+    """`at_sim(seed)`: a simulator the shipped spec's provider profile points at."""
+
+    def start(seed: int):
+        sim = start_sim({"seed": seed})
+        point_at(sim, monkeypatch)
+        return sim
+
+    return start
 
 
-def _complete(defs: dg.Definitions, instance: dg.DagsterInstance, dataset_id: str, home: Path):
-    """The dataset_completion job (cost_ledger + dataset_complete); returns (report JSON, Markdown, ledger)."""
-    instance.add_dynamic_partitions(dataset_partitions.name, [dataset_id])
-    result = defs.resolve_job_def("dataset_completion").execute_in_process(
-        instance=instance, partition_key=dataset_id
+def _spec(route: str | None = None, **gates: dict[str, Any]) -> PipelineSpec:
+    """BANKING77 with `gates` merged into the gates of both stages (`sampled_quality` into classified's only)
+    and, when given, enriched's `route`."""
+    classified = dict(gates)
+    enriched = {name: gate for name, gate in gates.items() if name != "sampled_quality"}
+    return test_spec(
+        stages={
+            "classified": {"gates": classified},
+            "enriched": {"gates": enriched, **({"route": route} if route else {})},
+        }
     )
+
+
+def _complete(
+    defs: dg.Definitions, spec: PipelineSpec, instance: dg.DagsterInstance, dataset_id: str, home: Path
+):
+    """The pipeline's completion job (cost_ledger + completion_report); returns (report JSON, Markdown, ledger)."""
+    result = run_completion(defs, spec, instance, dataset_id)
     assert result.success
-    ledger_uri = result.asset_materializations_for_node("cost_ledger")[0].metadata["uri"].value
+    (ledger,) = [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == layout_of(spec).ledger_key
+    ]
     folder = home / "reports" / dataset_id
     report = json.loads((folder / "completion_report.json").read_text())
-    return report, (folder / "completion_report.md").read_text(), read_parquet(str(ledger_uri))
+    return (
+        report,
+        (folder / "completion_report.md").read_text(),
+        read_parquet(str(ledger.metadata["uri"].value)),
+    )
 
 
 def _assert_accounts_add_up(report: dict, ledger, billed_usd: float) -> None:
@@ -77,21 +114,23 @@ def _assert_accounts_add_up(report: dict, ledger, billed_usd: float) -> None:
     assert "(failed items)" not in report["cost_by_team"]
 
 
-def test_two_empty_texts_in_twelve_rows_are_two_dead_letters_and_ten_successes(start_sim, tmp_path, capsys):
-    sim = start_sim({"seed": 2})
+def test_two_empty_texts_in_twelve_rows_are_two_dead_letters_and_ten_successes(at_sim, tmp_path, capsys):
+    sim = at_sim(2)
     _write_unlabelled(tmp_path / "twelve.csv", 12, empty=(3, 8))
     home = tmp_path / "home"
-    defs = _defs(sim, home, quality_gates={"sample_size": 5})  # default min_success_rate 0.95
+    spec = _spec(sampled_quality={"sample_size": 5})  # the shipped success_rate gate: min 0.95
+    layout = layout_of(spec)
+    defs = spec_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "twelve.csv", instance, home, chunk_size=12)
+        dataset = register_file(spec, tmp_path / "twelve.csv", instance, home, chunk_size=12)
         (key,) = dataset.partition_keys
-        run = materialize_partition(defs, instance, key)
+        run = run_chunk(defs, spec, instance, key)
         rate = next(
             e
             for e in run.get_asset_check_evaluations()
-            if e.asset_key == dg.AssetKey("classified") and e.check_name == "success_rate"
+            if e.asset_key == layout.key("classified") and e.check_name == "success_rate"
         )
-        report, markdown, ledger = _complete(defs, instance, dataset.dataset_id, home)
+        report, markdown, ledger = _complete(defs, spec, instance, dataset.dataset_id, home)
 
     # The gate judges the model: 10 of the 10 items that reached it succeeded; the 2 invalid inputs are apart.
     assert rate.passed
@@ -120,24 +159,27 @@ def test_two_empty_texts_in_twelve_rows_are_two_dead_letters_and_ten_successes(s
     assert f"${report['total_cost_usd']:.4f} billed = ${report['useful_cost_usd']:.4f} useful" in console
 
 
-def test_a_chunk_failing_a_blocking_gate_keeps_its_rows_quarantined_and_its_spend(start_sim, tmp_path):
-    sim = start_sim({"seed": 6})
-    # Item 3 is billed, then refused: with min_success_rate 1.0 the first chunk fails `classified:success_rate`.
+def test_a_chunk_failing_a_blocking_gate_keeps_its_rows_quarantined_and_its_spend(at_sim, tmp_path):
+    sim = at_sim(6)
+    # Item 3 is billed, then refused: with success_rate min 1.0 the first chunk fails `classified:success_rate`.
     write_labelled_dataset(tmp_path / "nightly.csv", 24, markers={3: "[[refuse]]"})
     home = tmp_path / "home"
-    defs = _defs(sim, home, settings={"route": "all"}, quality_gates={"min_success_rate": 1.0})
+    spec = _spec(route="all", success_rate={"min": 1.0})
+    layout = layout_of(spec)
+    gate = f"{layout.key('classified').to_user_string()}:success_rate"
+    defs = spec_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "nightly.csv", instance, home, chunk_size=12)
+        dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=12)
         gated, clean = dataset.partition_keys
-        assert not materialize_partition(defs, instance, gated, raise_on_error=False).success
-        assert materialize_partition(defs, instance, clean).success
-        assert instance.get_materialized_partitions(dg.AssetKey("enriched")) == {clean}
-        report, markdown, ledger = _complete(defs, instance, dataset.dataset_id, home)
-        kept = read_parquet(str(home / "outputs" / "classified" / f"{gated}.parquet"))
+        assert not run_chunk(defs, spec, instance, gated, raise_on_error=False).success
+        assert run_chunk(defs, spec, instance, clean).success
+        assert instance.get_materialized_partitions(layout.key("enriched")) == {clean}
+        report, markdown, ledger = _complete(defs, spec, instance, dataset.dataset_id, home)
+        kept = read_parquet(str(home / "outputs" / "banking77" / "classified" / f"{gated}.parquet"))
 
     assert len(kept) == 11  # paid work of the gated chunk: still on disk
     assert report["buckets"] == {"succeeded": 12, "dead_lettered": 1, "quarantined": 11, "not_processed": 0}
-    assert report["quarantined_by_gate"] == {"classified:success_rate": len(kept)}
+    assert report["quarantined_by_gate"] == {gate: len(kept)}
     assert report["dead_lettered_by_reason"] == {"refusal": 1}
     assert report["blocked_partitions"] == [gated] and report["failed_chunks"] == {
         gated: "failed_quality_gate"
@@ -151,64 +193,60 @@ def test_a_chunk_failing_a_blocking_gate_keeps_its_rows_quarantined_and_its_spen
         gated_rows.loc[gated_rows["outcome"] == "refusal", "cost_usd"].sum()
     )
     assert report["repaid_usd"] == 0
-    assert "| quarantined | 11 | classified:success_rate 11 |" in markdown
+    assert f"| quarantined | 11 | {gate} 11 |" in markdown
 
 
-def test_a_chunk_failing_the_enriched_gate_has_its_good_rows_quarantined_not_failed(start_sim, tmp_path):
-    sim = start_sim({"seed": 11})
+def test_a_chunk_failing_the_enriched_gate_has_its_good_rows_quarantined_not_failed(at_sim, tmp_path):
+    sim = at_sim(11)
     write_labelled_dataset(tmp_path / "nightly.csv", 20)
     home = tmp_path / "home"
-    defs = _defs(sim, home, settings={"route": "all"})
-    job = defs.resolve_job_def("chunk_pipeline")
+    spec = _spec(route="all")
+    layout = layout_of(spec)
+    gate = f"{layout.key('enriched').to_user_string()}:success_rate"
+    defs = spec_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "nightly.csv", instance, home, chunk_size=20)
+        dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=20)
         (key,) = dataset.partition_keys
-        tags = chunk_run_request(key, attempt=1, provider="openai", launched_by="test").tags
-        stages = [dg.AssetKey("items"), dg.AssetKey("classified")]
-        assert job.execute_in_process(
-            instance=instance, partition_key=key, tags=tags, asset_selection=stages
-        ).success
+        stages = [layout.key("items"), layout.key("classified")]
+        assert run_chunk(defs, spec, instance, key, asset_selection=stages).success
         sim.set_faults(refusal=0.5)  # the strong model refuses half of the items: billed, then dead-lettered
-        enrich = job.execute_in_process(
-            instance=instance,
-            partition_key=key,
-            tags=tags,
-            asset_selection=[dg.AssetKey("enriched")],
-            raise_on_error=False,
+        enrich = run_chunk(
+            defs, spec, instance, key, asset_selection=[layout.key("enriched")], raise_on_error=False
         )
         assert not enrich.success
         sim.set_faults(refusal=0.0)
-        report, markdown, ledger = _complete(defs, instance, dataset.dataset_id, home)
-        kept = read_parquet(str(home / "outputs" / "enriched" / f"{key}.parquet"))
+        report, markdown, ledger = _complete(defs, spec, instance, dataset.dataset_id, home)
+        kept = read_parquet(str(home / "outputs" / "banking77" / "enriched" / f"{key}.parquet"))
 
     assert 0 < len(kept) < 19  # the good rows, below the 0.95 gate
     assert report["buckets"] == {
         "succeeded": 0, "dead_lettered": 20 - len(kept), "quarantined": len(kept), "not_processed": 0,
     }  # fmt: skip
-    assert report["quarantined_by_gate"] == {"enriched:success_rate": len(kept)}
+    assert report["quarantined_by_gate"] == {gate: len(kept)}
     assert report["dead_lettered_by_stage"] == {"enriched": 20 - len(kept)}
     _assert_accounts_add_up(report, ledger, sim.stats()["billed_usd"])
     assert set(ledger.loc[ledger["outcome"] == "refusal", "kind"]) == {"wasted"}
     assert set(ledger.loc[ledger["item_id"].isin(kept["item_id"]), "kind"]) == {"useful"}
-    assert f"| quarantined | {len(kept)} | enriched:success_rate {len(kept)} |" in markdown
+    assert f"| quarantined | {len(kept)} | {gate} {len(kept)} |" in markdown
 
 
-def test_rematerializing_a_finished_chunk_from_scratch_is_repaid_spend_on_the_bill(start_sim, tmp_path):
-    sim = start_sim({"seed": 8})
+def test_rematerializing_a_finished_chunk_from_scratch_is_repaid_spend_on_the_bill(at_sim, tmp_path):
+    sim = at_sim(8)
     write_labelled_dataset(tmp_path / "nightly.csv", 20)
     home = tmp_path / "home"
-    defs = _defs(sim, home, settings={"route": "all"})
+    spec = _spec(route="all")
+    defs = spec_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "nightly.csv", instance, home, chunk_size=10)
+        dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=10)
         for key in dataset.partition_keys:
-            assert materialize_partition(defs, instance, key).success
-        first, _, _ = _complete(defs, instance, dataset.dataset_id, home)
+            assert run_chunk(defs, spec, instance, key).success
+        first, _, _ = _complete(defs, spec, instance, dataset.dataset_id, home)
         assert first["repaid_usd"] == 0 and first["wasted_usd"] == 0
         # A person re-materializes one chunk from the UI after completion: nothing to resume, so it pays again.
         again = dataset.partition_keys[0]
         shutil.rmtree(home / "checkpoints" / dataset.dataset_id / again, ignore_errors=True)
-        assert materialize_partition(defs, instance, again).success
-        report, _, ledger = _complete(defs, instance, dataset.dataset_id, home)
+        assert run_chunk(defs, spec, instance, again).success
+        report, _, ledger = _complete(defs, spec, instance, dataset.dataset_id, home)
 
     billed = sim.stats()["billed_usd"]
     assert billed > first["total_cost_usd"]
@@ -223,16 +261,18 @@ def test_rematerializing_a_finished_chunk_from_scratch_is_repaid_spend_on_the_bi
     assert len(ledger[ledger["kind"] == "useful"]) == 40  # one per item and stage
 
 
-def test_judge_spend_is_its_own_quality_checks_line(start_sim, tmp_path):
-    sim = start_sim({"seed": 9})
+def test_judge_spend_is_its_own_quality_checks_line(at_sim, tmp_path):
+    sim = at_sim(9)
     _write_unlabelled(tmp_path / "nolabels.csv", 16)
     home = tmp_path / "home"
-    defs = _defs(sim, home, quality_gates={"sample_size": 6, "judge_enabled": True})
+    spec = _spec(sampled_quality={"sample_size": 6})  # the shipped judge scores items without a gold label
+    assert spec.stage("classified").gates.sampled_quality.judge.model == JUDGE_MODEL
+    defs = spec_defs(spec, home)
     with dg.instance_for_test() as instance:
-        dataset = register(tmp_path / "nolabels.csv", instance, home, chunk_size=8)
+        dataset = register_file(spec, tmp_path / "nolabels.csv", instance, home, chunk_size=8)
         for key in dataset.partition_keys:
-            assert materialize_partition(defs, instance, key).success
-        report, markdown, ledger = _complete(defs, instance, dataset.dataset_id, home)
+            assert run_chunk(defs, spec, instance, key).success
+        report, markdown, ledger = _complete(defs, spec, instance, dataset.dataset_id, home)
 
     judge = ledger[ledger["stage"] == "judge"]
     assert (

@@ -10,11 +10,15 @@ import dagster as dg
 
 from llm_assets.chunk_status import ChunkState, chunk_states
 from llm_assets.run_liveness import HOST_TAG, PID_TAG, fail_orphaned_runs, process_tags
+from llm_assets.spec import load_pipeline
+from tests.spec_pipelines import BANKING77_SPEC, layout_of
+
+LAYOUT = layout_of(load_pipeline(BANKING77_SPEC, require_secrets=False))
 
 
 def _run(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, tags: dict[str, str]) -> str:
     run_id = str(uuid.uuid4())
-    instance.add_run(dg.DagsterRun(job_name="chunk_pipeline", run_id=run_id, status=status, tags=tags))
+    instance.add_run(dg.DagsterRun(job_name=LAYOUT.chunk_job, run_id=run_id, status=status, tags=tags))
     return run_id
 
 
@@ -45,7 +49,7 @@ def test_a_run_whose_process_is_gone_is_marked_failed_and_its_chunk_can_be_re_ru
         assert status[alive] == status[elsewhere] == status[untagged] == dg.DagsterRunStatus.STARTED
         # A failed orphan is a retryable failure: the chunk is re-run, never stuck "in flight".
         assert (
-            chunk_states(instance, ["ds-00000000__c00000"])["ds-00000000__c00000"].state
+            chunk_states(instance, ["ds-00000000__c00000"], LAYOUT)["ds-00000000__c00000"].state
             == ChunkState.RETRY_PENDING
         )
         assert fail_orphaned_runs(instance) == []  # once

@@ -70,7 +70,7 @@ def test_budget_too_small_for_the_worst_case_fails_before_anything_is_uploaded(s
     with pytest.raises(JobFatalError) as info:
         submit(resource, _items(50), journal)
     assert info.value.reason == "budget"
-    assert "budget_dataset_usd" in str(info.value.description)
+    assert "budgets.dataset_usd" in str(info.value.description)
     assert journal.handles == [] and not journal.path.exists()
     assert sim.requests() == [] and sim.stats()["batches"]["created"] == 0
 

@@ -178,7 +178,7 @@ def test_a_missing_price_fails_the_step_as_job_fatal_without_a_retry(tmp_path):
     kinds = [e.event_type_value for e in result.all_events]
     assert "STEP_UP_FOR_RETRY" not in kinds and kinds.count("STEP_FAILURE") == 1
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "allow_unpriced_model" in failure.step_failure_data.error.message
+    assert "`allow_unpriced: true`" in failure.step_failure_data.error.message
 
 
 # -- 5. replies cut at the cap, normalisation, the repair prompt -----------------------------------------------

@@ -152,5 +152,5 @@ def test_budget_exhausted_is_job_fatal_with_what_to_raise(start_sim, tmp_path):
         _run(resource, [LLMRequest(f"k{i}", t) for i, t in enumerate(texts(100))], scope=("r1", "tickets"))
     assert info.value.reason == "budget"
     assert "budget for dataset tickets exhausted" in info.value.description
-    assert "raise budget_dataset_usd" in info.value.description
+    assert "raise `budgets.dataset_usd` in the pipeline spec" in info.value.description
     assert sim.stats()["billed_usd"] <= 0.0002

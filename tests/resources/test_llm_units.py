@@ -43,7 +43,7 @@ def test_cost_uses_each_rate_and_batch_multiplier():
 
 def test_unknown_model_fails_at_setup_with_what_to_do(tmp_path):
     resource = LLMResource(model="my-local-llama", api_key="k", state_dir=str(tmp_path))
-    with pytest.raises(UnknownModelPriceError, match="allow_unpriced_model") as info:
+    with pytest.raises(UnknownModelPriceError, match="`allow_unpriced: true` on the profile") as info:
         resource.price()
     assert "my-local-llama" in str(info.value)
     free = LLMResource(
@@ -179,7 +179,10 @@ def test_budget_reservations_never_exceed_the_cap_and_release_on_settle(tmp_path
     got = store.transact(None, [], [Permit({}, need)], caps)
     assert got.grants == [] and got.exhausted is not None
     msg = exhausted_message(got.exhausted)
-    assert msg.startswith("budget for run r exhausted at $0.90 of $1.00") and "raise budget_run_usd" in msg
+    assert (
+        msg.startswith("budget for run r exhausted at $0.90 of $1.00")
+        and "raise `budgets.run_usd` in the pipeline spec" in msg
+    )
 
 
 def _reserve_and_die(path: str) -> None:

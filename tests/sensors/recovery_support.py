@@ -1,6 +1,6 @@
-"""Shared by the recovery tests: the pipeline + sensors wired to a simulator, sensor ticks, and a stand-in for
-the daemon that launches what a tick requested (in process, with the request's partition, tags and run key,
-skipping a run key the sensor already used, as the daemon does)."""
+"""Shared by the recovery tests: BANKING77's spec pipeline with the sensors the code location runs for it, wired
+to a simulator, sensor ticks, and a stand-in for the daemon that launches what a tick requested (in process,
+with the request's partition, tags and run key, skipping a run key the sensor already used, as the daemon does)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,26 @@ import csv
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.partitions.context import partition_loading_context
 
-from llm_assets.builtin import build_defs
+from llm_assets.location import build_defs
+from llm_assets.pipeline_assets import spec_layout
+from llm_assets.spec import PipelineSpec
+from sensors.chunk_runs import chunk_run_request, layout_providers
+from tests.spec_pipelines import test_spec
 
 BANKING = Path(__file__).resolve().parents[2] / "data" / "banking77" / "test.csv"
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_NAME_TAG = "dagster/sensor_name"
+BACKFILL = "chunk_backfill_sensor"
+COMPLETION = "dataset_completion_sensor"
 # Fast failure under an outage: few attempts per item, the breaker opens after 3 consecutive failures.
-FAST_FAIL_LLM = {"max_attempts": 2, "circuit_breaker_failures": 3, "max_concurrency": 4, "timeout_s": 5.0}
+FAST_FAIL = {"max_attempts": 2, "circuit_breaker_failures": 3, "max_concurrency": 4, "timeout_s": 5.0}
+# One quick in-run retry, standing for "Dagster's retries are used up" without waiting the spec's 5-10-20 s.
+QUICK_RETRY = {"max_retries": 1, "delay_s": 0.05, "jitter": "none"}
 
 
 def write_labelled_dataset(path: Path, n: int, seed: int = 7, markers: dict[int, str] | None = None) -> None:
@@ -35,19 +44,43 @@ def write_labelled_dataset(path: Path, n: int, seed: int = 7, markers: dict[int,
             w.writerow([f"item-{i:04d}", text, "cards" if i % 3 else "payments", row["category"]])
 
 
-def recovery_defs(
-    base_url: str, api_key: str, home: Path, sensors: list[dg.SensorDefinition], s3=None, **llm
-) -> dg.Definitions:
-    """The pipeline (stages, quality gates, ledger, completion) and the given sensors (`s3`: an S3Resource)."""
-    return build_defs(
-        base_url=f"{base_url}/v1",
-        api_key=api_key,
-        home=home,
-        settings={"route": "all"},
-        llm={**FAST_FAIL_LLM, **llm},
+def recovery_spec(
+    *,
+    providers: dict[str, Any] | None = None,
+    input: dict[str, Any] | None = None,  # noqa: A002 - the spec's own field name
+    **fields: Any,
+) -> PipelineSpec:
+    """BANKING77's spec as the recovery tests run it, on files of `write_labelled_dataset`: every item enriched
+    (`route: all`), items failing fast under an outage (FAST_FAIL), one quick in-run retry (QUICK_RETRY) and a
+    success threshold of 0.95. `providers` overrides the `default` profile's fields (e.g. `api_key_env`);
+    `input` and `fields` are other spec overrides (`input={"chunk_size": 20}`)."""
+    return test_spec(
+        stages={"enriched": {"route": "all"}},
+        providers={"default": {**FAST_FAIL, **(providers or {})}},
+        retry=QUICK_RETRY,
         completion={"min_success_rate": 0.95},
-        sensors=sensors,
-        s3=s3,
+        input=input,
+        **fields,
+    )
+
+
+def recovery_location(
+    spec: PipelineSpec, home: Path, *, watch: str | None = None, s3: Any = None
+) -> tuple[dg.Definitions, dict[str, dg.SensorDefinition]]:
+    """The code location of `spec` alone (llm_assets/location.py `build_defs`), with its sensors by name:
+    `<pipeline>__new_dataset_sensor` (watching `watch`, a folder or s3:// prefix; default
+    `<home>/inbox/<pipeline>`), `chunk_backfill_sensor` (the spec's `backfill` policy),
+    `dataset_completion_sensor`, `batch_poll_sensor`, `check_alert_sensor`. `s3`: an S3Resource. Each call
+    builds new sensors: a restarted daemon's."""
+    defs = build_defs([spec], home=home, s3=s3, watch_uris={spec.name: watch} if watch else None)
+    return defs, {sensor.name: sensor for sensor in defs.sensors or []}
+
+
+def first_attempt(spec: PipelineSpec, partition_key: str) -> dg.RunRequest:
+    """The run the new-dataset sensor requests for a chunk: attempt 1 on the pipeline's chunk job."""
+    layout = spec_layout(spec)
+    return chunk_run_request(
+        partition_key, 1, layout_providers(layout)[0], "new_dataset", job_name=layout.chunk_job
     )
 
 

@@ -1,4 +1,5 @@
-"""The check-alert sensor against a real Dagster instance and a real HTTP receiver on localhost."""
+"""The check-alert sensor against a real Dagster instance and a real HTTP receiver on localhost: on toy checks,
+and on the quality gates of the spec pipelines the code location builds (each alert names its pipeline's asset)."""
 
 import json
 import logging
@@ -11,9 +12,12 @@ import dagster as dg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recovery_support import write_labelled_dataset  # noqa: E402
 from webhook_receiver import WebhookReceiver  # noqa: E402
 
+from llm_assets.location import build_defs  # noqa: E402
 from sensors.alerts import WEBHOOK_ENV, AlertCursor, build_check_alert_sensor, check_alert_sensor  # noqa: E402
+from tests.spec_pipelines import layout_of, point_at, register_file, run_chunk, test_spec  # noqa: E402
 
 # The toy checks below are partitioned like the pipeline's (a preview feature in dagster 1.13).
 warnings.filterwarnings(
@@ -180,3 +184,41 @@ def test_without_a_webhook_nothing_is_read_so_nothing_is_lost(instance, receiver
     monkeypatch.setenv(WEBHOOK_ENV, hook.url)
     _tick(check_alert_sensor, instance, cursor)
     assert [a["partition"] for a in hook.received] == ["chunk-a"]
+
+
+@pytest.mark.slow
+def test_the_code_locations_sensor_alerts_failed_gates_of_every_pipeline_with_their_own_asset_and_link(
+    start_sim, tmp_path, instance, receiver, monkeypatch
+):
+    sim = start_sim({"seed": 9})
+    point_at(sim, monkeypatch)
+    hook = receiver()
+    monkeypatch.setenv(WEBHOOK_ENV, hook.url)
+    # Two pipelines in one code location, both with a `classified` stage whose success_rate gate (ERROR,
+    # blocking) fails on a chunk with one refusal; their WARN gates stay below the default level.
+    strict = {"classified": {"gates": {"success_rate": {"min": 1.0}}}}
+    specs = [test_spec(stages=strict), test_spec(name="tickets", stages=strict)]
+    defs = build_defs(specs, home=tmp_path / "home")
+    sensor = {s.name: s for s in defs.sensors}["check_alert_sensor"]
+    write_labelled_dataset(tmp_path / "nightly.csv", 10, markers={3: "[[refuse]]"})
+    chunks = {}
+    for spec in specs:
+        (key,) = register_file(spec, tmp_path / "nightly.csv", instance, tmp_path / "home").partition_keys
+        assert not run_chunk(defs, spec, instance, key, raise_on_error=False).success
+        chunks[layout_of(spec).key("classified").to_user_string()] = key
+
+    cursor, _ = _tick(sensor, instance, None)
+
+    assert sorted((a["asset"], a["check"], a["severity"]) for a in hook.received) == [
+        ("banking77/classified", "success_rate", "ERROR"),
+        ("tickets/classified", "success_rate", "ERROR"),
+    ]
+    for alert in hook.received:
+        pipeline = alert["asset"].split("/")[0]
+        assert alert["partition"] == chunks[alert["asset"]] and alert["blocking"] is True
+        assert alert["url"] == (
+            f"http://127.0.0.1:3000/assets/{pipeline}/classified?view=partitions&partition={alert['partition']}"
+        )
+        assert f"`{alert['asset']}:success_rate`" in alert["text"]
+    _tick(sensor, instance, cursor)
+    assert len(hook.received) == 2

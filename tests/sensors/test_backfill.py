@@ -1,7 +1,8 @@
 """The backfill sensor against a real instance, the simulator and a real webhook receiver on localhost.
 
-Runs are launched the way the daemon would (recovery_support.launch); the in-run RetryPolicy is shortened to
-one quick retry, standing for "Dagster's retries are used up" without waiting its real 5-10-20 s."""
+The pipeline is BANKING77's spec with the backfill sensor the code location builds for it (recovery_support);
+runs are launched the way the daemon would (recovery_support.launch); the spec's in-run retry is one quick
+retry, standing for "Dagster's retries are used up" without waiting its real 5-10-20 s."""
 
 import sys
 import time
@@ -11,29 +12,22 @@ import dagster as dg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_support import launch, recovery_defs, runs_of, tick, write_labelled_dataset  # noqa: E402
+from recovery_support import (  # noqa: E402
+    BACKFILL,
+    COMPLETION,
+    first_attempt,
+    launch,
+    recovery_location,
+    recovery_spec,
+    runs_of,
+    tick,
+    write_labelled_dataset,
+)
 from webhook_receiver import WebhookReceiver  # noqa: E402
 
-from llm_assets.assets import classified, enriched  # noqa: E402
 from llm_assets.chunk_status import ATTEMPT_TAG, BACKFILL_TAG, PROVIDER_TAG, ChunkState, chunk_states  # noqa: E402
-from llm_assets.datasets import DatasetSpec, register_dataset  # noqa: E402
-from sensors.backfill import (
-    ALERT_WEBHOOK_ENV,
-    BackfillCursor,
-    BackfillPolicy,
-    build_backfill_sensor,
-    clear_provider,
-)  # noqa: E402
-from sensors.chunk_runs import chunk_run_request  # noqa: E402
-from sensors.completion import build_completion_sensor  # noqa: E402
-
-QUICK_RETRY = dg.RetryPolicy(max_retries=1, delay=0.05)
-
-
-@pytest.fixture(autouse=True)
-def quick_in_run_retries(monkeypatch):
-    for asset in (classified, enriched):
-        monkeypatch.setattr(asset.node_def, "_retry_policy", QUICK_RETRY)
+from sensors.backfill import ALERT_WEBHOOK_ENV, BackfillCursor, BackfillPolicy, clear_provider  # noqa: E402
+from tests.spec_pipelines import layout_of, point_at, register_file  # noqa: E402
 
 
 @pytest.fixture
@@ -49,29 +43,30 @@ def instance():
         yield inst
 
 
-def _first_runs(defs, instance, sensor, dataset, provider="openai"):
+def _first_runs(defs, instance, sensor, spec, dataset):
     for key in dataset.partition_keys:
-        launch(defs, instance, sensor, chunk_run_request(key, 1, provider, "new_dataset"))
+        launch(defs, instance, sensor, first_attempt(spec, key))
 
 
 @pytest.mark.slow
 def test_outage_partitions_are_rerun_with_growing_delays_and_the_dataset_completes_unattended(
-    start_sim, tmp_path, instance
+    start_sim, tmp_path, instance, monkeypatch
 ):
     sim = start_sim({"seed": 1})
+    point_at(sim, monkeypatch)
     home = tmp_path / "home"
     write_labelled_dataset(tmp_path / "nightly.csv", 40)
-    policy = BackfillPolicy(
-        max_attempts=5, backoff_base_s=0.4, backoff_factor=2.0, backoff_max_s=10, max_in_flight=4
-    )
-    backfill = build_backfill_sensor(policy=policy, minimum_interval_seconds=1)
-    completion = build_completion_sensor(minimum_interval_seconds=1)
-    defs = recovery_defs(sim.base_url, sim.api_key, home, [backfill, completion])
-    dataset = register_dataset(DatasetSpec(uri=str(tmp_path / "nightly.csv"), chunk_size=20), instance, home)
+    backoff = {"max_attempts": 5, "backoff_base_s": 0.4, "backoff_factor": 2.0, "backoff_max_s": 10}
+    spec = recovery_spec(backfill={**backoff, "max_in_flight": 4})
+    policy = BackfillPolicy(**backoff, max_in_flight=4)
+    layout = layout_of(spec)
+    defs, sensors = recovery_location(spec, home)
+    backfill, completion = sensors[BACKFILL], sensors[COMPLETION]
+    dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=20)
 
     sim.set_faults(outage=True)
-    _first_runs(defs, instance, backfill, dataset)
-    assert {s.state for s in chunk_states(instance, dataset.partition_keys).values()} == {
+    _first_runs(defs, instance, backfill, spec, dataset)
+    assert {s.state for s in chunk_states(instance, dataset.partition_keys, layout).values()} == {
         ChunkState.RETRY_PENDING
     }
 
@@ -90,12 +85,13 @@ def test_outage_partitions_are_rerun_with_growing_delays_and_the_dataset_complet
         for request in done:
             result = launch(defs, instance, completion, request)
             assert result is not None and result.success
-            report = result.asset_materializations_for_node("dataset_complete")[0].metadata
+            node = layout.completion_key.to_python_identifier()
+            report = result.asset_materializations_for_node(node)[0].metadata
         if report is not None:
             break
         time.sleep(0.1)
     assert report is not None, (
-        f"the dataset did not complete: {chunk_states(instance, dataset.partition_keys)}"
+        f"the dataset did not complete: {chunk_states(instance, dataset.partition_keys, layout)}"
     )
 
     for key in dataset.partition_keys:
@@ -120,21 +116,28 @@ def test_a_401_on_one_chunk_alerts_a_human_once_and_launches_nothing_more_until_
 ):
     monkeypatch.setenv(ALERT_WEBHOOK_ENV, receiver.url)
     sim = start_sim({"seed": 2})
+    point_at(sim, monkeypatch)
+    monkeypatch.setenv("CHUNKWISE_REVOKED_KEY", "sk-revoked-0123456789abcdef")
     home = tmp_path / "home"
     write_labelled_dataset(tmp_path / "nightly.csv", 40)
-    policy = BackfillPolicy(max_attempts=4, backoff_base_s=0.05, max_in_flight=4)
-    backfill = build_backfill_sensor(policy=policy)
-    good = recovery_defs(sim.base_url, sim.api_key, home, [backfill])
-    revoked = recovery_defs(sim.base_url, "sk-revoked-0123456789abcdef", home, [backfill])
-    dataset = register_dataset(DatasetSpec(uri=str(tmp_path / "nightly.csv"), chunk_size=20), instance, home)
+    policy = {"max_attempts": 4, "backoff_base_s": 0.05, "max_in_flight": 4}
+    spec = recovery_spec(backfill=policy)
+    layout = layout_of(spec)
+    good, sensors = recovery_location(spec, home)
+    backfill = sensors[BACKFILL]
+    # The same pipeline, its provider profile reading a revoked key.
+    revoked, _ = recovery_location(
+        recovery_spec(backfill=policy, providers={"api_key_env": "CHUNKWISE_REVOKED_KEY"}), home
+    )
+    dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=20)
     first, second = dataset.partition_keys
 
-    result = launch(revoked, instance, backfill, chunk_run_request(first, 1, "openai", "new_dataset"))
+    result = launch(revoked, instance, backfill, first_attempt(spec, first))
     assert not result.success
     assert not [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     sent_after_401 = sim.stats()["requests_total"]
     sim.set_faults(outage=True)  # and a retryable failure on the same provider
-    launch(good, instance, backfill, chunk_run_request(second, 1, "openai", "new_dataset"))
+    launch(good, instance, backfill, first_attempt(spec, second))
 
     cursor = None
     for _ in range(6):
@@ -142,7 +145,7 @@ def test_a_401_on_one_chunk_alerts_a_human_once_and_launches_nothing_more_until_
         assert requests == []  # the provider is blocked: not the 401 chunk, not the retryable one
         time.sleep(0.1)
     # A restarted daemon that lost its cursor re-reads both failures: still one alert, still nothing launched.
-    requests, _, _ = tick(build_backfill_sensor(policy=policy), instance, good, None)
+    requests, _, _ = tick(recovery_location(spec, home)[1][BACKFILL], instance, good, None)
     assert requests == []
 
     assert len(receiver.received) == 1
@@ -155,7 +158,7 @@ def test_a_401_on_one_chunk_alerts_a_human_once_and_launches_nothing_more_until_
     state = BackfillCursor.from_json(cursor)
     assert set(state.blocked) == {"openai"} and set(state.held) == {first}
     assert instance.get_run_by_id(result.run_id).tags[BACKFILL_TAG] == "needs_human"
-    assert chunk_states(instance, [first])[first].state == ChunkState.NEEDS_HUMAN
+    assert chunk_states(instance, [first], layout)[first].state == ChunkState.NEEDS_HUMAN
     assert sim.stats()["requests_total"] - sent_after_401 > 0  # only the outage chunk's own run sent anything
 
     # A person fixes the key and clears the provider: both chunks run again.
@@ -167,15 +170,18 @@ def test_a_401_on_one_chunk_alerts_a_human_once_and_launches_nothing_more_until_
     assert len(receiver.received) == 1
 
 
-def test_no_rerun_is_launched_while_the_provider_has_max_in_flight_runs(tmp_path, instance):
-    policy = BackfillPolicy(max_attempts=3, backoff_base_s=0.0, max_in_flight=2)
-    backfill = build_backfill_sensor(policy=policy)
-    defs = recovery_defs("http://127.0.0.1:9", "sk-x", tmp_path, [backfill])
-    job = defs.resolve_job_def("chunk_pipeline")
+def test_no_rerun_is_launched_while_the_provider_has_max_in_flight_runs(tmp_path, instance, monkeypatch):
+    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", "http://127.0.0.1:9/v1")  # nothing is called: no run starts
+    monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", "sk-x")
+    spec = recovery_spec(backfill={"max_attempts": 3, "backoff_base_s": 0.0, "max_in_flight": 2})
+    layout = layout_of(spec)
+    defs, sensors = recovery_location(spec, tmp_path)
+    backfill = sensors[BACKFILL]
+    job = defs.resolve_job_def(layout.chunk_job)
     failed = []
     for i in range(3):
         key = f"ds-{i}__c00000"
-        instance.add_dynamic_partitions("chunks", [key])
+        instance.add_dynamic_partitions(layout.chunks_partitions, [key])
         run = instance.create_run_for_job(
             job_def=job, tags={"dagster/partition": key, PROVIDER_TAG: "openai", ATTEMPT_TAG: "1"},
             status=dg.DagsterRunStatus.NOT_STARTED,

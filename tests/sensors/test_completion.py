@@ -1,4 +1,6 @@
-"""The completion sensor and the `dataset_complete` report: once per dataset, numbers that add up, cleanup."""
+"""The completion sensor and the completion report: once per dataset, numbers that add up, cleanup.
+
+The pipeline is BANKING77's spec with the sensors the code location builds for it (recovery_support)."""
 
 import json
 import sys
@@ -8,30 +10,34 @@ import dagster as dg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_support import launch, recovery_defs, tick, wait_until, write_labelled_dataset  # noqa: E402
+from recovery_support import (  # noqa: E402
+    BACKFILL,
+    COMPLETION,
+    first_attempt,
+    launch,
+    recovery_location,
+    recovery_spec,
+    tick,
+    wait_until,
+    write_labelled_dataset,
+)
 from webhook_receiver import WebhookReceiver  # noqa: E402
 
-from llm_assets.assets import classified, enriched  # noqa: E402
-from llm_assets.datasets import DatasetSpec, register_dataset  # noqa: E402
-from sensors.backfill import BackfillPolicy, build_backfill_sensor  # noqa: E402
-from sensors.chunk_runs import chunk_run_request  # noqa: E402
+from llm_assets.layout import PipelineLayout  # noqa: E402
 from sensors.completion import COMPLETION_WEBHOOK_ENV, build_completion_sensor  # noqa: E402
+from tests.spec_pipelines import layout_of, point_at, register_file, run_chunk, run_completion, spec_defs  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def quick_in_run_retries(monkeypatch):
-    for asset in (classified, enriched):
-        monkeypatch.setattr(asset.node_def, "_retry_policy", dg.RetryPolicy(max_retries=1, delay=0.05))
-
-
-def _meta_sum(instance: dg.DagsterInstance, partitions: list[str], name: str) -> float:
+def _meta_sum(
+    instance: dg.DagsterInstance, layout: PipelineLayout, partitions: list[str], name: str
+) -> float:
     total = 0.0
-    for stage in ("classified", "enriched"):
+    for stage in layout.stages:
         for key in partitions:
             records = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage), asset_partitions=[key]), limit=1
+                dg.AssetRecordsFilter(asset_key=layout.key(stage), asset_partitions=[key]), limit=1
             ).records
             if records:
                 total += float(records[0].asset_materialization.metadata[name].value)
@@ -44,25 +50,21 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
     hook = WebhookReceiver()
     monkeypatch.setenv(COMPLETION_WEBHOOK_ENV, hook.url)
     sim = start_sim({"seed": 3})
+    point_at(sim, monkeypatch)
     home = tmp_path / "home"
     write_labelled_dataset(tmp_path / "nightly.csv", 60, markers={4: "[[refuse]]", 31: "[[poison]]"})
-    backfill = build_backfill_sensor(policy=BackfillPolicy(max_attempts=1))
-    completion = build_completion_sensor()
-    defs = recovery_defs(sim.base_url, sim.api_key, home, [backfill, completion])
+    spec = recovery_spec(backfill={"max_attempts": 1})
+    layout = layout_of(spec)
+    defs, sensors = recovery_location(spec, home)
+    backfill, completion = sensors[BACKFILL], sensors[COMPLETION]
     try:
         with dg.instance_for_test() as instance:
-            dataset = register_dataset(
-                DatasetSpec(uri=str(tmp_path / "nightly.csv"), chunk_size=20), instance, home
-            )
+            dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=20)
             ok_a, ok_b, doomed = dataset.partition_keys
             for key in (ok_a, ok_b):
-                assert launch(
-                    defs, instance, backfill, chunk_run_request(key, 1, "openai", "new_dataset")
-                ).success
+                assert launch(defs, instance, backfill, first_attempt(spec, key)).success
             sim.set_faults(outage=True)
-            assert not launch(
-                defs, instance, backfill, chunk_run_request(doomed, 1, "openai", "new_dataset")
-            ).success
+            assert not launch(defs, instance, backfill, first_attempt(spec, doomed)).success
             sim.set_faults(outage=False)
             requests, _, _ = tick(backfill, instance, defs, None)  # max_attempts=1: the chunk is given up
             assert requests == []
@@ -74,7 +76,8 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
             (kept / "snapshot.json").write_text("{}")  # a failed chunk's checkpoint, for a later re-run
 
             first, cursor, _ = tick(completion, instance, defs, None)
-            again, _, _ = tick(build_completion_sensor(), instance, defs, None)  # restarted, cursor lost
+            restarted = recovery_location(spec, home)[1][COMPLETION]
+            again, _, _ = tick(restarted, instance, defs, None)  # restarted, cursor lost
             assert (
                 [r.run_key for r in first] == [r.run_key for r in again] == [f"complete:{dataset.dataset_id}"]
             )
@@ -84,9 +87,9 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
                 requests, cursor, _ = tick(completion, instance, defs, cursor)
                 assert requests == []
             for _ in range(2):  # restarts with a lost cursor: nothing requested, nobody notified twice
-                requests, _, _ = tick(build_completion_sensor(), instance, defs, None)
+                requests, _, _ = tick(recovery_location(spec, home)[1][COMPLETION], instance, defs, None)
                 assert requests == []
-            completions = instance.get_runs(filters=dg.RunsFilter(job_name="dataset_completion"))
+            completions = instance.get_runs(filters=dg.RunsFilter(job_name=layout.completion_job))
             assert len(completions) == 1
             assert len(hook.received) == 1
 
@@ -94,11 +97,11 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
                 (home / "reports" / dataset.dataset_id / "completion_report.json").read_text()
             )
             materialized = [ok_a, ok_b]
-            cost = _meta_sum(instance, materialized, "cost_usd")
+            cost = _meta_sum(instance, layout, materialized, "cost_usd")
             assert report["total_cost_usd"] == pytest.approx(cost, rel=1e-9)
             assert report["ledger_cost_usd"] == pytest.approx(cost, rel=1e-9)
             assert sim.stats()["billed_usd"] == pytest.approx(cost, rel=1e-9)
-            assert report["output_tokens"] == _meta_sum(instance, materialized, "output_tokens")
+            assert report["output_tokens"] == _meta_sum(instance, layout, materialized, "output_tokens")
             assert report["output_tokens"] == sim.stats()["tokens"]["output"]
             assert sum(report["cost_by_team"].values()) == pytest.approx(cost, rel=1e-9)
             assert sum(report["cost_by_stage"].values()) == pytest.approx(cost, rel=1e-9)
@@ -132,21 +135,22 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
         hook.stop()
 
 
-def test_a_failed_completion_run_is_retried_with_backoff_then_given_up_with_an_error(start_sim, tmp_path):
+def test_a_failed_completion_run_is_retried_with_backoff_then_given_up_with_an_error(
+    start_sim, tmp_path, monkeypatch
+):
     sim = start_sim({"seed": 3})
+    point_at(sim, monkeypatch)
     home = tmp_path / "home"
     write_labelled_dataset(tmp_path / "nightly.csv", 20)
-    completion = build_completion_sensor(max_attempts=3, retry_base_s=1.0)
-    backfill = build_backfill_sensor()  # brings the chunk job along
-    defs = recovery_defs(sim.base_url, sim.api_key, home, [backfill, completion])
+    spec = recovery_spec()
+    layout = layout_of(spec)
+    completion = build_completion_sensor(layouts=[layout], max_attempts=3, retry_base_s=1.0)
+    defs = spec_defs(spec, home, sensors=[completion])
     with dg.instance_for_test() as instance:
-        dataset = register_dataset(
-            DatasetSpec(uri=str(tmp_path / "nightly.csv"), chunk_size=20), instance, home
-        )
+        dataset = register_file(spec, tmp_path / "nightly.csv", instance, home, chunk_size=20)
         (key,) = dataset.partition_keys
-        request = chunk_run_request(key, 1, "openai", "new_dataset")
-        assert launch(defs, instance, backfill, request).success
-        output = home / "outputs" / "enriched" / f"{key}.parquet"
+        assert run_chunk(defs, spec, instance, key).success
+        output = home / "outputs" / spec.name / "enriched" / f"{key}.parquet"
         aside = tmp_path / "aside.parquet"
         output.rename(aside)  # the report cannot read the chunk's output: every completion run fails
 
@@ -168,14 +172,10 @@ def test_a_failed_completion_run_is_retried_with_backoff_then_given_up_with_an_e
         for _ in range(3):  # out of attempts: an error, then nothing more, said in every skip reason
             requests, cursor, skip = tick(completion, instance, defs, cursor)
             assert requests == [] and "1 completion runs failed for good" in skip
-        assert len(instance.get_runs(filters=dg.RunsFilter(job_name="dataset_completion"))) == 3
+        assert len(instance.get_runs(filters=dg.RunsFilter(job_name=layout.completion_job))) == 3
 
         # A person fixes the cause and materializes the report by hand; the sensor then finishes the dataset.
         aside.rename(output)
-        instance.add_dynamic_partitions("datasets", [dataset.dataset_id])
-        by_hand = defs.resolve_job_def("dataset_completion").execute_in_process(
-            instance=instance, partition_key=dataset.dataset_id
-        )
-        assert by_hand.success
+        assert run_completion(defs, spec, instance, dataset.dataset_id).success
         requests, cursor, _ = tick(completion, instance, defs, cursor)
         assert requests == [] and dataset.dataset_id in json.loads(cursor)["done"]

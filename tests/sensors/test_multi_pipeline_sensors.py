@@ -1,4 +1,5 @@
-"""Two spec pipelines in one code location, served by one set of sensors (sensors/recovery.py): each pipeline's
+"""Two spec pipelines in one code location (llm_assets/location.py `build_defs`), served by the one set of sensors
+it builds (sensors/recovery.py): each pipeline's
 new-dataset sensor registers into its own partitions and launches its own job; the backfill sensor re-runs a
 failed chunk on the job it failed on; the batch poll sensor polls through the LLM resource of the pipeline that
 owns the stage (two pipelines share the stage name `classified`); the completion sensor requests each dataset's
@@ -8,6 +9,7 @@ import csv
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -18,18 +20,17 @@ from recovery_support import launch, tick  # noqa: E402
 
 from llm_assets.chunk_status import PROVIDER_TAG, ChunkState, chunk_states  # noqa: E402
 from llm_assets.layout import PipelineLayout  # noqa: E402
-from llm_assets.pipeline_assets import pipeline_definitions, register, spec_layout  # noqa: E402
+from llm_assets.location import build_defs  # noqa: E402
+from llm_assets.pipeline_assets import register, spec_layout  # noqa: E402
 from llm_assets.spec import PipelineSpec, load_pipeline  # noqa: E402
-from sensors.backfill import BackfillPolicy  # noqa: E402
 from sensors.batches import BATCH_STAGE_TAG  # noqa: E402
 from sensors.chunk_runs import chunk_run_request  # noqa: E402
 from sensors.completion import CompletionCursor  # noqa: E402
-from sensors.recovery import build_recovery_sensors  # noqa: E402
+from tests.spec_pipelines import BANKING77_SPEC, REVIEWS_SPEC, point_at  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_RESOURCES = ("settings", "io_manager", "s3")
 INTENTS_SPEC = """
 name: intents
 description: A one-stage copy of the BANKING77 idea on Anthropic's wire format, in batch mode.
@@ -57,18 +58,10 @@ stages:
 """
 
 
-def _point_specs_at(monkeypatch, base_url: str, api_key: str) -> None:
-    """Both provider profiles of the shipped specs (and of INTENTS_SPEC) at one server (the simulator serves
-    both wire formats), through the env vars they name."""
-    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", f"{base_url}/v1")
-    monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", api_key)
-    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_BASE_URL", base_url)
-    monkeypatch.setenv("CHUNKWISE_ANTHROPIC_API_KEY", api_key)
-
-
 def _quick(spec: PipelineSpec, chunk_size: int) -> PipelineSpec:
-    """`spec` with small chunks, no in-run retries and items that give up after two attempts (the breaker
-    opens after three failures), so an outage fails a run in about a second."""
+    """`spec` with small chunks, no in-run retries, items that give up after two attempts (the breaker opens
+    after three failures), so an outage fails a run in about a second, and a failed chunk re-run at once (at
+    most three runs)."""
     providers = {
         name: profile.model_copy(update={"max_attempts": 2, "circuit_breaker_failures": 3})
         for name, profile in spec.providers.items()
@@ -77,37 +70,24 @@ def _quick(spec: PipelineSpec, chunk_size: int) -> PipelineSpec:
         update={
             "input": spec.input.model_copy(update={"chunk_size": chunk_size}),
             "retry": spec.retry.model_copy(update={"max_retries": 0}),
+            "backfill": spec.backfill.model_copy(update={"max_attempts": 3, "backoff_base_s": 0.0}),
             "providers": providers,
         }
     )
 
 
-def _shipped(name: str, chunk_size: int) -> PipelineSpec:
-    return _quick(load_pipeline(ROOT / "pipelines" / f"{name}.yaml"), chunk_size)
+def _shipped(path: Path, chunk_size: int) -> PipelineSpec:
+    return _quick(load_pipeline(path), chunk_size)
 
 
 def _code_location(
-    specs: list[PipelineSpec], home: Path, **sensor_options
+    specs: list[PipelineSpec], home: Path
 ) -> tuple[dg.Definitions, dict[str, dg.SensorDefinition]]:
-    """The pipelines' definitions side by side (shared resources once) with the sensors serving all of them,
-    checked loadable as the daemon loads it; and the sensors by name."""
-    parts = [pipeline_definitions(spec, home=home) for spec in specs]
-    jobs = [job for part in parts for job in part.jobs or []]
-    resources: dict = {}
-    for part in parts:
-        for key, value in (part.resources or {}).items():
-            assert key not in resources or key in SHARED_RESOURCES, f"{key} defined twice"
-            resources.setdefault(key, value)
-    sensors = build_recovery_sensors(specs=specs, jobs=jobs, builtin=False, **sensor_options)
-    defs = dg.Definitions(
-        assets=[asset for part in parts for asset in part.assets or []],
-        asset_checks=[check for part in parts for check in part.asset_checks or []],
-        jobs=jobs,
-        sensors=sensors,
-        resources=resources,
-    )
+    """The code location of `specs` (llm_assets/location.py, with its sensors: new files land in
+    `<home>/inbox/<pipeline>`), checked loadable as the daemon loads it; and the sensors by name."""
+    defs = build_defs(specs, home=home)
     dg.Definitions.validate_loadable(defs)
-    return defs, {sensor.name: sensor for sensor in sensors}
+    return defs, {sensor.name: sensor for sensor in defs.sensors or []}
 
 
 def _write_banking(path: Path, n: int) -> None:
@@ -136,10 +116,11 @@ def test_each_pipeline_registers_its_own_files_runs_its_own_job_and_gets_its_own
     start_sim, monkeypatch, tmp_path
 ):
     sim = start_sim({"seed": 9})
-    _point_specs_at(monkeypatch, sim.base_url, sim.api_key)
-    home, inbox = tmp_path / "home", tmp_path / "inbox"
-    specs = [_shipped("banking77", 15), _shipped("reviews", 20)]
-    defs, sensors = _code_location(specs, home, inbox=inbox)
+    point_at(sim, monkeypatch)
+    home = tmp_path / "home"
+    inbox = home / "inbox"
+    specs = [_shipped(BANKING77_SPEC, 15), _shipped(REVIEWS_SPEC, 20)]
+    defs, sensors = _code_location(specs, home)
     banking, reviews = (spec_layout(spec) for spec in specs)
     with dg.instance_for_test() as instance:
         requests, _, skip = tick(sensors["reviews__new_dataset_sensor"], instance, defs, None)
@@ -185,11 +166,10 @@ def test_a_failed_chunk_is_rerun_by_the_backfill_sensor_on_its_own_pipelines_job
     start_sim, monkeypatch, tmp_path
 ):
     sim = start_sim({"seed": 9})
-    _point_specs_at(monkeypatch, sim.base_url, sim.api_key)
+    point_at(sim, monkeypatch)
     home = tmp_path / "home"
-    specs = [_shipped("banking77", 10), _shipped("reviews", 10)]
-    policy = BackfillPolicy(max_attempts=3, backoff_base_s=0.0)
-    defs, sensors = _code_location(specs, home, inbox=tmp_path / "inbox", policy=policy)
+    specs = [_shipped(BANKING77_SPEC, 10), _shipped(REVIEWS_SPEC, 10)]
+    defs, sensors = _code_location(specs, home)
     backfill = sensors["chunk_backfill_sensor"]
     _write_banking(tmp_path / "banking.csv", 10)
     _write_reviews(tmp_path / "reviews.csv", 10)
@@ -242,12 +222,12 @@ def test_the_batch_poll_sensor_polls_a_shared_stage_name_through_its_own_pipelin
     start_sim, monkeypatch, tmp_path
 ):
     sim = start_sim({"seed": 9, "batch": {"complete_after_s": 1.0}})
-    _point_specs_at(monkeypatch, sim.base_url, sim.api_key)
+    point_at(sim, monkeypatch)
     monkeypatch.setenv("CHUNKWISE_MODE", "batch")  # the banking77 spec's stages, through the Batch API
     (tmp_path / "intents.yaml").write_text(INTENTS_SPEC)
-    specs = [_shipped("banking77", 10), _quick(load_pipeline(tmp_path / "intents.yaml"), 10)]
+    specs = [_shipped(BANKING77_SPEC, 10), _quick(load_pipeline(tmp_path / "intents.yaml"), 10)]
     home = tmp_path / "home"
-    defs, sensors = _code_location(specs, home, inbox=tmp_path / "inbox")
+    defs, sensors = _code_location(specs, home)
     poll = sensors["batch_poll_sensor"]
     layouts: dict[str, PipelineLayout] = {spec.name: spec_layout(spec) for spec in specs}
     assert {layouts["banking77"].llm_key("classified"), layouts["intents"].llm_key("classified")} <= set(
@@ -291,10 +271,17 @@ def test_a_halted_provider_holds_the_runs_of_every_pipeline_that_calls_it_and_on
     from resources.llm.resource import spend_ledger_for
     from sensors.halts import clear_provider
 
-    _point_specs_at(monkeypatch, "http://127.0.0.1:9", "sk-x")  # nothing is called: no run is launched
-    home, inbox = tmp_path / "home", tmp_path / "inbox"
-    specs = [_shipped("banking77", 20), _shipped("reviews", 20)]  # reviews' second stage calls Anthropic
-    defs, sensors = _code_location(specs, home, inbox=inbox)
+    nowhere = SimpleNamespace(
+        openai_base_url="http://127.0.0.1:9/v1", base_url="http://127.0.0.1:9", api_key="sk-x"
+    )
+    point_at(nowhere, monkeypatch)  # nothing is called: no run is launched
+    home = tmp_path / "home"
+    inbox = home / "inbox"
+    specs = [
+        _shipped(BANKING77_SPEC, 20),
+        _shipped(REVIEWS_SPEC, 20),
+    ]  # reviews' second stage calls Anthropic
+    defs, sensors = _code_location(specs, home)
     banking_sensor, reviews_sensor = (sensors[f"{s.name}__new_dataset_sensor"] for s in specs)
     _drop(inbox, "banking77", "tickets.csv", lambda p: _write_banking(p, 20))
     _drop(inbox, "reviews", "tickets.csv", lambda p: _write_reviews(p, 20))

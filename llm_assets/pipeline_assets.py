@@ -455,7 +455,12 @@ def _stage_asset(
         if stage.mode == "batch":
             outcome = run_batch_stage(context, **common)
         else:
-            outcome = run_stage(context, checkpointing=settings.checkpointing, **common)
+            outcome = run_stage(
+                context,
+                checkpointing=settings.checkpointing,
+                normalize=dict(stage.normalize) or None,
+                **common,
+            )
         if isinstance(outcome, BatchWait):
             context.log.info(outcome.message())
             yield dg.AssetObservation(

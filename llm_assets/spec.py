@@ -386,6 +386,13 @@ class StageSpec(SpecModel):
         "`not`, `==`, `!=`, `<`, `<=`, `>`, `>=`, `in [...]`, parentheses). Items not routed are carried "
         "through, marked.",
     )
+    normalize: dict[str, Literal["clamp", "percent_to_unit"]] = Field(
+        default_factory=dict,
+        description="Fixes applied to a reply before validation, for what a server's grammar cannot enforce: "
+        "output path -> `percent_to_unit` (85 -> 0.85) or `clamp` (into the schema's minimum/maximum), e.g. "
+        '`{"$.confidence": "percent_to_unit"}` for a small local model. Every change is recorded on the item. '
+        "Online mode only.",
+    )
     max_output_tokens: int | None = Field(
         default=None, ge=1, description="Output tokens per reply. null: the profile's."
     )
@@ -443,6 +450,8 @@ class StageSpec(SpecModel):
             "schema_name": self.effective_schema_name(),
             "route": " ".join(self.route.split()),
         }
+        if self.normalize:  # only when set: versions of stages without it stay what they were
+            parts["normalize"] = dict(sorted(self.normalize.items()))
         return f"{self.name}-{_sha(parts)}"
 
 

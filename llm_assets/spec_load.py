@@ -41,6 +41,7 @@ from llm_assets.spec import (
 )
 from llm_assets.spec_route import FieldType, RouteError, parse_route
 from llm_assets.spec_template import placeholders, render
+from resources.llm.normalize import check_rules
 from resources.llm.prices import ModelPrice, PriceTable
 from resources.llm.structured import check_schema
 
@@ -461,6 +462,7 @@ class _SpecChecker:
             )  # a repeated name is reported; later refs mean the first
         self._check_user_template((*at, "user_template"), stage.user_template, i, allow_stages=True)
         route = self._route((*at, "route"), stage.route, i)
+        self._check_normalize((*at, "normalize"), stage, schema)
         judge_prompt, judge_schema = self._check_gates(
             (*at, "gates"), stage, schema, taxonomy, few_shot, used_profiles
         )
@@ -477,6 +479,19 @@ class _SpecChecker:
             judge_system_prompt=judge_prompt,
             judge_schema=judge_schema,
         )
+
+    def _check_normalize(self, at: Path_, stage: StageSpec, schema: dict[str, Any] | None) -> None:
+        if not stage.normalize or schema is None:
+            return
+        if stage.mode == "batch":
+            self.problem(
+                at, "normalize applies to online stages only; remove it or set the stage's mode: online"
+            )
+            return
+        try:
+            check_rules(dict(stage.normalize), schema)
+        except ValueError as exc:
+            self.problem(at, str(exc))
 
     def _profile_for(self, at: Path_, name: str, used: dict[str, Path_]) -> ProviderProfile | None:
         profiles = self.spec.providers

@@ -136,8 +136,10 @@ def run_stage(
     home: Path,
     checkpoint_every: int,
     checkpointing: bool = True,
+    normalize: dict[str, str] | None = None,
 ) -> StageOutcome:
-    """Run `prompt` on every row of `items` (columns item_id, text) not already checkpointed."""
+    """Run `prompt` on every row of `items` (columns item_id, text) not already checkpointed; `normalize`: the
+    stage's reply fixes (resources/llm/normalize.py)."""
     partition_key = context.partition_key
     stage = prompt.stage
     checkpoint = (
@@ -170,6 +172,7 @@ def run_stage(
                 stage=stage,
                 on_result=lambda r: checkpoint.record(r.key, _result_record(r, context.run_id)),
                 log=context.log,
+                normalize=normalize,
             )
             summary = outcome.summary
     finally:

@@ -47,10 +47,6 @@ class PipelineLayout:
     backfill: tuple[tuple[str, float], ...] = ()
     """Its backfill policy's fields (sensors/backfill.py BackfillPolicy), as pairs; `()`: the defaults."""
 
-    @property
-    def prefix(self) -> tuple[str, ...]:
-        return (self.name,)
-
     def key(self, name: str) -> dg.AssetKey:
         """The asset key of a stage (or of `items`, `cost_ledger`, `completion_report`)."""
         return dg.AssetKey([self.name, name])

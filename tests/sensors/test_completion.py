@@ -48,12 +48,16 @@ def test_completion_fires_once_across_ticks_and_restarts_and_its_numbers_add_up(
     start_sim, tmp_path, monkeypatch
 ):
     hook = WebhookReceiver()
-    monkeypatch.setenv(COMPLETION_WEBHOOK_ENV, hook.url)
+    # The spec names its own variable (notifications.completion_webhook_env); the default one is unset.
+    monkeypatch.delenv(COMPLETION_WEBHOOK_ENV, raising=False)
+    monkeypatch.setenv("CARDS_TEAM_COMPLETION_URL", hook.url)
     sim = start_sim({"seed": 3})
     point_at(sim, monkeypatch)
     home = tmp_path / "home"
     write_labelled_dataset(tmp_path / "nightly.csv", 60, markers={4: "[[refuse]]", 31: "[[poison]]"})
-    spec = recovery_spec(backfill={"max_attempts": 1})
+    spec = recovery_spec(
+        backfill={"max_attempts": 1}, notifications={"completion_webhook_env": "CARDS_TEAM_COMPLETION_URL"}
+    )
     layout = layout_of(spec)
     defs, sensors = recovery_location(spec, home)
     backfill, completion = sensors[BACKFILL], sensors[COMPLETION]

@@ -1,28 +1,32 @@
 """kill -9 the real demo at 12 seeded random points over a 2,000-row job, resume, and count from the provider.
 
 The simulator's request log is the witness: what it billed, for which text and model, and which replies it was
-still holding when each kill landed. Chunkwise's own counters are only compared against it.
+still holding when each kill landed. Chunkwise's own counters are only compared against it. A failed check keeps
+its evidence (both ledgers, the kill points, the report) in a folder its message names; CHUNKWISE_CHAOS_SEED runs
+the same checks on other kill points.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import dagster as dg
 import pandas as pd
 import pytest
 
-from bench.chaos import ARRIVAL_S, GRACE_S, run_chaos
+from bench.chaos import run_chaos
 
 pytestmark = pytest.mark.slow
 
 ROWS = 2_000
 KILLS = 12
+SEED = int(os.environ.get("CHUNKWISE_CHAOS_SEED", "20261130"))
 
 
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory):
-    return run_chaos(tmp_path_factory.mktemp("chaos"), rows=ROWS, kills=KILLS, seed=20261130)
+    return run_chaos(tmp_path_factory.mktemp("chaos"), rows=ROWS, kills=KILLS, seed=SEED)
 
 
 def test_the_job_finishes_after_every_kill(chaos) -> None:
@@ -35,23 +39,32 @@ def test_the_job_finishes_after_every_kill(chaos) -> None:
 
 def test_kill_anywhere_repays_at_most_the_requests_in_flight(chaos) -> None:
     summary = chaos.summary()
-    assert summary["repaid_requests"] <= summary["in_flight_at_kills"], summary
+    assert summary["repaid_requests"] <= summary["in_flight_at_kills"], chaos.keep_evidence(
+        f"{summary['repaid_requests']} re-paid > {summary['in_flight_at_kills']} in flight"
+    )
 
 
 def test_report_cost_is_the_simulator_bill_less_only_replies_killed_in_flight(chaos) -> None:
     unseen = chaos.unseen_replies()
-    # Every reply that reached Chunkwise is in its spend ledger; only replies in flight at a kill can be missing.
-    assert len(unseen) <= chaos.in_flight_total()
+    # Every reply that reached Chunkwise is in its spend ledger; only replies in flight at a kill can be missing:
+    # billed before the killed process's requests stopped arriving, and let go of when that process could still
+    # have left it unread (within the run's longest reply-handling lag; bench/chaos.py, `Kill.held`).
     for reply in unseen:
-        assert any(
-            reply["t"] <= k.at + ARRIVAL_S and reply["t"] + reply["latency_s"] + GRACE_S >= k.at
-            for k in chaos.kills
-        ), reply
+        assert any(k.held(reply) for k in chaos.kills), chaos.keep_evidence(
+            f"unseen reply not in flight at any kill: {reply}"
+        )
+    assert len(unseen) <= chaos.in_flight_total(), chaos.keep_evidence(
+        f"{len(unseen)} unseen replies > {chaos.in_flight_total()} in flight"
+    )
     simulator = sum(r["billed_usd"] for r in chaos.billed)
     report = float(chaos.report["total_cost_usd"])
-    assert report + sum(r["billed_usd"] for r in unseen) == pytest.approx(simulator, abs=1e-6)
+    assert report + sum(r["billed_usd"] for r in unseen) == pytest.approx(simulator, abs=1e-6), (
+        chaos.keep_evidence(f"report ${report:.6f} + unseen != simulator ${simulator:.6f}")
+    )
     # The report says how many attempts were sent and never settled: at least the ones the provider billed.
-    assert chaos.report["unsettled_requests"] >= len(unseen)
+    assert chaos.report["unsettled_requests"] >= len(unseen), chaos.keep_evidence(
+        f"report unsettled_requests {chaos.report['unsettled_requests']} < {len(unseen)} unseen"
+    )
 
 
 def test_no_item_lost_or_duplicated(chaos) -> None:

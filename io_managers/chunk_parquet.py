@@ -76,7 +76,6 @@ class ChunkParquetIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata(
             {
                 "uri": dg.MetadataValue.path(uri),
-                "row_count": dg.MetadataValue.int(len(obj)),
                 "dagster/row_count": dg.MetadataValue.int(len(obj)),
             }
         )

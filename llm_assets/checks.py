@@ -35,8 +35,8 @@ import pandas as pd
 from llm_assets.datasets import RegisteredDataset
 from llm_assets.failure_class import mark_quality_gate_failure
 from llm_assets.layout import PipelineLayout
-from llm_assets.materializations import latest_materialization
-from llm_assets.quality_stats import label_drift, top_decile_share, wilson_interval
+from llm_assets.materializations import latest_materialization, usd, usd_per_item
+from llm_assets.quality_stats import label_drift, reference_agreement, top_decile_share, wilson_interval
 from resources.llm.structured import validate
 
 # Partitioned checks (`partitions_def=` on AssetCheckSpec) are a preview feature in dagster 1.13; we rely on it knowingly.
@@ -236,7 +236,12 @@ def success_rate_outcome(
             "failed_by_stage": dg.MetadataValue.json(by_stage),
             "failed_by_error_class": dg.MetadataValue.json(by_class),
             "failed_item_ids": dg.MetadataValue.json(sorted(failures["item_id"].astype(str))[:_MAX_EXAMPLES]),
-            "dead_letters_uri": dg.MetadataValue.path(dead_letters_uri),
+            # The folder exists only when some item of the chunk was dead-lettered.
+            **(
+                {"dead_letters_uri": dg.MetadataValue.path(dead_letters_uri)}
+                if len(failures) or len(invalid_letters)
+                else {}
+            ),
         },
     )
 
@@ -305,7 +310,7 @@ def sampled_quality_outcome(
             "scored_by_gold": dg.MetadataValue.int(len([i for i in scored if i in gold])),
             "scored_by_judge": dg.MetadataValue.int(len([i for i in scored if i in judged])),
             "judge_failed": dg.MetadataValue.int(judge_failed),
-            "cost_usd": dg.MetadataValue.float(judge_cost_usd),
+            "cost_usd": usd(judge_cost_usd),
             "scorer": dg.MetadataValue.text(scorer),
             "sampled_item_ids": dg.MetadataValue.json(sample),
             "wrong_examples": dg.MetadataValue.json(wrong[:_MAX_EXAMPLES]),
@@ -355,8 +360,11 @@ def label_drift_outcome(
     seed: str,
 ) -> GateOutcome:
     """label_drift: the chunk's label `counts` against the pooled counts of `recent` chunks (partition ->
-    counts); passes with 'no baseline yet' below `min_reference_items` reference items. `seed`: the partition
-    key, so a re-run gives the same p-value. `label_counts` in the metadata is what later chunks pool."""
+    counts); passes with 'no baseline yet' below `min_reference_items` reference items, and with 'no stable
+    baseline' unless at least 2 reference chunks agree with each other (chunks of an input sorted or grouped by
+    label differ by construction, so every chunk would "drift" from them: BANKING77's file warned on 12 of 13).
+    `seed`: the partition key, so a re-run gives the same p-values. `label_counts` in the metadata is what later
+    chunks pool."""
     reference: Counter = Counter()
     for chunk_counts in recent.values():
         reference.update(chunk_counts)
@@ -387,6 +395,28 @@ def label_drift_outcome(
     )
     if not passed:
         description += f" Largest shift: {shifts[0]['label']} {shifts[0]['reference_share']:.1%} -> {shifts[0]['chunk_share']:.1%}."
+    agreement = reference_agreement(recent, seed=seed) if len(recent) >= 2 else None
+    if agreement is None:
+        passed, description = (
+            True,
+            (
+                f"no stable baseline yet: 1 reference chunk, and a baseline needs 2 whose label mixes agree; not judged "
+                f"(p={drift.p_value:.2g} against it)."
+            ),
+        )
+    elif agreement < max_p_value:
+        passed, description = (
+            True,
+            (
+                f"no stable baseline: the {len(recent)} reference chunks' label mixes differ from each other too "
+                f"(p={agreement:.2g} < {max_p_value:g}), as in an input sorted or grouped by label, so this chunk's "
+                f"difference from them (p={drift.p_value:.2g}) is not reported as drift. Shuffle the input to make the "
+                "gate meaningful."
+            ),
+        )
+    metadata["baseline_stable"] = dg.MetadataValue.bool(agreement is not None and agreement >= max_p_value)
+    if agreement is not None:
+        metadata["reference_agreement_p_value"] = dg.MetadataValue.float(agreement)
     metadata.update(
         {
             "p_value": dg.MetadataValue.float(drift.p_value),
@@ -442,9 +472,9 @@ def cost_per_item_outcome(
         not (too_dear or too_skewed),
         description,
         {
-            "cost_per_item_usd": dg.MetadataValue.float(per_item),
-            "ceiling_usd": dg.MetadataValue.float(ceiling_usd if ceiling_usd is not None else 0.0),
-            "cost_usd": dg.MetadataValue.float(cost_usd),
+            "cost_per_item_usd": usd_per_item(per_item),
+            "ceiling_usd": usd_per_item(ceiling_usd if ceiling_usd is not None else 0.0),
+            "cost_usd": usd(cost_usd),
             "items_sent": dg.MetadataValue.int(items_sent),
             "top_decile_token_share": dg.MetadataValue.float(share),
             "max_top_decile_token_share": dg.MetadataValue.float(max_top_decile_token_share),
@@ -457,7 +487,8 @@ def cost_per_item_outcome(
 #
 # One step per checked stage, not one per check: each step costs a run ~90 ms of events and input loads, and
 # eight single-check steps were more than half of a chunk run's orchestration overhead (docs/benchmarks.md).
-# The steps can subset, so the UI still runs any one check on its own.
+# The steps can subset, so one check can still be run alone for a chunk (Dagster 1.13's UI runs no partitioned
+# check on its own; docs/quality_gates.md).
 
 
 def evaluate_selected(

@@ -7,7 +7,8 @@ sensors/completion.py) when every chunk is terminal (llm_assets/chunk_status.py)
    useful, re-paid, wasted, quality checks, unsettled; tokens, retries, cost by stage/model/mode/team, cached
    savings) plus what the on-call person needs on top: chunk states, the success threshold and whether it was
    met, cost by day (from the cost ledger), the 10% most expensive items with their share of tokens and
-   dollars, the quality-gate summary, runs launched;
+   dollars, the quality gates (per gate: chunks passed / warned / failed, from the instance's check evaluations)
+   and the sampled accuracy, the stages priced at $0 by `allow_unpriced` (no price row), runs launched;
 2. writes it to `<home>/reports/<dataset_id>/completion_report.json` and `.md` (atomically) and attaches the
    Markdown as metadata, with a `summary` JSON the sensor POSTs to the completion webhook;
 3. cleans up: removes the checkpoint folders of succeeded chunks and leftover `*.tmp` files of their outputs;
@@ -28,11 +29,13 @@ from llm_assets.cost_ledger import rollup
 from llm_assets.datasets import RegisteredDataset, load_dataset
 from llm_assets.judge import JUDGE_STAGE
 from llm_assets.layout import PipelineLayout
+from llm_assets.materializations import seconds, usd, usd_per_item
 from llm_assets.report import NOT_PROCESSED_WHY, CompletionReport, build_completion_report
 from llm_assets.settings import PipelineSettings
 from llm_assets.stages import checkpoint_root
 from resources.checkpoints import ChunkCheckpoint
 from resources.dead_letters import DeadLetterStore
+from resources.llm.prices import ModelPrice
 
 TOP_ITEMS_LISTED = 50
 
@@ -99,6 +102,7 @@ class DatasetCompletion:
             "success_rate": self.success_rate,
             "threshold_met": self.threshold_met,
             "failed_items_uri": r.failed_items_uri,
+            "priced_at_zero": [asdict(p) for p in r.priced_at_zero],
             "report_uri": self.report_uri,
         }
 
@@ -143,10 +147,12 @@ def build_dataset_completion(
     *,
     ledger_rows: pd.DataFrame,
     layout: PipelineLayout,
+    prices: dict[str, ModelPrice] | None = None,
 ) -> DatasetCompletion:
     """The report of a dataset whose chunks (`states`, from chunk_states) are all terminal; dg.Failure (no
     retry) if some are not. `ledger`: the cost_ledger asset's rows; `ledger_rows`: the dataset's spend-ledger
-    events (`SpendLedger.rows(dataset_id)`, for the report's money and the unsettled attempts)."""
+    events (`SpendLedger.rows(dataset_id)`, for the report's money and the unsettled attempts); `prices`: stage
+    -> the price row its LLM resource uses (which stages were priced at zero by `allow_unpriced`)."""
     waiting = {k: s.state.value for k, s in states.items() if not s.state.terminal}
     if waiting:
         first = next(iter(waiting.items()))
@@ -168,6 +174,7 @@ def build_dataset_completion(
         ledger_rows=ledger_rows,
         states=states,
         layout=layout,
+        prices=prices,
     )
     counts: dict[str, int] = {}
     for status in states.values():
@@ -240,6 +247,61 @@ def cost_table(r: CompletionReport) -> list[str]:
     return lines
 
 
+def priced_at_zero_lines(r: CompletionReport) -> list[str]:
+    """Why part of the bill is $0: stages whose model has no price row, run under `allow_unpriced: true`."""
+    if not r.priced_at_zero:
+        return []
+    return [
+        "",
+        "**Priced at $0 (`allow_unpriced`)**: every figure above counts $0 for",
+        "",
+        *[f"- {p.describe()}." for p in r.priced_at_zero],
+        "",
+        "Give their provider profile a `prices` row (or a `price_file`) to have them costed.",
+    ]
+
+
+_MAX_PARTITIONS_LISTED = 5
+
+
+def quality_gates_lines(r: CompletionReport) -> list[str]:
+    """Per quality gate, the dataset's chunks by their latest evaluation: passed, warned (a WARN gate failed:
+    nothing stopped), failed (an ERROR gate failed: the chunk's later stages were stopped, its rows quarantined),
+    not evaluated; then the sampled accuracy the gates measured. From the instance's check evaluations."""
+    checks: dict[str, Any] = r.checks.get("checks", {}) if r.checks else {}
+    if not checks:
+        return ["The pipeline has no quality gates."]
+    lines = [
+        "| gate | blocking | passed | warned | failed | not evaluated | chunks not passing |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, c in checks.items():
+        failed = int(c.get("failed_errors", 0))
+        warned = int(c.get("failed", 0)) - failed
+        listed = c.get("failed_partitions", [])
+        shown = ", ".join(f"`{p}`" for p in listed[:_MAX_PARTITIONS_LISTED])
+        if len(listed) > _MAX_PARTITIONS_LISTED:
+            shown += f" and {len(listed) - _MAX_PARTITIONS_LISTED} more"
+        lines.append(
+            f"| {name} | {'yes' if c.get('blocking') else 'no'} | {c.get('passed', 0):,} | {warned:,} | "
+            f"{failed:,} | {c.get('not_evaluated', 0):,} | {shown or '-'} |"
+        )
+    sampled = r.checks.get("sampled_accuracy", {})
+    if sampled.get("accuracy") is None:
+        lines += ["", "- Sampled accuracy: not scored (no sampled_quality gate scored an item)."]
+    else:
+        low, high = sampled.get("wilson_95_low"), sampled.get("wilson_95_high")
+        interval = f", 95% interval {low:.3f}-{high:.3f}" if low is not None and high is not None else ""
+        lines += [
+            "",
+            f"- Sampled accuracy {sampled['accuracy']:.3f}: {sampled['correct']:,} of {sampled['scored']:,} sampled "
+            f"items right over {sampled['partitions']} chunks{interval} (the sampled_quality gates' samples).",
+        ]
+    if r.accuracy is not None:
+        lines.append(f"- Accuracy over every succeeded item with a gold label: {r.accuracy:.3f}.")
+    return lines
+
+
 def render_markdown(done: DatasetCompletion) -> str:
     """The report as Markdown, for the materialization's metadata and the `.md` file beside the JSON."""
     r = done.report
@@ -259,7 +321,9 @@ def render_markdown(done: DatasetCompletion) -> str:
         f"- Chunks: {r.partitions_total} ({', '.join(f'{k} {v}' for k, v in sorted(done.chunk_states.items()))}); "
         f"runs launched {done.runs_launched}; request retries {r.retried}",
         f"- Wall-clock time {r.wall_clock_s:,.1f} s",
-        f"- Failed items: `{r.failed_items_uri}`",
+        f"- Failed items: `{r.failed_items_uri}`"
+        if r.failed_items_uri
+        else "- Failed items: none (no dead letters)",
         "",
         "## Where every row went",
         "",
@@ -268,6 +332,7 @@ def render_markdown(done: DatasetCompletion) -> str:
         "## Where every dollar went",
         "",
         *cost_table(r),
+        *priced_at_zero_lines(r),
         "",
         *_table("team", r.cost_by_team),
         "",
@@ -278,6 +343,10 @@ def render_markdown(done: DatasetCompletion) -> str:
         *_table("mode", r.cost_by_mode),
         "",
         *_table("day (UTC)", done.cost_by_day),
+        "",
+        "## Quality gates",
+        "",
+        *quality_gates_lines(r),
         "",
         f"## The {top.count} most expensive items (10%): {top.token_share:.1%} of tokens, {top.cost_share:.1%} of cost",
         "",
@@ -334,7 +403,8 @@ def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus])
 
 
 def report_metadata(done: DatasetCompletion, path: Path, removed: int, kept: int) -> dict[str, Any]:
-    """The completion report's materialization metadata: the Markdown, the webhook summary, the numbers."""
+    """The completion report's materialization metadata: the Markdown, the webhook summary, the numbers (USD to
+    6 decimals, per item 8, seconds 2; the JSON file keeps every digit)."""
     r = done.report
     return {
         "report_uri": dg.MetadataValue.path(str(path)),
@@ -346,19 +416,31 @@ def report_metadata(done: DatasetCompletion, path: Path, removed: int, kept: int
         "dead_lettered": dg.MetadataValue.int(r.dead_lettered),
         "quarantined": dg.MetadataValue.int(r.quarantined),
         "not_processed": dg.MetadataValue.int(r.not_processed),
-        "total_cost_usd": dg.MetadataValue.float(r.total_cost_usd),
-        "useful_cost_usd": dg.MetadataValue.float(r.useful_cost_usd),
-        "repaid_usd": dg.MetadataValue.float(r.repaid_usd),
-        "wasted_usd": dg.MetadataValue.float(r.wasted_usd),
-        "quality_checks_usd": dg.MetadataValue.float(r.quality_checks_usd),
-        "unsettled_max_usd": dg.MetadataValue.float(r.unsettled_max_usd),
-        "cost_per_item_usd": dg.MetadataValue.float(r.cost_per_item_usd),
-        "success_rate": dg.MetadataValue.float(done.success_rate),
+        "total_cost_usd": usd(r.total_cost_usd),
+        "useful_cost_usd": usd(r.useful_cost_usd),
+        "repaid_usd": usd(r.repaid_usd),
+        "wasted_usd": usd(r.wasted_usd),
+        "quality_checks_usd": usd(r.quality_checks_usd),
+        "unsettled_max_usd": usd(r.unsettled_max_usd),
+        "cost_per_item_usd": usd_per_item(r.cost_per_item_usd),
+        "success_rate": dg.MetadataValue.float(round(done.success_rate, 4)),
         "threshold_met": dg.MetadataValue.bool(done.threshold_met),
-        "wall_clock_s": dg.MetadataValue.float(r.wall_clock_s),
+        "wall_clock_s": seconds(r.wall_clock_s),
         "checkpoints_removed": dg.MetadataValue.int(removed),
         "checkpoints_kept": dg.MetadataValue.int(kept),
     }
+
+
+def stage_prices(resources: Any, layout: PipelineLayout) -> dict[str, ModelPrice]:
+    """stage -> the price row its LLM resource prices requests with (`LLMResource.price()`, the one lookup); a
+    stage whose price cannot be read is left out (its resource refused to send anything, so nothing was billed)."""
+    prices: dict[str, ModelPrice] = {}
+    for stage in layout.stages:
+        try:
+            prices[stage] = getattr(resources, layout.llm_key(stage)).price()
+        except ValueError:  # no price row and no allow_unpriced, or an unreadable price file
+            continue
+    return prices
 
 
 def completion_asset(
@@ -372,7 +454,8 @@ def completion_asset(
     """The completion report of `layout`'s pipeline (key `layout.completion_key`), one partition per dataset;
     `min_success_rate` is the share of items that must succeed for `threshold_met` (the spec's `completion`)."""
     llm_key = layout.llm_keys[0]
-    resource_keys = {"settings", "s3", llm_key}
+    # Every stage's LLM resource: the price row each one uses says which stages were priced at zero.
+    resource_keys = {"settings", "s3", *layout.llm_keys}
 
     @dg.asset(
         key=layout.completion_key,
@@ -386,8 +469,11 @@ def completion_asset(
             "Materialized once per dataset (partition = dataset id) when every chunk succeeded or failed for "
             "good: the completion report (JSON + Markdown in metadata): every input row as succeeded, "
             "dead-lettered, quarantined or not processed, with why; the provider's bill as useful, re-paid, "
-            "wasted and quality checks; whether the success threshold was met. Depend on this asset to run "
-            "when a nightly dataset is done."
+            "wasted and quality checks (and which stages were priced at $0 by `allow_unpriced`); the quality "
+            "gates' outcomes per chunk and the sampled accuracy; whether the success threshold was met. Metadata: "
+            "`total_cost_usd` and the other `*_usd` (USD to 6 decimals, the dataset's whole bill), "
+            "`cost_per_item_usd`, `wall_clock_s` (seconds), row counts. Depend on this asset to run when a nightly "
+            "dataset is done."
         ),
     )
     def _completion(context: dg.AssetExecutionContext, ledger: pd.DataFrame) -> dg.MaterializeResult:
@@ -407,6 +493,7 @@ def completion_asset(
             context.resources.s3,
             ledger_rows=events,
             layout=layout,
+            prices=stage_prices(context.resources, layout),
         )
         path = write_completion(done, home)
         removed, kept = clean_up_chunks(home, dataset.dataset_id, states)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from llm_assets.datasets import load_dataset
 from llm_assets.layout import PipelineLayout
+from llm_assets.materializations import USD_DECIMALS, usd
 from llm_assets.report import NO_TEAM, QUALITY_CHECKS, SPEND_KINDS, item_buckets, spend_rows, sum_by
 from llm_assets.settings import PipelineSettings
 from resources.dead_letters import DeadLetterStore
@@ -79,22 +80,27 @@ LEDGER_TABLE_SCHEMA = dg.TableSchema(
 
 
 def ledger_metadata(ledger: pd.DataFrame) -> dict[str, Any]:
-    """The cost ledger's numeric and JSON metadata: totals, per kind, per team (plotted per dataset)."""
+    """The cost ledger's numeric and JSON metadata: totals, per kind, per team (plotted per dataset). USD to the
+    millionth of a dollar (llm_assets/materializations.py), tokens and counts as integers."""
     by_team = rollup(ledger, "team")
     by_kind = {kind: 0.0 for kind in SPEND_KINDS} | rollup(ledger, "kind")
+
+    def rounded(values: dict[str, float]) -> dict[str, float]:
+        return {k: round(v, USD_DECIMALS) for k, v in values.items()}
+
     return {
-        "cost_usd": dg.MetadataValue.float(float(ledger["cost_usd"].sum())),
+        "cost_usd": usd(float(ledger["cost_usd"].sum())),
         "requests_billed": dg.MetadataValue.int(len(ledger)),
         "items": dg.MetadataValue.int(int(ledger.loc[ledger["team"] != QUALITY_CHECKS, "item_id"].nunique())),
         "input_tokens": dg.MetadataValue.int(int(ledger["input_tokens"].sum())),
         "output_tokens": dg.MetadataValue.int(int(ledger["output_tokens"].sum())),
-        "cost_by_kind": dg.MetadataValue.json(by_kind),
-        "cost_by_team": dg.MetadataValue.json(by_team),
-        "cost_by_model": dg.MetadataValue.json(rollup(ledger, "model")),
-        "cost_by_stage": dg.MetadataValue.json(rollup(ledger, "stage")),
-        "cost_by_day": dg.MetadataValue.json(rollup(ledger, "day")),
-        **{f"{kind}_usd": dg.MetadataValue.float(usd) for kind, usd in by_kind.items()},
-        **{f"team_cost_usd/{team}": dg.MetadataValue.float(usd) for team, usd in by_team.items()},
+        "cost_by_kind": dg.MetadataValue.json(rounded(by_kind)),
+        "cost_by_team": dg.MetadataValue.json(rounded(by_team)),
+        "cost_by_model": dg.MetadataValue.json(rounded(rollup(ledger, "model"))),
+        "cost_by_stage": dg.MetadataValue.json(rounded(rollup(ledger, "stage"))),
+        "cost_by_day": dg.MetadataValue.json(rounded(rollup(ledger, "day"))),
+        **{f"{kind}_usd": usd(value) for kind, value in by_kind.items()},
+        **{f"team_cost_usd/{team}": usd(value) for team, value in by_team.items()},
     }
 
 
@@ -122,8 +128,9 @@ def cost_ledger_asset(
         description=(
             "Every billed request attempt of one dataset (partition = dataset id), from the spend ledger: chunk, "
             "item, team, stage, model, mode, UTC day, tokens, USD, and `kind` (useful / repaid / wasted / "
-            "quality_checks). Sums to the provider's bill. Numeric metadata `team_cost_usd/<team>` per team and "
-            "`<kind>_usd` per kind."
+            "quality_checks). Sums to the provider's bill. Metadata (USD to 6 decimals): `cost_usd`, the "
+            "dataset's whole bill; `team_cost_usd/<team>` per team and `<kind>_usd` per kind; `cost_by_*` as JSON. "
+            "The cost of one chunk over every stage is the last stage's `total_cost_usd`."
         ),
         metadata={"dagster/column_schema": LEDGER_TABLE_SCHEMA},
         required_resource_keys={"settings", "s3", llm_key},

@@ -5,8 +5,12 @@ An input dataset is a CSV, JSONL or Parquet file, a local path or ``s3://bucket/
   one locator per chunk (byte range for CSV/JSONL; row group + offset for Parquet), so ``read_chunk`` reads one
   chunk without scanning the file;
 - gives it a stable id: ``<name slug>-<first 8 hex of the content SHA-256>``, e.g. ``banking77-3f2a9c1d``;
-- writes ``<home>/datasets/<dataset_id>/manifest.json`` atomically and adds only the missing chunk partitions.
+- writes ``<home>/datasets/<dataset_id>/manifest.json`` atomically and adds only the missing chunk partitions
+  (``add_partitions=False``: only checks they would fit, for a caller that adds them itself: the new-dataset
+  sensor's registration run, whose sensor returns them to Dagster as a ``dynamic_partitions_requests``).
 Registering the same bytes again changes nothing (same id, same manifest, no new partitions).
+Registration reads every byte of the file (hash, chunk boundaries, duplicate ids): run it in a run or a script,
+never inside a sensor tick (a multi-GB file would pass the tick's timeout; sensors/registration.py).
 
 Columns (after ``column_map`` renames source columns): ``text`` is required; ``id`` is required unless
 ``id_column=None``, in which case ids are derived as ``f"r{row_number:07d}"`` where ``row_number`` is the
@@ -66,6 +70,7 @@ from llm_assets.partitions import (
     CHUNK_PARTITIONS_NAME,
     MAX_CHUNKS_PER_DATASET,
     add_chunk_partitions,
+    check_partition_room,
     dataset_partition_keys,
 )
 
@@ -171,10 +176,13 @@ def register_dataset(
     home: Path,
     s3: Any = None,
     partitions_name: str = CHUNK_PARTITIONS_NAME,
+    add_partitions: bool = True,
 ) -> RegisteredDataset:
     """Register ``spec.uri`` (idempotent): manifest under ``home/datasets/<id>/``, one partition per chunk.
 
     Bad input raises ``DatasetError`` (one line: file, line/row/column, what to do) before any partition is added.
+    ``add_partitions=False``: the partitions are not added, only checked to fit under the live-partition limit
+    (``PartitionLimitExceeded``); the caller adds ``partition_keys`` (a sensor, through Dagster).
     """
     chunk_size = spec.chunk_size
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK_SIZE:
@@ -224,7 +232,10 @@ def register_dataset(
     if manifest_path.exists():
         existing = load_dataset(dataset_id, home)
         _check_same_registration(existing, spec, sha)
-        add_chunk_partitions(instance, existing.partition_keys, partitions_name=partitions_name)
+        if add_partitions:
+            add_chunk_partitions(instance, existing.partition_keys, partitions_name=partitions_name)
+        else:
+            check_partition_room(instance, existing.partition_keys, partitions_name)
         return existing
 
     labels_present = LABEL in _mapped(scan.columns, spec)
@@ -254,8 +265,11 @@ def register_dataset(
     if spec.id_column is not None:
         duplicates, not_text = _audit_ids(ds, s3)
         ds = replace(ds, duplicate_rows=duplicates, ids_not_text=not_text)
+    if not add_partitions:
+        check_partition_room(instance, keys, partitions_name)
     write_bytes_atomic(manifest_path, json.dumps(asdict(ds), indent=1).encode())
-    add_chunk_partitions(instance, keys, partitions_name=partitions_name)
+    if add_partitions:
+        add_chunk_partitions(instance, keys, partitions_name=partitions_name)
     return ds
 
 

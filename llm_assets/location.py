@@ -6,7 +6,9 @@ Read it as a table of contents. A pipeline is one YAML file (docs/pipeline-spec.
 For each spec, llm_assets/pipeline_assets.py builds `<pipeline>/items` and one asset per stage (partitioned by
 chunk), its quality gates, `<pipeline>/cost_ledger` and `<pipeline>/completion_report` (partitioned by dataset),
 its chunk and completion jobs and one LLM resource per stage. The sensors (sensors/recovery.py) serve every
-pipeline: one new-dataset sensor per pipeline, one backfill, completion, batch-poll and check-alert sensor for all.
+pipeline: one new-dataset sensor per pipeline (with its `<pipeline>__register_job`), one backfill, completion,
+batch-poll and check-alert sensor for all; all on by default. Loading creates each pipeline's inbox
+(`$CHUNKWISE_HOME/inbox/<pipeline>`, or its `input.watch` folder when that is under CHUNKWISE_HOME).
 
 What differs per deployment comes from the environment:
 - `CHUNKWISE_PIPELINES` (the folder of specs, default `<repo>/pipelines`); each spec names its own variables
@@ -21,6 +23,7 @@ with one message per problem naming the file, line and field (llm_assets/spec_lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +37,7 @@ from llm_assets.pipeline_assets import pipeline_definitions
 from llm_assets.settings import chunkwise_home
 from llm_assets.spec import PipelineSpec, load_pipelines
 from sensors.alerts import check_alert_sensor
+from sensors.new_datasets import ensure_watch_folder, pipeline_watch_uri
 from sensors.recovery import build_recovery_sensors
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
@@ -58,9 +62,10 @@ def build_defs(
     watch_uris: dict[str, str] | None = None,
 ) -> dg.Definitions:
     """Every pipeline of `specs` in one Definitions: their assets, checks, jobs and resources, and the sensors
-    (`sensors` replaces the default ones; `watch_uris` maps a pipeline to the folder its new-dataset sensor
-    watches, over its spec's `input.watch`). `outputs_uri` is where stage outputs go (default
-    `<home>/outputs`); `s3` (a dagster-aws S3Resource) reads `s3://` datasets and writes `s3://` outputs."""
+        (`sensors` replaces the default ones; `watch_uris` maps a pipeline to the folder its new-dataset sensor
+        watches, over its spec's `input.watch`; with the default sensors, the local ones under `home` are created).
+    `outputs_uri` is where stage outputs go (default
+        `<home>/outputs`); `s3` (a dagster-aws S3Resource) reads `s3://` datasets and writes `s3://` outputs."""
     outputs = outputs_uri or str(home / "outputs")
     if is_s3_uri(outputs) and s3 is None:
         raise ValueError(
@@ -70,12 +75,16 @@ def build_defs(
     assets: list[Any] = []
     checks: list[Any] = []
     jobs: list[Any] = []
+    automation: list[dg.SensorDefinition] = []
     resources: dict[str, Any] = {}
     for spec in specs:
         part = pipeline_definitions(spec, home=home, outputs_uri=outputs, s3=s3)
         assets += list(part.assets or [])
         checks += list(part.asset_checks or [])
         jobs += list(part.jobs or [])
+        automation += list(
+            part.sensors or []
+        )  # `<pipeline>__refresh_stale`, off by default (it spends money)
         for key, value in (part.resources or {}).items():
             if key in resources and key not in SHARED_RESOURCES:
                 raise ValueError(f"two pipelines define the resource {key!r}; pipeline names must differ")
@@ -85,7 +94,27 @@ def build_defs(
             *build_recovery_sensors(specs=specs, jobs=jobs, watch_uris=watch_uris, inbox=home / "inbox"),
             check_alert_sensor,
         ]
-    return dg.Definitions(assets=assets, asset_checks=checks, jobs=jobs, sensors=sensors, resources=resources)
+        _create_watch_folders(specs, home, watch_uris or {})
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        sensors=[*sensors, *automation],
+        resources=resources,
+        # Runs of the implicit asset job (automation, the UI's Materialize) in one process, like the chunk job:
+        # the multiprocess executor costs ~18 s per chunk (docs/benchmarks.md).
+        executor=dg.in_process_executor,
+    )
+
+
+def _create_watch_folders(specs: Sequence[PipelineSpec], home: Path, watch_uris: dict[str, str]) -> None:
+    """Each new-dataset sensor's local folder under `home` (the default `<home>/inbox/<pipeline>`), so turning a
+    sensor on never fails on a folder nobody made. A folder elsewhere that is missing is left to the sensor's
+    tick, which fails naming `input.watch` (a code location must load even when one folder is wrong)."""
+    for spec in specs:
+        watch = watch_uris.get(spec.name) or pipeline_watch_uri(spec, home / "inbox")
+        with contextlib.suppress(OSError):  # outside home and missing, or not creatable: the tick says so
+            ensure_watch_folder(watch, home, spec.name)
 
 
 def s3_for(*uris: str, specs: Sequence[PipelineSpec] = ()) -> Any:

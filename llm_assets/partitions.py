@@ -78,15 +78,8 @@ def add_chunk_partitions(
     ``partitions_name``: the dynamic partitions set (a pipeline spec's is ``<pipeline>__chunks``).
     """
     added: list[str] = []
-    missing_total = len(keys) - len(instance.get_existing_dynamic_partitions(partitions_name, keys))
-    if missing_total and max_live is not None:
-        live = len(instance.get_dynamic_partitions(partitions_name))
-        if live + missing_total > max_live:
-            raise PartitionLimitExceeded(
-                f"adding {missing_total} chunk partitions would bring the instance to {live + missing_total}, over "
-                f"the limit of {max_live}; prune datasets past their retention window "
-                "(prune_dataset_partitions) or raise the pipeline's `input.chunk_size`"
-            )
+    if max_live is not None:
+        check_partition_room(instance, keys, partitions_name, max_live)
     for start in range(0, len(keys), _ADD_BATCH_SIZE):
         batch = keys[start : start + _ADD_BATCH_SIZE]
         existing = instance.get_existing_dynamic_partitions(partitions_name, batch)
@@ -95,6 +88,29 @@ def add_chunk_partitions(
             instance.add_dynamic_partitions(partitions_name, missing)
             added.extend(missing)
     return added
+
+
+def check_partition_room(
+    instance: dg.DagsterInstance,
+    keys: list[str],
+    partitions_name: str = CHUNK_PARTITIONS_NAME,
+    max_live: int = MAX_LIVE_CHUNK_PARTITIONS,
+) -> None:
+    """PartitionLimitExceeded when adding the missing `keys` to `partitions_name` would pass `max_live` live
+    partitions; adds nothing (a registration run checks before the sensor adds them; `add_chunk_partitions`)."""
+    missing = 0
+    for start in range(0, len(keys), _ADD_BATCH_SIZE):  # bounded `IN (...)` queries
+        batch = keys[start : start + _ADD_BATCH_SIZE]
+        missing += len(batch) - len(instance.get_existing_dynamic_partitions(partitions_name, batch))
+    if not missing:
+        return
+    live = len(instance.get_dynamic_partitions(partitions_name))
+    if live + missing > max_live:
+        raise PartitionLimitExceeded(
+            f"adding {missing} chunk partitions would bring the instance to {live + missing}, over the limit of "
+            f"{max_live}; prune datasets past their retention window (prune_dataset_partitions) or raise the "
+            "pipeline's `input.chunk_size`"
+        )
 
 
 def prune_dataset_partitions(

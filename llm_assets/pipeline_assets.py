@@ -9,7 +9,10 @@ This is the generic stage factory of issue 12 (llm_assets/spec.py describes the 
   per routed row, the model runs through `run_stage` / `run_batch_stage` (checkpointed, resumable, every attempt
   in the spend ledger), and the rows not routed are carried through marked `routed=False`. The stage's
   `version()` is the asset's `code_version`, so Dagster marks partitions made by an older spec unsynced; its
-  `prompt_version()` is in every idempotency key, so outputs of two versions never mix;
+  `prompt_version()` is in every idempotency key, so outputs of two versions never mix; each materialization's
+  data version is a digest of its answers, so a chunk re-made with other answers marks the same chunk's later
+  stages unsynced (and one re-made with the same answers does not);
+- the sensor `<pipeline>__refresh_stale`, off by default: when on, it re-runs unsynced stage partitions;
 - one LLM resource per stage (`<pipeline>__<stage>__llm`) from its provider profile and the pipeline budgets;
 - the job `<pipeline>__chunk_job` that materializes a chunk through every stage.
 
@@ -18,8 +21,9 @@ This is the generic stage factory of issue 12 (llm_assets/spec.py describes the 
   materialized by `<pipeline>__completion_job` once every chunk is terminal (the completion sensor asks).
 """
 
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +34,17 @@ import pandas as pd
 from io_managers.chunk_parquet import ChunkParquetIOManager
 from io_managers.parquet_files import is_s3_uri
 from io_managers.s3_config import S3_ENDPOINT_ENV, S3_ON_ENV
+from llm_assets.chunk_status import PROVIDER_TAG
 from llm_assets.completion import completion_asset
 from llm_assets.cost_ledger import cost_ledger_asset
 from llm_assets.datasets import DatasetSpec, RegisteredDataset, load_dataset, load_team_rules, read_chunk
 from llm_assets.layout import PipelineLayout
+from llm_assets.materializations import (
+    STAGE_METADATA_KEYS,
+    TOTAL_COST_DESCRIPTION,
+    chunk_total_cost,
+    dead_letters_metadata,
+)
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.prompts import StagePrompt
 from llm_assets.run_liveness import mark_run_worker
@@ -275,6 +286,11 @@ def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition)
         context: dg.AssetExecutionContext, settings: PipelineSettings, s3: dg.ResourceParam[Any]
     ) -> dg.MaterializeResult:
         mark_run_worker(context)
+        if not context.has_partition_key:
+            raise dg.Failure(
+                description="this run has no chunk partition: launch it for a chunk (pick its partition)",
+                allow_retries=False,
+            )
         dataset_id, chunk_index = parse_chunk_key(context.partition_key)
         dataset = load_dataset(dataset_id, settings.home_path())
         if is_s3_uri(dataset.uri) and s3 is None:  # a deployment setting: re-running cannot fix it
@@ -305,7 +321,9 @@ def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition)
                 context, settings, dataset_id, "items", items_dead_letters(context, dataset_id, checked)
             ),
         }
-        return dg.MaterializeResult(value=checked.valid, metadata=metadata)
+        return dg.MaterializeResult(
+            value=checked.valid, metadata=metadata, data_version=rows_data_version(checked.valid)
+        )
 
     return _items
 
@@ -317,15 +335,11 @@ def write_dead_letters(
     stage: str,
     rows: list[DeadLetter],
 ) -> dict[str, Any]:
-    """Store the chunk's dead letters of `stage` (replacing an earlier run's); their count and folder as metadata."""
+    """Store the chunk's dead letters of `stage` (replacing an earlier run's); as metadata their count and, when
+    there are any, a preview table and the file (llm_assets/materializations.py `dead_letters_metadata`)."""
     store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
-    store.write_partition(dataset_id, context.partition_key, stage, rows)
-    return {
-        "dead_letters": dg.MetadataValue.int(len(rows)),
-        "dead_letters_uri": dg.MetadataValue.path(
-            store.uri_for(dataset_id, context.partition_key, stage=stage)
-        ),
-    }
+    uri = store.write_partition(dataset_id, context.partition_key, stage, rows)
+    return dead_letters_metadata(rows, uri)
 
 
 def items_dead_letters(context: dg.AssetExecutionContext, dataset_id: str, checked: Any) -> list[DeadLetter]:
@@ -407,6 +421,9 @@ def _stage_asset(
     ins.update({name: dg.AssetIn(key=asset_key(spec, name)) for name in earlier})
     prompt = stage_prompt(stage)
     route = stage.route_condition()
+    last = index == len(spec.stages) - 1
+    description = stage.description or f"Stage `{stage.name}` of pipeline `{spec.name}` ({stage.model})."
+    description += f"\n\n{STAGE_METADATA_KEYS}" + (f" {TOTAL_COST_DESCRIPTION}" if last else "")
 
     @dg.asset(
         key=asset_key(spec, stage.name),
@@ -415,8 +432,9 @@ def _stage_asset(
         group_name=spec.name,
         kinds={spec.profile(stage).provider, "pandas", "parquet"},
         owners=spec.owners or None,
-        description=stage.description or f"Stage `{stage.name}` of pipeline `{spec.name}` ({stage.model}).",
+        description=description,
         code_version=stage.version(),
+        automation_condition=refresh_stale_condition(),  # inert until `<pipeline>__refresh_stale` is turned on
         retry_policy=spec.retry.retry_policy(),
         required_resource_keys={llm_key, "settings"},
         output_required=False,  # batch mode: a run that only submits a provider batch materializes nothing
@@ -474,7 +492,14 @@ def _stage_asset(
             "items_routed": dg.MetadataValue.int(len(to_send)),
             "route": dg.MetadataValue.text(stage.route),
         }
-        yield dg.MaterializeResult(value=frame, metadata=metadata)
+        if last:  # one series per chunk partition: its spend over every stage
+            earlier_keys = [asset_key(spec, name) for name in earlier]
+            metadata.update(
+                chunk_total_cost(context.instance, earlier_keys, context.partition_key, outcome.cost_usd)
+            )
+        yield dg.MaterializeResult(
+            value=frame, metadata=metadata, data_version=rows_data_version(frame, answer_columns(stage))
+        )
 
     return _stage
 
@@ -571,6 +596,77 @@ def _as_cell(value: Any) -> Any:
     return value
 
 
+# ------------------------------------------------------------------------------------------------ staleness
+# A chunk's stage partition is stale (the UI's "Unsynced" on the partition) when the stage's code version
+# (`StageSpec.version`) changed since it was made, or when an input partition of the same chunk got a different
+# data version after it read it. Data versions are digests of the rows, so re-making a partition with the same
+# rows leaves later stages fresh (docs/partitions.md, "Staleness").
+
+
+def rows_data_version(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> dg.DataVersion:
+    """A chunk output's data version: a digest of its rows (`columns` of them, default all), in item order."""
+    chosen = sorted(c for c in (columns if columns is not None else frame.columns) if c in frame.columns)
+    rows = frame[chosen]
+    if "item_id" in chosen:  # the order replies arrived in is not part of the data
+        rows = rows.assign(item_id=rows["item_id"].astype(str)).sort_values("item_id", kind="stable")
+    text = rows.to_json(orient="split", index=False, double_precision=15)
+    return dg.DataVersion(hashlib.sha256(text.encode()).hexdigest()[:16])
+
+
+def answer_columns(stage: StageSpec) -> list[str]:
+    """What a later stage reads of this one: which items it kept, whether each was routed, and its answers.
+    Not usage, latency or the prompt version: a re-run with the same answers changes nothing downstream."""
+    return ["item_id", ROUTED, *stage.output_fields()]
+
+
+def refresh_stale_condition() -> dg.AutomationCondition:
+    """Re-run a stage's chunk partition that went stale: its stage's code version changed, or an input partition of
+    the chunk (items or an earlier stage) got a new data version from a run that did not also run this stage.
+    Never a missing partition (the sensors start chunks), never while the chunk or one of its inputs is running or
+    an input is missing. Evaluated only while the pipeline's `<pipeline>__refresh_stale` sensor is on."""
+    input_changed = (
+        dg.AutomationCondition.data_version_changed() & ~dg.AutomationCondition.executed_with_root_target()
+    ).with_label("new data version from another run")
+    return (
+        (
+            dg.AutomationCondition.code_version_changed()
+            | dg.AutomationCondition.any_deps_match(input_changed)
+        ).since_last_handled()
+        & ~dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("refresh_stale")
+
+
+def refresh_stale_sensor_name(spec: PipelineSpec) -> str:
+    return f"{spec.name}__refresh_stale"
+
+
+def refresh_stale_sensor(spec: PipelineSpec) -> dg.AutomationConditionSensorDefinition:
+    """The switch for `refresh_stale_condition` on the pipeline's stages: off by default, because every re-run
+    calls the model again and costs money. One run per chunk, tagged like a chunk run (pipeline, provider)."""
+    from sensors.chunk_runs import LAUNCHED_BY_TAG, layout_providers  # the one way chunk runs are tagged
+
+    return dg.AutomationConditionSensorDefinition(
+        refresh_stale_sensor_name(spec),
+        target=dg.AssetSelection.assets(*[asset_key(spec, stage.name) for stage in spec.stages]),
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        emit_backfills=False,  # one run per chunk partition, queued under the per-provider limits
+        run_tags={
+            PIPELINE_TAG: spec.name,
+            PROVIDER_TAG: layout_providers(spec_layout(spec))[0],
+            LAUNCHED_BY_TAG: "refresh_stale",
+        },
+        description=(
+            f"Off by default. When on, re-runs each `{spec.name}` stage partition that went stale (the UI's "
+            "Unsynced): after its prompt, model or other code version changed, or after an earlier stage's "
+            "partition of the same chunk was re-made with different answers. Every re-run calls the model again "
+            "and is paid; the pipeline's budgets still apply. Chunks never run are left to the other sensors."
+        ),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ wiring
 
 
@@ -629,5 +725,9 @@ def pipeline_definitions(
         **check_resources,
     }
     return dg.Definitions(
-        assets=[*assets, *report_assets], asset_checks=checks, jobs=[job, completion_job], resources=resources
+        assets=[*assets, *report_assets],
+        asset_checks=checks,
+        jobs=[job, completion_job],
+        sensors=[refresh_stale_sensor(spec)],
+        resources=resources,
     )

@@ -1,9 +1,9 @@
 """Quality gates of a spec pipeline: the asset checks on every chunk of each `<pipeline>/<stage>` (issue 12).
 
 `pipeline_checks(spec, partitions)` turns each stage's `gates` (llm_assets/spec.py `GatesSpec`) into one
-`multi_asset_check` step per stage: the stage's output is loaded once per step, and the step can subset, so the
-UI still runs any one check alone. What each gate decides is computed by the same functions as the BANKING77
-gates (`*_outcome` in llm_assets/checks.py); this module only reads a spec stage's chunk for them.
+`multi_asset_check` step per stage: the stage's output is loaded once per step, and the step can subset (one gate
+can be run alone for a chunk). What each gate decides is computed by the same functions as the BANKING77 gates
+(`*_outcome` in llm_assets/checks.py); this module only reads a spec stage's chunk for them.
 
 | gate            | over                         | fails when                                                      |
 | --------------- | ---------------------------- | --------------------------------------------------------------- |
@@ -18,6 +18,10 @@ and the run is tagged `chunkwise/failure_class=quality_gate` (`<pipeline>/<stage
 `chunkwise/failed_gates`), so the backfill sensor never re-runs it. A judge's calls go through their own LLM
 resource (`<pipeline>__<stage>__judge_llm`, returned with the checks) under the pipeline's budgets, and land in
 the spend ledger with stage `judge`.
+
+A run of the checks with nothing to check (no chunk partition: what the UI's "Execute all" launches; or a chunk
+whose stage was never materialized) evaluates nothing, logs why and succeeds: Dagster records the checks as
+skipped, so no chunk's last result is covered by "Execution failed" (`skip_checks`, docs/quality_gates.md).
 """
 
 import hashlib
@@ -136,19 +140,20 @@ def judge_prompt(stage: StageSpec) -> SpecStagePrompt:
     )
 
 
-def chunk_partition_key(context: dg.AssetCheckExecutionContext) -> str:
-    """The chunk the check runs for; a clear failure (not Dagster's invariant error) when the run has none."""
-    if not context.has_partition_key:
-        checks = ", ".join(sorted(key.to_user_string() for key in context.selected_asset_check_keys))
-        raise dg.Failure(
-            description=(
-                f"The quality gates ({checks}) check one chunk at a time, and this run has no partition: run this "
-                "check for a chunk partition: select a partition (a chunk of a dataset) when you launch it, or "
-                "materialize the chunk, which runs its checks."
-            ),
-            allow_retries=False,
-        )
-    return context.partition_key
+def skip_checks(context: dg.AssetCheckExecutionContext, why: str) -> None:
+    """Log, as a warning, that the run's selected checks were not evaluated because `why`, and what to do; the
+    caller then yields no result.
+
+    A check step that yields nothing succeeds, and Dagster resolves its planned evaluations to SKIPPED ("the run
+    finished, didn't fail, but the check didn't execute"): each chunk's latest result, the asset's check statuses
+    per partition and its health stay as they were. Failing the step instead would resolve them to
+    EXECUTION_FAILED, shown as "Execution failed" on every check of the asset (issue 13)."""
+    checks = ", ".join(sorted(key.to_user_string() for key in context.selected_asset_check_keys))
+    context.log.warning(
+        f"Nothing checked: {why}. The quality gates ({checks}) are recorded as skipped; every chunk keeps its last "
+        "result. To check a chunk, materialize it (in the UI: Materialize on the asset, then pick the chunk's "
+        "partition): its gates run with it."
+    )
 
 
 # ------------------------------------------------------------------------------------------------ wiring
@@ -260,6 +265,8 @@ def _stage_checks(
     )
     def _checks(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
         chunk = _StageChunk.load(context, spec, stage)
+        if chunk is None:  # nothing to check, logged: no result, so the checks are skipped, not failed
+            return
         evaluators: dict[str, Callable[[], dg.AssetCheckResult]] = {
             OUTPUTS_VALID: lambda: _outputs_valid(context, chunk),
             SUCCESS_RATE: lambda: _success_rate(context, chunk),
@@ -292,19 +299,23 @@ class _StageChunk:
     @classmethod
     def load(
         cls, context: dg.AssetCheckExecutionContext, spec: PipelineSpec, stage: StageSpec
-    ) -> "_StageChunk":
-        partition = chunk_partition_key(context)
-        dataset_id, _ = parse_chunk_key(partition)
+    ) -> "_StageChunk | None":
+        """The chunk the run checks, or None when there is nothing to check (`skip_checks` logged why): the run
+        has no chunk partition, or the chunk's stage was never materialized."""
         key = asset_key(spec, stage.name)
+        if not context.has_partition_key:
+            skip_checks(
+                context,
+                "this run has no chunk partition, and the gates check one chunk at a time (the Checks tab's "
+                '"Execute all" launches such a run)',
+            )
+            return None
+        partition = context.partition_key
+        dataset_id, _ = parse_chunk_key(partition)
         recorded = latest_materialization(context.instance, key, partition)
         if recorded is None:
-            raise dg.Failure(
-                description=(
-                    f"{key.to_user_string()} was never materialized for chunk {partition}, so its quality gates "
-                    "have nothing to check: materialize the chunk (its checks run with it)."
-                ),
-                allow_retries=False,
-            )
+            skip_checks(context, f"{key.to_user_string()} was never materialized for chunk {partition}")
+            return None
         output = load_stage_output(context.instance, key, partition, s3=context.resources.s3)
         return cls(spec, stage, key, partition, dataset_id, output, recorded.metadata)
 

@@ -1,4 +1,5 @@
-"""The statistics behind the quality gates: a seeded per-chunk sample, the Wilson bound, and label drift.
+"""The statistics behind the quality gates: a seeded per-chunk sample, the Wilson bound, label drift and whether
+a drift reference is a stable baseline.
 
 Pure functions of plain values (no Dagster, no I/O), so each is pinned by its own unit test.
 """
@@ -86,15 +87,17 @@ def population_stability_index(
     return total
 
 
+def _chi2_table(table: np.ndarray) -> float:
+    """Pearson's chi-square of an r x k table of counts (rows: samples, columns: labels; empty columns skipped)."""
+    table = table[:, table.sum(axis=0) > 0]
+    rows, cols = table.sum(axis=1), table.sum(axis=0)
+    expected = np.outer(rows, cols) / table.sum()
+    return float(((table - expected) ** 2 / expected).sum())
+
+
 def _chi2(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson's chi-square of the 2 x k table with rows a and b (columns with no items skipped)."""
-    n, m = a.sum(), b.sum()
-    col = a + b
-    keep = col > 0
-    a, b, col = a[keep], b[keep], col[keep]
-    grand = n + m
-    expected_a, expected_b = col * n / grand, col * m / grand
-    return float(((a - expected_a) ** 2 / expected_a).sum() + ((b - expected_b) ** 2 / expected_b).sum())
+    return _chi2_table(np.vstack([a, b]))
 
 
 def label_drift(
@@ -119,7 +122,7 @@ def label_drift(
         return DriftResult(psi, 0.0, len(labels), 1.0, 0, n, m, top)
     observed = _chi2(a, b)
     pooled = np.repeat(np.arange(len(labels)), a + b)
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
+    rng = _rng(seed)
     at_least = 0
     for _ in range(permutations):
         rng.shuffle(pooled)
@@ -127,6 +130,40 @@ def label_drift(
         at_least += _chi2(a_perm, a + b - a_perm) >= observed - 1e-9
     p_value = (at_least + 1) / (permutations + 1)
     return DriftResult(psi, observed, len(labels), p_value, permutations, n, m, top)
+
+
+def _rng(seed: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
+
+
+def reference_agreement(
+    chunks: Mapping[str, Mapping[str, int]], permutations: int = 2000, seed: str = ""
+) -> float:
+    """p-value that the label mixes of `chunks` (name -> label counts) are draws from one mix: a permutation test
+    of the chi-square of the chunks x labels table, relabelling the pooled items at random (seeded by `seed`).
+
+    A pooled reference is a baseline only if its chunks agree with each other: chunks of an input sorted or
+    grouped by label differ from each other by construction (p near its floor, 1 / (permutations + 1)), and a
+    chunk compared with them "drifts" whatever the model does. 1.0 with fewer than two non-empty chunks."""
+    names = sorted(name for name, counts in chunks.items() if sum(counts.values()) > 0)
+    if len(names) < 2:
+        return 1.0
+    labels = sorted({label for name in names for label in chunks[name] if chunks[name][label] > 0})
+    table = np.array([[chunks[name].get(label, 0) for label in labels] for name in names], dtype=np.int64)
+    # Row and column totals are the same for every relabelling, so the expected counts are computed once.
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    observed = float(((table - expected) ** 2 / expected).sum())
+    pooled = np.repeat(np.arange(len(labels)), table.sum(axis=0))
+    row_of = np.repeat(np.arange(len(names)), table.sum(axis=1)) * len(
+        labels
+    )  # each slot's row, as an offset
+    rng = _rng(seed)
+    at_least = 0
+    for _ in range(permutations):
+        rng.shuffle(pooled)
+        shuffled = np.bincount(row_of + pooled, minlength=table.size).reshape(table.shape)
+        at_least += float(((shuffled - expected) ** 2 / expected).sum()) >= observed - 1e-9
+    return (at_least + 1) / (permutations + 1)
 
 
 def top_decile_share(tokens_by_item: Mapping[str, int]) -> tuple[float, list[str]]:

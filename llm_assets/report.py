@@ -32,11 +32,17 @@ re-materializations and backfills. `spend_kinds` gives each billed attempt one k
 `total_cost_usd == useful_cost_usd + repaid_usd + wasted_usd + quality_checks_usd`. Attempts sent and never
 settled (in flight when a process was killed) are `unsettled_requests`: the provider may have billed up to
 `unsettled_max_usd` more, which no total includes.
+
+**Priced at zero.** A stage whose model has no price row runs only when its provider profile sets
+`allow_unpriced: true` (a local model), and then every figure above counts it at $0. `priced_at_zero` says
+which stage and model that was, and how many requests and tokens it was billed for, so a $0 total is never
+read as "free because nothing ran".
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +57,7 @@ from llm_assets.judge import JUDGE_STAGE
 from llm_assets.layout import PipelineLayout
 from llm_assets.materializations import latest_materialization, load_stage_output
 from resources.dead_letters import DeadLetterStore
+from resources.llm.prices import ALLOW_UNPRICED_SOURCE, ModelPrice
 from resources.llm.spend_ledger import BILLED, OK, attempt_summary
 
 NO_TEAM = "(no team)"
@@ -107,6 +114,8 @@ class ItemBuckets:
     """chunk state (NOT_PROCESSED_WHY) -> rows."""
     kept_keys: set[str] = field(default_factory=set)
     """Idempotency keys whose output is kept (succeeded and quarantined items)."""
+    dead_letter_rows: int = 0
+    """Rows in the dataset's dead-letter files (every stage, counted or not): 0 means there is no file."""
     succeeded_classified: list[pd.DataFrame] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -153,7 +162,7 @@ def item_buckets(
     materialized = instance.get_materialized_partitions(layout.final_key)
     dead_all = dead_letters.query(dataset.dataset_id)
     dead_by_chunk = {k: f for k, f in dead_all.groupby("partition_key")} if len(dead_all) else {}
-    out = ItemBuckets(total_items=dataset.total_rows)
+    out = ItemBuckets(total_items=dataset.total_rows, dead_letter_rows=len(dead_all))
     reasons: Counter = Counter()
     by_stage: Counter = Counter()
     gates: Counter = Counter()
@@ -261,6 +270,57 @@ def sum_by(rows: pd.DataFrame, by: str, column: str = "cost_usd") -> dict[str, f
     return {str(k): float(v) for k, v in sums.items()}
 
 
+@dataclass(frozen=True)
+class PricedAtZero:
+    """A stage (or the quality gates' judge, stage `judge`) whose model had no price row and was priced at $0
+    because its provider profile sets `allow_unpriced: true`. Counts are of its billed requests and tokens."""
+
+    stage: str
+    provider: str
+    model: str
+    requests_billed: int
+    input_tokens: int
+    output_tokens: int
+    price_source: str = ALLOW_UNPRICED_SOURCE
+
+    def describe(self) -> str:
+        """One line for people: which stage and model, and why it cost $0."""
+        return (
+            f"stage `{self.stage}` (model `{self.model}`, provider {self.provider}): no price row, and its "
+            f"provider profile sets `allow_unpriced: true`, so its {self.requests_billed:,} billed requests "
+            f"({self.input_tokens:,} input + {self.output_tokens:,} output tokens) count $0"
+        )
+
+
+def zero_priced_stages(prices: Mapping[str, ModelPrice], spend: pd.DataFrame) -> list[PricedAtZero]:
+    """The stages whose price row (`prices`: stage -> the row its LLM resource priced requests with) is the zero
+    row of `allow_unpriced`, with what `spend` (spend_rows) billed them for. The judge's rows are listed too
+    (stage `judge`) when its provider and model are one of those and it was billed $0 (the layout has no judge
+    resource to ask, so the same unpriced model billed nothing is taken as the same zero price)."""
+    zero = {stage: price for stage, price in prices.items() if price.source == ALLOW_UNPRICED_SOURCE}
+    found: list[PricedAtZero] = []
+
+    def entry(stage: str, provider: str, model: str, rows: pd.DataFrame) -> PricedAtZero:
+        return PricedAtZero(
+            stage=stage,
+            provider=provider,
+            model=model,
+            requests_billed=len(rows),
+            input_tokens=int(rows["input_tokens"].sum()) if len(rows) else 0,
+            output_tokens=int(rows["output_tokens"].sum()) if len(rows) else 0,
+        )
+
+    for stage, price in zero.items():
+        found.append(entry(stage, price.provider, price.model, spend[spend["stage"] == stage]))
+    unpriced_models = {(p.provider, p.model) for p in zero.values()}
+    judge = spend[spend["stage"] == JUDGE_STAGE]
+    if len(judge):
+        for (provider, model), rows in judge.groupby(["provider", "model"]):
+            if (str(provider), str(model)) in unpriced_models and float(rows["cost_usd"].sum()) == 0.0:
+                found.append(entry(JUDGE_STAGE, str(provider), str(model), rows))
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- the report
 
 
@@ -285,7 +345,8 @@ class CompletionReport:
     wasted_usd: float
     quality_checks_usd: float
     cost_per_item_usd: float
-    failed_items_uri: str
+    failed_items_uri: str | None
+    """The dataset's dead-letter folder; None when it has no dead letters (there is nothing to open)."""
     partitions_total: int
     partitions_materialized: int
     input_tokens: int
@@ -322,17 +383,23 @@ class CompletionReport:
     """Chunks a blocking quality gate stopped: their rows are quarantined (kept, feeding nothing)."""
     checks: dict[str, Any] = field(default_factory=dict)
     """Per check: partitions passed / failed; the sampled accuracy; the judge's spend; blocked_by."""
+    priced_at_zero: list[PricedAtZero] = field(default_factory=list)
+    """Stages priced at $0 because their model has no price row and their profile sets `allow_unpriced`."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def headline(self) -> str:
-        return (
+        line = (
             f"{self.succeeded:,} of {self.total_items:,} items succeeded, {self.failed:,} failed "
             f"({self.dead_lettered:,} dead-lettered, {self.quarantined:,} quarantined, "
             f"{self.not_processed:,} not processed); "
             f"${self.total_cost_usd:.4f} (${self.cost_per_item_usd:.6f} per item)"
         )
+        if self.priced_at_zero:
+            zero = ", ".join(f"{p.stage} ({p.model})" for p in self.priced_at_zero)
+            line += f"; priced at $0 by allow_unpriced (no price row): {zero}"
+        return line
 
 
 def build_completion_report(
@@ -346,10 +413,12 @@ def build_completion_report(
     states: dict[str, ChunkStatus] | None = None,
     layout: PipelineLayout,
     checks: dict[str, Any] | None = None,
+    prices: Mapping[str, ModelPrice] | None = None,
 ) -> CompletionReport:
     """The report of `dataset`. `ledger_rows`: the dataset's spend ledger (`SpendLedger.rows(dataset_id)`),
     every event of every attempt; `states`: chunk_states (read when not given); `layout`: the pipeline's
-    stages and asset keys; `checks`: its checks section (default: `checks_section` of the layout's gates)."""
+    stages and asset keys; `checks`: its checks section (default: `checks_section` of the layout's gates);
+    `prices`: stage -> the price row its LLM resource uses (`LLMResource.price()`), for `priced_at_zero`."""
     checks = checks if checks is not None else checks_section(instance, dataset, layout)
     buckets = item_buckets(
         instance, dataset, dead_letters, states=states, blocked_by=checks["blocked_by"], s3=s3, layout=layout
@@ -400,7 +469,7 @@ def build_completion_report(
         wasted_usd=by_kind[WASTED],
         quality_checks_usd=by_kind[QUALITY],
         cost_per_item_usd=total_cost / dataset.total_rows if dataset.total_rows else 0.0,
-        failed_items_uri=dead_letters.uri_for(dataset.dataset_id),
+        failed_items_uri=dead_letters.uri_for(dataset.dataset_id) if buckets.dead_letter_rows else None,
         partitions_total=len(dataset.partition_keys),
         partitions_materialized=len(set(dataset.partition_keys) & materialized),
         input_tokens=int(spend["input_tokens"].sum()),
@@ -427,4 +496,5 @@ def build_completion_report(
         sample_size=int(sampled["scored"]),
         blocked_partitions=sorted(checks["blocked_by"]),
         checks=checks,
+        priced_at_zero=zero_priced_stages(prices or {}, spend),
     )

@@ -30,6 +30,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from llm_assets.materializations import seconds, usd, usd_per_item
 from llm_assets.prompts import StagePrompt
 from resources.checkpoints import CheckpointCorrupted, ChunkCheckpoint
 from resources.dead_letters import DeadLetter
@@ -124,6 +125,9 @@ class StageOutcome:
     """One row per succeeded item: the idempotency key columns, the stage output fields and usage columns."""
     dead_letters: list[DeadLetter]
     metadata: dict[str, Any]
+    """What the stage's materialization records (llm_assets/materializations.py: USD, seconds, counts)."""
+    cost_usd: float = 0.0
+    """USD of every attempt on the chunk's items at this stage, unrounded (the metadata's `cost_usd` is rounded)."""
 
 
 def run_stage(
@@ -272,43 +276,40 @@ def _assemble(
     n_items = len(by_key)
     metadata: dict[str, Any] = {
         # Whole-chunk totals (every attempt that produced these outputs, resumed runs included).
-        "cost_usd": dg.MetadataValue.float(cost),
+        "cost_usd": usd(cost),
         "input_tokens": dg.MetadataValue.int(int(sum(u.get("input_tokens", 0) for u in all_usage))),
         "cached_input_tokens": dg.MetadataValue.int(
             int(sum(u.get("cached_input_tokens", 0) for u in all_usage))
         ),
         "output_tokens": dg.MetadataValue.int(int(sum(u.get("output_tokens", 0) for u in all_usage))),
-        "cache_savings_usd": dg.MetadataValue.float(
-            float(sum(u.get("cache_savings_usd", 0.0) for u in all_usage))
-        ),
+        "cache_savings_usd": usd(sum(u.get("cache_savings_usd", 0.0) for u in all_usage)),
         "items_total": dg.MetadataValue.int(n_items),
         "items_succeeded": dg.MetadataValue.int(len(rows)),
         "items_failed": dg.MetadataValue.int(len(dead)),
         "items_resumed_from_checkpoint": dg.MetadataValue.int(skipped),
-        "cost_per_item_usd": dg.MetadataValue.float(cost / n_items if n_items else 0.0),
+        "cost_per_item_usd": usd_per_item(cost / n_items if n_items else 0.0),
         "model": dg.MetadataValue.text(llm.model),
         "prompt_version": dg.MetadataValue.text(prompt.version),
     }
+    # This run's transport figures: requests, retries, 429s, latency, wall time (0 when nothing was sent).
+    ran = summary if summary is not None else UsageSummary(provider=llm.provider, model=llm.model)
+    metadata.update(
+        {
+            "requests": dg.MetadataValue.int(ran.requests),
+            "retries": dg.MetadataValue.int(ran.retries),
+            "rate_limited": dg.MetadataValue.int(ran.rate_limited),
+            "duration_s": seconds(ran.duration_s),
+        }
+    )
     if summary is not None:
-        # This run's transport figures: requests, retries, 429s, latency, wall time.
-        run_meta = summary.to_metadata()
-        for name in ("requests", "retries", "rate_limited", "duration_s", "latency_p50_s", "latency_p95_s"):
-            if name in run_meta:
-                metadata[name] = run_meta[name]
-    else:
-        metadata.update(
-            {
-                "requests": dg.MetadataValue.int(0),
-                "retries": dg.MetadataValue.int(0),
-                "rate_limited": dg.MetadataValue.int(0),
-                "duration_s": dg.MetadataValue.float(0.0),
-            }
-        )
+        metadata["latency_p50_s"] = seconds(summary.latency_p50_s)
+        metadata["latency_p95_s"] = seconds(summary.latency_p95_s)
     columns = [*KEY_COLUMNS, *prompt.schema.get("properties", {}), *USAGE_COLUMNS]
     return StageOutcome(
         rows=pd.DataFrame(rows, columns=columns),
         dead_letters=dead,
         metadata=metadata,
+        cost_usd=cost,
     )
 
 

@@ -72,10 +72,13 @@ class DeadLetterStore:
             return dataset_dir
         return join_uri(dataset_dir, f"stage={stage}", partition_file_name(partition_key))
 
-    def write_partition(self, dataset_id: str, partition_key: str, stage: str, rows: list[DeadLetter]) -> str:
+    def write_partition(
+        self, dataset_id: str, partition_key: str, stage: str, rows: list[DeadLetter]
+    ) -> str | None:
         """Replace the dead letters of (partition, stage) with ``rows``; returns the file's URI.
 
-        An empty ``rows`` removes the file (the partition has no dead letters at that stage any more).
+        An empty ``rows`` removes the file (the partition has no dead letters at that stage any more) and returns
+        None: there is no file to point a person at.
         """
         _check_stage(stage)
         uri = self.uri_for(dataset_id, partition_key, stage)
@@ -91,7 +94,7 @@ class DeadLetterStore:
             )
         if not rows:
             delete_uri(uri, s3=self._s3)
-            return uri
+            return None
         frame = pd.DataFrame([asdict(r) for r in rows], columns=DEAD_LETTER_COLUMNS)
         frame["attempts"] = frame["attempts"].astype("int64")
         write_parquet_atomic(frame, uri, s3=self._s3)

@@ -139,7 +139,7 @@ def build_check_alert_sensor(
     read_limit: int = 500,
     max_pending: int = 1000,
     timeout_s: float = 5.0,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
     """A sensor alerting on failed asset checks. `min_severity`/`ui_base_url` None: read from the environment
     at each tick. At most `read_limit` finished runs per run status are read per tick, and reading pauses
@@ -150,9 +150,11 @@ def build_check_alert_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=(
-            "POSTs one JSON message (Slack-compatible `text` + fields) per failed asset-check evaluation at or "
-            f"above `{MIN_SEVERITY_ENV}` (default ERROR) to the webhook in `{webhook_env_var}`. Undelivered alerts "
-            "stay in the cursor and are retried every tick."
+            "Watches the runs that finish for failed asset-check evaluations at or above "
+            f"${MIN_SEVERITY_ENV} (default ERROR). Launches no run: POSTs one JSON message (Slack-compatible "
+            f"`text` + fields) per failure to the webhook in ${webhook_env_var}, linking to ${UI_BASE_URL_ENV} "
+            f"(default {DEFAULT_UI_BASE_URL}). Needs the Dagster daemon and ${webhook_env_var} (unset: it reads and "
+            "sends nothing). Undelivered alerts stay in the cursor and are retried every tick."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason:

@@ -378,7 +378,7 @@ def build_backfill_sensor(
     jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 30,
     read_limit: int = 500,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
     """The backfill sensor of the pipelines in `layouts`, each retried by its own policy (its spec's `backfill`;
     `policy` for a layout without one). `jobs`: their chunk jobs' definitions (`pipeline_definitions(spec).jobs`),
@@ -389,6 +389,8 @@ def build_backfill_sensor(
     job_names = [layout.chunk_job for layout in served]
     pipelines = ", ".join(f"`{layout.name}`" for layout in served)
     first = BackfillPolicy.of(served[0], chosen) if served else chosen
+    envs = sorted({layout.alert_webhook_env for layout in served if layout.alert_webhook_env})
+    alert_envs = " / ".join(f"${env}" for env in envs) or "no variable (no pipeline names one)"
 
     @dg.sensor(
         name=name,
@@ -396,13 +398,14 @@ def build_backfill_sensor(
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=(
-            f"Re-runs chunks of the {pipelines} pipeline{'s' if len(served) > 1 else ''} whose latest run failed "
-            f"for a retryable reason, on their own chunk job ({', '.join(job_names)}), by each pipeline's "
+            f"Watches the failed chunk runs of the {pipelines} pipeline{'s' if len(served) > 1 else ''} (and marks "
+            "failed the runs on this host whose process is gone). Launches a re-run of a chunk whose latest run "
+            f"failed for a retryable reason, on its own chunk job ({', '.join(job_names)}), by each pipeline's "
             f"`backfill` policy (the first's: after {first.backoff_base_s:g}s x {first.backoff_factor:g}^(n-1), cap "
             f"{first.backoff_max_s:g}s, at most {first.max_attempts} runs per chunk and {first.max_in_flight} in "
             "flight per provider). Quality-gate and job-fatal failures are not retried; a job-fatal one blocks its "
-            "provider until `python -m sensors.backfill clear <provider>`. Needs-a-human notices go to each "
-            "pipeline's `notifications.alert_webhook_env`."
+            "provider until `python -m sensors.backfill clear <provider>`. Needs the Dagster daemon; needs-a-human "
+            f"notices go to the webhook in {alert_envs} (unset: logged only)."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:

@@ -219,7 +219,7 @@ def build_batch_poll_sensor(
     layouts: list[PipelineLayout],
     jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 30,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
     """The batch poll sensor of the pipelines in `layouts`; `jobs`: their chunk jobs'
     definitions (a spec pipeline's from `pipeline_definitions(spec).jobs`), needed when it serves several.
@@ -237,11 +237,12 @@ def build_batch_poll_sensor(
         default_status=default_status,
         required_resource_keys={"settings", *llm_keys},
         description=(
-            f"Polls the provider batches of batch-mode chunk stages every {minimum_interval_seconds}s, through "
-            f"each stage's LLM resource ({', '.join(llm_keys)}); when a chunk stage's batches have ended, "
-            f"requests the run of its pipeline's chunk job ({', '.join(job_names)}) that collects them and "
-            "materializes the partition. Records batch_status (submitted / in_progress / ended) on the stage's "
-            "partition."
+            "Watches the provider batches of batch-mode chunk stages (their journals under "
+            f"CHUNKWISE_HOME/checkpoints), polling them every {minimum_interval_seconds}s (free at both providers). "
+            f"When a chunk stage's batches have ended, launches the run of its pipeline's chunk job "
+            f"({', '.join(job_names)}) that collects them and materializes the partition; records batch_status "
+            "(submitted / in_progress / ended) on the stage's partition. Needs the Dagster daemon and each stage's "
+            f"LLM resource ({', '.join(llm_keys)}), so the API key variable of its provider profile."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:

@@ -3,8 +3,9 @@
 One sensor serves every pipeline of the code location (`layouts`, llm_assets/layout.py): a dataset belongs to
 the pipeline named in its manifest (`spec.pipeline`, set at registration; "" = the built-in one), and a dataset
 of a pipeline not served here is skipped. Each tick, for every registered dataset not finished yet:
-1. when every chunk is terminal (succeeded, or failed for good: see llm_assets/chunk_status.py), it adds the
-   dataset's partition to its pipeline's dataset partitions and requests one run of its pipeline's completion
+1. when every chunk is terminal (succeeded, or failed for good: see llm_assets/chunk_status.py), it asks Dagster
+   to add the dataset's partition to its pipeline's dataset partitions (`dynamic_partitions_requests`, applied
+   after the tick, never written by the tick itself) and requests one run of its pipeline's completion
    job (cost ledger + report asset; built-in: `dataset_completion` -> `dataset_complete`, a spec pipeline's:
    `<pipeline>__completion_job` -> `<pipeline>/completion_report`) with `run_key=complete:<dataset_id>`:
    Dagster never launches a run key twice, so the report is materialized once however many ticks or daemon
@@ -95,7 +96,7 @@ def build_completion_sensor(
     layouts: list[PipelineLayout],
     jobs: list[ExecutableJob] | None = None,
     minimum_interval_seconds: int = 60,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     max_attempts: int = 3,
     retry_base_s: float = 60.0,
 ) -> dg.SensorDefinition:
@@ -110,6 +111,8 @@ def build_completion_sensor(
     served = list(layouts)
     job_names = [layout.completion_job for layout in served]
     reports = ", ".join(f"`{layout.completion_key.to_user_string()}`" for layout in served)
+    envs = sorted({layout.completion_webhook_env for layout in served if layout.completion_webhook_env})
+    completion_envs = " / ".join(f"${env}" for env in envs) or "none named"
 
     @dg.sensor(
         name=name,
@@ -118,9 +121,11 @@ def build_completion_sensor(
         default_status=default_status,
         required_resource_keys={"settings"},
         description=(
-            "When every chunk of a dataset succeeded or failed for good, requests its pipeline's completion "
-            f"report once ({reports}, by {', '.join(job_names)}), then POSTs the summary to the webhook its "
-            f"spec names (`notifications.completion_webhook_env`, default ${COMPLETION_WEBHOOK_ENV})."
+            "Watches the datasets registered under CHUNKWISE_HOME (their manifests) and the runs of their chunks. "
+            "When every chunk of a dataset succeeded or failed for good, launches its pipeline's completion job "
+            f"once ({', '.join(job_names)}: {reports}), then POSTs the summary to the webhook in the variable its "
+            f"spec names ({completion_envs}; unset: nobody is notified). Needs the Dagster daemon and the "
+            "`settings` resource (CHUNKWISE_HOME)."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
@@ -129,6 +134,7 @@ def build_completion_sensor(
         state = CompletionCursor.from_json(context.cursor)
         failed_envs: set[str] = set()
         requests: list[dg.RunRequest] = []
+        new_partitions: dict[str, list[str]] = {}  # added by Dagster after the tick, before the runs launch
         open_count = notified = 0
         not_served: dict[str, int] = {}
         problem = None
@@ -182,7 +188,7 @@ def build_completion_sensor(
                 open_count += 1
                 continue
             if not instance.has_dynamic_partition(layout.datasets_partitions, dataset_id):
-                instance.add_dynamic_partitions(layout.datasets_partitions, [dataset_id])
+                new_partitions.setdefault(layout.datasets_partitions, []).append(dataset_id)
             requests.append(
                 dg.RunRequest(
                     run_key=f"complete:{dataset_id}", partition_key=dataset_id, job_name=layout.completion_job
@@ -207,6 +213,11 @@ def build_completion_sensor(
         )
         return dg.SensorResult(
             run_requests=requests,
+            dynamic_partitions_requests=[
+                dg.DynamicPartitionsDefinition(name=name).build_add_request(keys)
+                for name, keys in new_partitions.items()
+            ]
+            or None,
             cursor=state.to_json(),
             skip_reason=None if requests else dg.SkipReason(summary_text),
         )

@@ -1,7 +1,9 @@
 """The sensors that run nightly datasets unattended, as one list for the code location (llm_assets/location.py).
+All of them are on by default (`DefaultSensorStatus.RUNNING`; why each is safe unattended: docs/sensors.md).
 
 Per pipeline, `<pipeline>__new_dataset_sensor` (sensors/new_datasets.py): watches its spec's `input.watch`
-(default `<CHUNKWISE_HOME>/inbox/<pipeline>`) and starts each new file's chunks on `<pipeline>__chunk_job`.
+(default `<CHUNKWISE_HOME>/inbox/<pipeline>`), registers each new file in a `<pipeline>__register_job` run
+(sensors/registration.py) and starts its chunks on `<pipeline>__chunk_job`.
 One of each of these, serving every pipeline of the list:
 - `chunk_backfill_sensor` (sensors/backfill.py): re-runs retryable chunk failures with backoff on the failed
   run's own chunk job, by its pipeline's `backfill` policy; stops on job-fatal ones until a person clears the
@@ -43,7 +45,9 @@ def build_recovery_sensors(
     `policy`: the backfill policy of a pipeline whose spec has none (every spec has one: its defaults)."""
     layouts = [spec_layout(spec) for spec in specs]
     new_datasets = [
-        build_pipeline_new_dataset_sensor(spec, (watch_uris or {}).get(spec.name), inbox=inbox)
+        build_pipeline_new_dataset_sensor(
+            spec, (watch_uris or {}).get(spec.name), jobs=list(jobs), inbox=inbox
+        )
         for spec in specs
     ]
     return [

@@ -13,6 +13,11 @@ from resources.llm.types import TokenUsage
 SHIPPED_PRICES = Path(__file__).with_name("prices.json")
 
 
+ALLOW_UNPRICED_SOURCE = "allow_unpriced (zero price)"
+"""The `source` of the zero-price row `PriceTable.lookup` makes for a model with no row whose provider profile
+sets `allow_unpriced: true` (the completion report lists those stages)."""
+
+
 @dataclass(frozen=True)
 class ModelPrice:
     """Rates in USD per million tokens."""
@@ -96,7 +101,7 @@ class PriceTable:
         if row is not None:
             return row
         if allow_unpriced:
-            return ModelPrice(provider, model, 0.0, 0.0, 0.0, 0.0, 1.0, "n/a", "allow_unpriced (zero price)")
+            return ModelPrice(provider, model, 0.0, 0.0, 0.0, 0.0, 1.0, "n/a", ALLOW_UNPRICED_SOURCE)
         known = ", ".join(sorted(self.rows))
         where = f"the shipped table and {self.override_path}" if self.override_path else "the shipped table"
         raise UnknownModelPriceError(

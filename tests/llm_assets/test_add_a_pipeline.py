@@ -1,6 +1,7 @@
 """Adding a pipeline needs no Python (issue 12): copy a spec file into the pipelines folder, and the code location
-serves it: Dagster's own tooling loads it, its new-dataset sensor registers a file dropped in its inbox, and its
-chunk job runs a chunk through every stage. Also: 20 specs load into one code location, each its own assets."""
+serves it: Dagster's own tooling loads it, its new-dataset sensor (on by default) registers a file dropped in its
+inbox (created when the code location loads) through its registration job, and its chunk job runs a chunk
+through every stage. Also: 20 specs load into one code location, each its own assets."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.definitions.partitions.context import partition_loading_context
 
 from llm_assets.location import defs_from_env
 from llm_assets.spec import load_pipelines
+from tests.sensors.recovery_support import register_landed, tick
 
 pytestmark = pytest.mark.slow
 
@@ -104,26 +105,22 @@ def test_a_spec_copied_into_the_folder_is_served_without_python(spec_sim, tmp_pa
     assert {"tickets/items", "tickets/triage", "tickets/fix", "tickets/completion_report"} <= keys
     assert {"banking77/classified", "reviews/reply_draft"} <= keys  # side by side with the shipped ones
 
-    # A file dropped in the new pipeline's inbox becomes its dataset and its runs.
+    # A file dropped in the new pipeline's inbox (made when the code location loaded) becomes its dataset and runs.
     sensor = defs.resolve_sensor_def("tickets__new_dataset_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     inbox = home / "inbox" / "tickets"
-    inbox.mkdir(parents=True)
+    assert inbox.is_dir()
     _write_tickets(inbox / "monday.csv", 20)
     with dg.instance_for_test() as instance:
-        cursor = None
-        requests: list[dg.RunRequest] = []
-        for _ in range(2):  # the second tick sees the file unchanged: fully written
-            context = dg.build_sensor_context(
-                instance=instance,
-                cursor=cursor,
-                definitions=defs,
-                resources={"settings": defs.resources["settings"]},
-            )
-            with partition_loading_context(dynamic_partitions_store=instance):
-                data = sensor.evaluate_tick(context)
-            cursor = data.cursor
-            requests += data.run_requests or []
+        seen, cursor, _ = tick(sensor, instance, defs, None)
+        assert seen == []
+        [registration], cursor, _ = tick(sensor, instance, defs, cursor)  # unchanged: fully written
+        assert registration.job_name == "tickets__register_job"
+        requests, cursor, _ = register_landed(sensor, instance, defs, cursor, [registration])
         assert len(requests) == 2  # 20 rows in chunks of 15
+        assert sorted(instance.get_dynamic_partitions("tickets__chunks")) == sorted(
+            r.partition_key for r in requests
+        )
         assert {r.job_name for r in requests} == {"tickets__chunk_job"}
         result = defs.resolve_job_def("tickets__chunk_job").execute_in_process(
             instance=instance, partition_key=requests[0].partition_key, tags=requests[0].tags

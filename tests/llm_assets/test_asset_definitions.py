@@ -64,7 +64,10 @@ def test_stage_assets_explain_themselves_with_kinds_owners_descriptions_and_vers
             # code version, so a spec edit marks older partitions unsynced.
             assert spec.profile(stage).provider in asset.kinds, stage.name
             assert asset.code_version == stage.version(), stage.name
-            assert asset.description == stage.description or stage.description == "", stage.name
+            assert asset.description.startswith(stage.description), stage.name
+            assert "`cost_usd` (USD" in asset.description and "`duration_s`" in asset.description
+            last = stage.name == spec.stages[-1].name
+            assert ("`total_cost_usd` (USD)" in asset.description) == last, stage.name
             assert {k: asset.metadata[k] for k in ("model", "route", "prompt_version")} == {
                 "model": stage.model, "route": stage.route, "prompt_version": stage.prompt_version(),
             }  # fmt: skip

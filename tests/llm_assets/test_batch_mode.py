@@ -89,7 +89,8 @@ def test_batch_round_trip_equals_online_outputs_at_half_price_and_matches_the_le
     stats = batch_sim.stats()
     assert stats["billed_usd_online"] == 0  # nothing went through the online endpoints
     assert batch_cost == pytest.approx(stats["billed_usd"], abs=0.005)  # to the cent (and closer)
-    assert batch_cost == pytest.approx(stats["billed_usd"], rel=1e-6)
-    assert online_cost == pytest.approx(online_sim.stats()["billed_usd"], rel=1e-6)
+    # Each partition's metadata is rounded to the millionth of a dollar: the sums agree to a few millionths.
+    assert batch_cost == pytest.approx(stats["billed_usd"], abs=1e-5)
+    assert online_cost == pytest.approx(online_sim.stats()["billed_usd"], abs=1e-5)
     assert batch_cost == pytest.approx(online_cost / 2, rel=0.02)
     assert POISON  # the marker the simulator refuses: the dead letters above

@@ -86,7 +86,7 @@ def test_mixed_line_errors_end_where_the_taxonomy_says(start_sim, monkeypatch, t
     assert max(lines.values()) <= 4  # never past the attempt limit
     assert lines[[c for c in lines if "item-0003" in c][0]] == 1  # item-permanent: never resent
     assert sim.stats()["batches"]["created"] == meta["batches"]
-    assert meta["cost_usd"] == pytest.approx(sim.stats()["billed_usd"], rel=1e-6)
+    assert meta["cost_usd"] == pytest.approx(sim.stats()["billed_usd"], abs=1e-6)
 
 
 def test_expired_batch_lines_are_resubmitted_then_dead_lettered_as_expired(start_sim, monkeypatch, tmp_path):
@@ -111,7 +111,7 @@ def test_expired_batch_lines_are_resubmitted_then_dead_lettered_as_expired(start
     assert sim.stats()["batches"]["expired"] == 2
     lines = _lines_per_item(sim)  # expired lines never ran, so they are not in the request log
     assert set(lines.values()) == {1} and sorted(k.split("|")[1] for k in lines) == sorted(frame["item_id"])
-    assert meta["cost_usd"] == pytest.approx(sim.stats()["billed_usd"], rel=1e-6)
+    assert meta["cost_usd"] == pytest.approx(sim.stats()["billed_usd"], abs=1e-6)
 
 
 def test_cancel_keeps_partial_results_and_sends_nothing_more(start_sim, monkeypatch, capsys, tmp_path):
@@ -151,4 +151,4 @@ def test_cancel_keeps_partial_results_and_sends_nothing_more(start_sim, monkeypa
     assert meta["batch_canceled"] is True and meta["batches"] == 1
     stats = sim.stats()
     assert stats["batches"]["created"] == 1 and stats["batches"]["cancelled"] == 1  # nothing resubmitted
-    assert meta["cost_usd"] == pytest.approx(stats["billed_usd"], rel=1e-6)
+    assert meta["cost_usd"] == pytest.approx(stats["billed_usd"], abs=1e-6)

@@ -8,6 +8,7 @@ import pytest
 from llm_assets.quality_stats import (
     label_drift,
     population_stability_index,
+    reference_agreement,
     sample_item_ids,
     top_decile_share,
     wilson_interval,
@@ -89,6 +90,24 @@ def test_drift_p_value_is_the_same_on_a_rerun_and_identical_counts_do_not_drift(
 
 def test_drift_without_reference_is_not_flagged():
     assert label_drift({"a": 3}, {}).p_value == 1.0
+
+
+def test_reference_chunks_of_one_mix_agree_and_chunks_of_a_sorted_input_do_not():
+    rng = random.Random(11)
+    labels = {f"intent_{i}": 1.0 + (i % 7) for i in range(77)}
+    shuffled = [{f"c{c}": _draw(rng, labels, 250) for c in range(5)} for _ in range(20)]
+    assert min(reference_agreement(chunks, seed=str(i)) for i, chunks in enumerate(shuffled)) > 0.001
+    # An input sorted by label: each chunk holds the next few labels, so the chunks differ from each other.
+    names = sorted(labels)
+    ordered = {f"c{c}": _draw(rng, {k: 1.0 for k in names[c * 6 : c * 6 + 7]}, 250) for c in range(5)}
+    assert reference_agreement(ordered) == 1 / 2001  # the floor: no relabelling comes close
+    assert reference_agreement(ordered, seed="k") == reference_agreement(ordered, seed="k")
+
+
+def test_fewer_than_two_reference_chunks_cannot_disagree():
+    assert reference_agreement({}) == 1.0
+    assert reference_agreement({"c0": {"a": 3, "b": 1}}) == 1.0
+    assert reference_agreement({"c0": {"a": 3}, "c1": {}}) == 1.0
 
 
 def test_top_decile_share_names_the_items_that_dominate():

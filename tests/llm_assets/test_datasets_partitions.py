@@ -5,6 +5,7 @@ import pytest
 
 from llm_assets.partitions import (
     MAX_CHUNKS_PER_DATASET,
+    MAX_LIVE_CHUNK_PARTITIONS,
     PartitionLimitExceeded,
     add_chunk_partitions,
     chunk_key,
@@ -114,3 +115,31 @@ def test_each_pipeline_adds_and_prunes_its_chunks_in_its_own_partitions_set() ->
         assert prune_dataset_partitions(instance, "a-00000001", partitions_name=CHUNKS) == 4
         assert list(instance.get_dynamic_partitions(CHUNKS)) == []
         assert list(instance.get_dynamic_partitions(reviews)) == b + dataset_partition_keys("a-00000001", 2)
+
+
+def test_registering_without_adding_writes_the_manifest_and_checks_the_limit_first(tmp_path) -> None:
+    """The new-dataset sensor's registration run (sensors/registration.py) adds no partition: its sensor returns
+    them to Dagster. It still refuses, before writing a manifest, a dataset that would pass the live limit."""
+    from llm_assets.datasets import DatasetSpec, list_datasets, manifest_path_for, register_dataset
+
+    data = tmp_path / "tickets.csv"
+    data.write_text("id,text\n" + "".join(f"{i},message {i}\n" for i in range(5)))
+    spec = DatasetSpec(uri=str(data), chunk_size=2)
+    with dg.instance_for_test() as instance:
+        ds = register_dataset(spec, instance, tmp_path / "home", partitions_name=CHUNKS, add_partitions=False)
+        assert manifest_path_for(tmp_path / "home", ds.dataset_id).exists() and ds.n_chunks == 3
+        assert list(instance.get_dynamic_partitions(CHUNKS)) == []
+        again = register_dataset(
+            spec, instance, tmp_path / "home", partitions_name=CHUNKS, add_partitions=False
+        )
+        assert again == ds and list(instance.get_dynamic_partitions(CHUNKS)) == []
+
+        instance.add_dynamic_partitions(
+            CHUNKS, dataset_partition_keys("full-00000001", MAX_LIVE_CHUNK_PARTITIONS - 2)
+        )
+        with pytest.raises(
+            PartitionLimitExceeded, match=f"to {MAX_LIVE_CHUNK_PARTITIONS + 1}, over the limit"
+        ):
+            register_dataset(spec, instance, tmp_path / "other", partitions_name=CHUNKS, add_partitions=False)
+        assert list_datasets(tmp_path / "other") == []
+        assert len(instance.get_dynamic_partitions(CHUNKS)) == MAX_LIVE_CHUNK_PARTITIONS - 2

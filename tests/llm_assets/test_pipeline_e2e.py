@@ -57,9 +57,18 @@ def test_every_item_lands_exactly_once_in_outputs_or_dead_letters(start_sim, tmp
                 if stage != "items":
                     # Metadata counts equal the files' row counts.
                     assert recorded["items_succeeded"] == len(frame)
-                    # Each materialization counts and links its dead letters.
-                    assert recorded["dead_letters"] == len(store.query(dataset.dataset_id, key, stage))
-                    assert recorded["dead_letters_uri"] == store.uri_for(dataset.dataset_id, key, stage=stage)
+                    # Each materialization counts its dead letters, previews them and links their file; with
+                    # none there is no file, and no link to it.
+                    letters = store.query(dataset.dataset_id, key, stage)
+                    assert recorded["dead_letters"] == len(letters)
+                    if len(letters):
+                        assert recorded["dead_letters_uri"] == store.uri_for(
+                            dataset.dataset_id, key, stage=stage
+                        )
+                        preview = [r.data["item_id"] for r in recorded["dead_letters_preview"].records]
+                        assert preview == letters["item_id"].astype(str).tolist()[:10]
+                    else:
+                        assert "dead_letters_uri" not in recorded and "dead_letters_preview" not in recorded
                     # The UI plots numeric metadata per partition: cost, tokens and counts must be numbers.
                     for name in PLOTTED:
                         assert isinstance(raw_meta(instance, layout, stage, key)[name], NUMERIC), (

@@ -284,7 +284,7 @@ def test_judge_spend_is_its_own_quality_checks_line(at_sim, tmp_path):
     )
     assert report["cost_by_team"]["(quality checks)"] == pytest.approx(report["quality_checks_usd"])
     assert report["cost_by_stage"]["judge"] == pytest.approx(report["quality_checks_usd"])
-    assert report["checks"]["judge_cost_usd"] == pytest.approx(report["quality_checks_usd"])
+    assert report["checks"]["judge_cost_usd"] == pytest.approx(report["quality_checks_usd"], abs=1e-5)
     assert set(report["cost_by_team"]) == {"red", "blue", "(quality checks)"}
     _assert_accounts_add_up(report, ledger, sim.stats()["billed_usd"])
     assert "| quality checks (the sampled_quality judge) |" in markdown

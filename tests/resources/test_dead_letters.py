@@ -85,9 +85,9 @@ def test_rewriting_a_partition_replaces_never_duplicates(store: DeadLetterStore)
 def test_empty_write_removes_the_partition_file(store: DeadLetterStore) -> None:
     store.write_partition(DS, P0, "classified", [_letter("a")])
     store.write_partition(DS, P1, "classified", [_letter("z", P1)])
-    store.write_partition(DS, P0, "classified", [])
+    assert store.write_partition(DS, P0, "classified", []) is None  # no file: no path to show anyone
     assert store.query(DS)["item_id"].tolist() == ["z"]
-    store.write_partition(DS, P0, "classified", [])  # nothing there: still fine
+    assert store.write_partition(DS, P0, "classified", []) is None  # nothing there: still fine
 
 
 def test_uri_for_points_at_the_file_a_person_opens(store: DeadLetterStore) -> None:

@@ -1,6 +1,7 @@
 """Shared by the recovery tests: BANKING77's spec pipeline with the sensors the code location runs for it, wired
-to a simulator, sensor ticks, and a stand-in for the daemon that launches what a tick requested (in process,
-with the request's partition, tags and run key, skipping a run key the sensor already used, as the daemon does)."""
+to a simulator, sensor ticks, and a stand-in for the daemon that applies a tick's dynamic partition requests and
+launches what it requested (in process, with the request's partition, config, tags and run key, skipping a run key
+the sensor already used, as the daemon does)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from llm_assets.location import build_defs
 from llm_assets.pipeline_assets import spec_layout
@@ -84,14 +86,67 @@ def first_attempt(spec: PipelineSpec, partition_key: str) -> dg.RunRequest:
     )
 
 
-def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, defs: dg.Definitions, cursor: str | None):
-    """One evaluation, as the daemon runs it: (run requests, new cursor, skip message)."""
+def evaluate(
+    sensor: dg.SensorDefinition, instance: dg.DagsterInstance, defs: dg.Definitions, cursor: str | None
+) -> SensorExecutionData:
+    """One evaluation, as the daemon runs it, and then what the daemon does with its partition requests: adds
+    (or deletes) the dynamic partitions they name, skipping keys that already exist."""
     resources = {k: v for k, v in (defs.resources or {}).items() if k in sensor.required_resource_keys}
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
-    # The daemon evaluates ticks inside this context, so dynamic partition keys validate against the instance.
-    with partition_loading_context(dynamic_partitions_store=instance):
+    # With the instance's ref, as the daemon's context has: run requests for partitions the same tick asks to add
+    # then validate against the instance plus those requests. Opened as a context manager for resources that are
+    # generators (the LLM resources); the daemon evaluates ticks inside a partition loading context.
+    with (
+        dg.build_sensor_context(
+            instance=instance,
+            instance_ref=instance.get_ref(),
+            cursor=cursor,
+            definitions=defs,
+            resources=resources,
+        ) as context,
+        partition_loading_context(dynamic_partitions_store=instance),
+    ):
         data = sensor.evaluate_tick(context)
+    for request in data.dynamic_partitions_requests or []:
+        name, keys = request.partitions_def_name, list(request.partition_keys)
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            existing = set(instance.get_existing_dynamic_partitions(name, keys))
+            instance.add_dynamic_partitions(name, [k for k in keys if k not in existing])
+        else:
+            for key in keys:
+                instance.delete_dynamic_partition(name, key)
+    return data
+
+
+def tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, defs: dg.Definitions, cursor: str | None):
+    """One evaluation, as the daemon runs it (`evaluate`): (run requests, new cursor, skip message)."""
+    data = evaluate(sensor, instance, defs, cursor)
     return list(data.run_requests or []), data.cursor, data.skip_message
+
+
+def is_registration(request: dg.RunRequest) -> bool:
+    """A run of a pipeline's `<pipeline>__register_job` (sensors/registration.py), not a chunk run."""
+    return bool(request.job_name and request.job_name.endswith("__register_job"))
+
+
+def register_landed(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    cursor: str | None,
+    requests: list[dg.RunRequest],
+) -> tuple[list[dg.RunRequest], str | None, str | None]:
+    """Launch the registration runs among `requests` (as the daemon would) and tick again: (the chunk run
+    requests of this tick and that one, new cursor, skip message). Every registration run must succeed."""
+    registrations = [r for r in requests if is_registration(r)]
+    for request in registrations:
+        result = launch(defs, instance, sensor, request)
+        assert result is None or result.success, f"registration run failed: {request.run_key}"
+    chunks = [r for r in requests if not is_registration(r)]
+    if not registrations:
+        return chunks, cursor, None
+    more, cursor, skip = tick(sensor, instance, defs, cursor)
+    assert not any(is_registration(r) for r in more), [r.run_key for r in more]
+    return chunks + more, cursor, skip
 
 
 def launch(
@@ -107,7 +162,11 @@ def launch(
     job = defs.resolve_job_def(job_name)
     tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: sensor.name}
     return job.execute_in_process(
-        instance=instance, partition_key=request.partition_key, tags=tags, raise_on_error=False
+        run_config=request.run_config or None,
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=tags,
+        raise_on_error=False,
     )
 
 

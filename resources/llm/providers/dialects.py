@@ -17,6 +17,13 @@ Usage: `prompt_tokens` and `completion_tokens` are read on every dialect; `promp
 tokens) is optional and counts as zero when absent (llama.cpp, Ollama, vLLM without
 `--enable-prompt-tokens-details`). A reply without `usage` is estimated with the token estimator and logged.
 
+llama.cpp compiles a string's `maxLength` into nested repetition rules: at `maxLength: 1200` (the reviews
+pipeline's reply body) llama-cpp-python 0.3.36 logged "number of rules that are going to be repeated multiplied
+by the new repetition exceeds sane defaults", "failed to parse grammar", and its server process died. So the
+`llamacpp` dialect sends the schema without string length bounds (`grammar_string_lengths=False`); the replies
+are still validated against the full schema, and an over-long string is repaired or dead-lettered like any
+other violation.
+
 Whatever the dialect, the engine checks the reported output tokens against the cap after every reply
 (`runner.py`): a server that ignores the parameter it was sent is named on its first reply.
 """
@@ -24,19 +31,38 @@ Whatever the dialect, the engine checks the reported output tokens against the c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Dialect:
     """How to talk to one kind of OpenAI-compatible server. `cap_params`: the request keys that carry the output
     cap; `structured_output`: the mode used unless the resource sets one; `max_concurrency`: the default number of
-    requests in flight (a local server's slots)."""
+    requests in flight (a local server's slots); `grammar_string_lengths`: whether the schema sent may keep strings'
+    `minLength`/`maxLength` (False: they are left out of what the server gets and only validated here)."""
 
     name: str
     cap_params: tuple[str, ...]
     structured_output: str
     max_concurrency: int
     description: str
+    grammar_string_lengths: bool = True
+
+    def schema_for_server(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """The schema as this server gets it (the full one is what replies are validated against)."""
+        return schema if self.grammar_string_lengths else _without_string_lengths(schema)
+
+
+def _without_string_lengths(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: _without_string_lengths(value)
+            for key, value in node.items()
+            if key not in ("minLength", "maxLength")
+        }
+    if isinstance(node, list):
+        return [_without_string_lengths(value) for value in node]
+    return node
 
 
 DIALECTS: dict[str, Dialect] = {
@@ -49,6 +75,7 @@ DIALECTS: dict[str, Dialect] = {
             "json_object",
             1,
             "llama.cpp's server or llama-cpp-python's (`python -m llama_cpp.server`)",
+            grammar_string_lengths=False,
         ),
         Dialect("vllm", ("max_tokens",), "json_schema", 32, "vLLM's OpenAI-compatible server"),
         Dialect("ollama", ("max_tokens",), "json_schema", 1, "Ollama's /v1 endpoint"),

@@ -52,15 +52,16 @@ class OpenAIChat:
         for param in self.dialect.cap_params:
             body[param] = max_output_tokens
         if schema is not None:
+            sent = self.dialect.schema_for_server(schema)
             if structured_output == "json_schema":
                 body["response_format"] = {
                     "type": "json_schema",
-                    "json_schema": {"name": schema_name, "strict": True, "schema": schema},
+                    "json_schema": {"name": schema_name, "strict": True, "schema": sent},
                 }
-                schema_param = schema
+                schema_param = sent
             elif structured_output == "json_object":
-                body["response_format"] = {"type": "json_object", "schema": schema}
-                schema_param = schema
+                body["response_format"] = {"type": "json_object", "schema": sent}
+                schema_param = sent
             else:
                 system = system_prompt + schema_instructions(schema)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user_text}]

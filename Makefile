@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export CHUNKWISE_HOME ?= $(CURDIR)/.chunkwise
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 
-.PHONY: install demo test lint format ui sim bench clean real-server-env llamacpp test-real-server
+.PHONY: install demo test lint format ui sim bench clean real-server-env llamacpp test-real-server chromium
 
 install: $(STAMP)
 
@@ -29,7 +29,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint
+# Chromium from Debian for the browser test (tests/ui): installed when missing; Playwright drives it and never
+# downloads a browser.
+chromium:
+	bash tests/ui/install_chromium.sh
+
+test: lint chromium
 	$(BIN)/python -m pytest -n 2 -m "not real_server"
 
 demo: $(STAMP)

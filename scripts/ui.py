@@ -1,5 +1,6 @@
 """`make ui`: the simulator (unless CHUNKWISE_LLM_BASE_URL points elsewhere) plus the Dagster UI, on the demo's
-instance under $CHUNKWISE_HOME/dagster. Ctrl-C stops both."""
+instance under $CHUNKWISE_HOME/dagster. Ctrl-C stops both. Arguments go to `dagster dev` as they are
+(`python -m scripts.ui --port 3001`; the browser test, tests/ui, starts it so on a free port)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIM_PORT = int(os.environ.get("CHUNKWISE_SIM_PORT", "8765"))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from llm_assets.settings import chunkwise_home
 
     _prepare_instance(chunkwise_home())
@@ -28,8 +29,10 @@ def main() -> int:
         point_at_simulator(f"http://127.0.0.1:{SIM_PORT}")
     try:
         return subprocess.call(
-            [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml")], cwd=ROOT
-        )
+            [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml"),
+             *(sys.argv[1:] if argv is None else argv)],
+            cwd=ROOT,
+        )  # fmt: skip
     except KeyboardInterrupt:
         return 0
     finally:

@@ -1,0 +1,172 @@
+"""The Dagster UI on a demo instance, in a real browser (Chromium from Debian, driven by Playwright), as a person
+uses it after `make demo` and `make ui`: the lineage shows the stage assets; an asset's plots show its cost per
+partition; the checks tab shows the gates' results; a 1-partition materialization launched from the UI finishes
+with success; the Overview timeline shows the demo's runs. A screenshot of each step lands in
+`<tmp_path>/screenshots` (the error of a failing step names the folder)."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Any
+
+import pytest
+
+from llm_assets.partitions import chunk_key
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+UI_TIMEOUT_MS = 90_000  # a page of the UI on a busy 2-core machine (two test workers, dagster dev, Chromium)
+# The run launched from the UI: queued, launched by the daemon in its own process, 100 items via the simulator.
+RUN_TIMEOUT_S = 600.0
+STAGES = ("classified", "enriched")
+RUNS_QUERY = """{ runsOrError { ... on Runs { results { runId pipelineName status
+    repositoryOrigin { repositoryLocationName } tags { key value } } } } }"""
+RUN_QUERY = """query Run($runId: ID!) { runOrError(runId: $runId) { __typename
+    ... on Run { status pipelineName assetSelection { path } tags { key value } } } }"""
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _operation(response: Any) -> str | None:
+    """The GraphQL operation a browser response answers (None for anything else)."""
+    if "/graphql" not in response.url or response.request.method != "POST":
+        return None
+    try:
+        return (response.request.post_data_json or {}).get("operationName")
+    except ValueError:
+        return None
+
+
+def _cost_points(events: list[dict[str, Any]]) -> dict[str, float]:
+    """partition -> `cost_usd` of the latest materialization: the points the partition plot draws."""
+    points = {}
+    for event in events:
+        for entry in event["metadataEntries"]:
+            if entry["label"] == "cost_usd" and entry["__typename"] == "FloatMetadataEntry":
+                points[event["partition"]] = entry["floatValue"]
+    return points
+
+
+@pytest.mark.timeout(1800)
+def test_the_ui_shows_the_demo_and_launches_a_chunk(demo_ui, page, screens):
+    from playwright.sync_api import expect
+
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    partitions = [chunk_key(demo_ui.dataset_id, n) for n in range(demo_ui.n_chunks)]
+    assert demo_ui.demo_run_ids, "the demo left no runs in the instance"
+
+    with screens.step(1, "lineage"):
+        # The global lineage with the banking77 group open (groups start collapsed when there are several).
+        page.goto(demo_ui.url("/asset-groups?expanded=global@global:banking77"))
+        graph = page.locator("svg foreignObject")
+        for stage in STAGES:
+            expect(graph.get_by_text(stage, exact=True).first).to_be_visible()
+
+    with screens.step(2, "cost-plot"):
+        page.goto(demo_ui.url("/assets/banking77/classified?view=overview"))
+        expect(page.get_by_role("button", name="Plots")).to_be_visible()
+        # The plot is a canvas: its points are the partitions' latest materializations this query returns.
+        with page.expect_response(lambda r: _operation(r) == "AssetPartitionEventsQuery") as answered:
+            page.get_by_role("button", name="Plots").click()
+        events = answered.value.json()["data"]["assetNodeOrError"]["latestMaterializationByPartition"]
+        points = _cost_points([e for e in events if e])
+        assert sorted(points) == partitions, (
+            f"cost_usd plotted for {sorted(points)}, materialized {partitions}"
+        )
+        assert all(math.isfinite(cost) and cost > 0 for cost in points.values()), points
+        plot = (
+            page.locator("div")
+            .filter(has=page.get_by_text("cost_usd", exact=True))
+            .filter(has=page.locator("canvas"))
+        )
+        expect(plot.last).to_be_visible()
+        plot.last.scroll_into_view_if_needed()
+
+    with screens.step(3, "checks"):
+        page.goto(demo_ui.url("/assets/banking77/classified?view=checks&checkDetail=success_rate"))
+        # The list: each gate with its status; the pane: success_rate's latest evaluation.
+        rows = page.locator("[class*='AssetChecks_checkRow__']")
+        expect(rows.filter(has_text="success_rate")).to_contain_text("Succeeded")
+        # Every gate of the stage has a result (a row reads "<name> <name> <status>").
+        statuses = {text.split()[0]: text.splitlines()[-1] for text in rows.all_inner_texts()}
+        unevaluated = {k: v for k, v in statuses.items() if v in ("Not evaluated", "In progress")}
+        assert len(statuses) > 1 and not unevaluated, f"gates of banking77/classified: {statuses}"
+        expect(page.get_by_text("Evaluation result")).to_be_visible()
+        expect(page.get_by_text("Passed", exact=True).first).to_be_visible()
+
+    with screens.step(4, "launch-one-partition"):
+        partition = partitions[-1]
+        page.goto(demo_ui.url("/assets/banking77/classified?view=partitions"))
+        page.get_by_role("button", name=re.compile(r"Materialize…$")).click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_text("Partition selection")).to_be_visible()
+        dialog.get_by_text(re.compile(r"^Select a partition")).click()  # opens the picker, with a search box
+        picker = dialog.locator(".dagster-popover")
+        picker.get_by_placeholder("Filter partitions").fill(partition)
+        picker.locator("label").filter(has_text=partition).first.click()
+        dialog.get_by_text(re.compile(r"^Launch runs to materialize")).click()  # the title: closes the picker
+        launch = dialog.get_by_role("button", name="Launch 1 run")
+        expect(launch).to_be_enabled()
+        expect(dialog.get_by_text("1 partition", exact=True)).to_be_visible()
+        screens.shot("4-launch-dialog")
+        with page.expect_response(lambda r: _operation(r) == "LaunchPipelineExecution") as launched:
+            launch.click()
+        result = launched.value.json()["data"]["launchPipelineExecution"]
+        assert "run" in result, f"the UI could not launch the run: {result}"
+        run_id = result["run"]["id"]
+        run = _wait_for_run(demo_ui, run_id)
+        page.goto(demo_ui.url(f"/runs/{run_id}"))
+        expect(page.get_by_text("Success", exact=True).first).to_be_visible()  # the run's status tag
+        expect(page.get_by_text("RUN_SUCCESS", exact=True)).to_be_visible()  # its event log, loaded
+        assert run["status"] == "SUCCESS", f"run {run_id} ended {run['status']}; `make ui` log: {demo_ui.log}"
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert tags.get("dagster/partition") == partition, tags
+        assert run["assetSelection"] == [{"path": ["banking77", "classified"]}], run["assetSelection"]
+
+    with screens.step(5, "overview-timeline"):
+        page.goto(demo_ui.url("/overview/activity/timeline"))
+        # The run launched in step 4 is drawn at least: wait for the bars, not for a spinner to go.
+        expect(page.locator(".chunk-popover-target").first).to_be_visible()
+        shown = _timeline_run_ids(page)
+        row_names = page.locator("[class*='RunTimeline_rowName__']").all_inner_texts()
+        runs = {r["runId"]: r for r in demo_ui.graphql(RUNS_QUERY)["runsOrError"]["results"]}
+        missing = [runs[run_id] for run_id in demo_ui.demo_run_ids if run_id not in shown]
+        if missing and all(r["repositoryOrigin"] is None for r in missing):
+            pytest.xfail(
+                "issue 13 item 1: the demo executes its runs in process, so they have no code location origin and "
+                f"the timeline leaves them out ({len(missing)} of {len(demo_ui.demo_run_ids)} runs: "
+                f"{sorted({r['pipelineName'] for r in missing})}); remove this xfail once the demo launches "
+                "through the run queue and the daemon"
+            )
+        assert not missing, (
+            f"the timeline (rows {row_names}) does not show {len(missing)} of the demo's runs: {missing}"
+        )
+
+
+def _wait_for_run(demo_ui, run_id: str) -> dict[str, Any]:
+    """The run once it has ended (polled through the webserver's GraphQL)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = demo_ui.graphql(RUN_QUERY, {"runId": run_id})["runOrError"]
+        if run.get("status") in TERMINAL:
+            return run
+        time.sleep(2.0)
+    raise AssertionError(f"run {run_id} did not end within {RUN_TIMEOUT_S:.0f}s (last seen: {run})")
+
+
+def _timeline_run_ids(page) -> set[str]:
+    """The ids of the runs the timeline draws: each bar's hover card links every run it stands for."""
+    shown: set[str] = set()
+    bars = page.locator(".chunk-popover-target")
+    cards = page.locator(".bp5-popover-content")
+    for i in range(bars.count()):
+        bars.nth(i).hover()
+        card = cards.filter(has=page.locator("a[href^='/runs/']"))
+        card.wait_for(state="visible")
+        for href in card.locator("a[href^='/runs/']").evaluate_all("els => els.map(e => e.href)"):
+            shown.add(href.rsplit("/runs/", 1)[1].split("?")[0])
+        page.mouse.move(0, 0)
+        cards.first.wait_for(state="detached")  # one card at a time: the next bar's is the only one
+    return shown

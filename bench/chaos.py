@@ -115,7 +115,8 @@ class Kill:
     """The killed process's requests may reach the simulator until then: the next `sent` row of the spend ledger
     (the next process's first request), at least ARRIVAL_S after the kill."""
     in_flight_ids: set[str] = field(default_factory=set, repr=False)
-    """Reply ids `held` at the kill and not handled before it: the requests it cut off."""
+    """Reply ids `held` at the kill (read or not): the requests whose outcome it may have cut off before the
+    checkpoint recorded it."""
 
     @property
     def unread_since(self) -> float:
@@ -152,14 +153,9 @@ class Kill:
             (row["at"] for row in ledger if row["event"] == "sent" and row["at"] > self.at), default=None
         )
         self.arrivals_until = math.inf if next_sent is None else max(self.at + ARRIVAL_S, next_sent)
-        read = {
-            row["provider_request_id"] for row in ledger if row["event"] == "billed" and row["at"] <= self.at
-        }
-        self.in_flight_ids = {
-            r["reply_id"]
-            for r in records
-            if r["status"] == "200" and self.held(r) and r.get("reply_id") not in read
-        }
+        # Read or not: a reply the killed process had read but not yet checkpointed is re-paid too (the kill
+        # fell between its spend-ledger row and its checkpoint record), so "in flight" is the whole window.
+        self.in_flight_ids = {r["reply_id"] for r in records if r["status"] == "200" and self.held(r)}
         self.in_flight = len(self.in_flight_ids)
 
 
@@ -583,14 +579,14 @@ def main(argv: list[str] | None = None) -> int:
             "Counted from the simulator's request log. In flight at a kill: billed replies the simulator was still "
             "holding then or had let go of unread (less than the run's longest reply-handling lag before it, at "
             f"least {GRACE_S} s, here {s['handling_lag_s']}; or not before the last reply the killed process read), "
-            "or billed after it and before the next process sent anything (sent before it). Every re-paid request "
-            "is a reply Chunkwise never saw.",
+            "or billed after it and before the next process sent anything (sent before it); read or not, since a "
+            "reply read but not yet checkpointed is re-paid too.",
             "",
             "| measure | value |",
             "| --- | ---: |",
             f"| requests billed | {s['requests_billed']:,} |",
             f"| re-paid requests (billed again for the same text and model) | {s['repaid_requests']} |",
-            f"| requests in flight at the kills (unread when a kill landed) | {s['in_flight_at_kills']} |",
+            f"| requests in flight at the kills (in the window, read or not) | {s['in_flight_at_kills']} |",
             f"| billed replies Chunkwise never saw (killed in flight) | {s['unseen_replies']} |",
             f"| simulator billed | ${s['simulator_billed_usd']:.6f} |",
             f"| report total_cost_usd | ${s['report_total_cost_usd']:.6f} |",

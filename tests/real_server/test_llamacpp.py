@@ -276,7 +276,7 @@ def _write_docs_table(results: dict[str, dict], peak_rss_mb: int | None) -> None
         "",
         f"Measured {time.strftime('%Y-%m-%d')} by `make test-real-server`: llama-cpp-python 0.3.36 (portable "
         f"build, 2 threads), Gemma 3 270M Q4_K_M, {ROWS} seeded rows (seed {SEED}) in chunks of {CHUNK}, one "
-        "server slot, on the 2-core CI machine. Accuracy is over all rows sent (a dead letter counts as wrong); "
+        f"server slot, on a {os.cpu_count()}-core machine. Accuracy is over all rows sent (a dead letter counts as wrong); "
         "it is a number for this tiny model, not a target. The server's peak resident memory: "
         f"{peak_rss_mb if peak_rss_mb is not None else 'not read'} MB.",
         "",

@@ -1,4 +1,7 @@
-"""Chaos: kill -9 the real `make demo` (python -m scripts.demo) at seeded random points, resume, and count.
+"""Chaos: kill -9 the real `make demo` (python -m scripts.demo --in-process) at seeded random points, resume,
+and count. In process, each chunk runs in the demo's own process: a kill lands mid-chunk at the seeded point and
+the next start resumes at once. (The default demo runs chunks through the daemon; there a killed run is re-run by
+the backfill sensor after the spec's backoff, which these many kills cannot wait for: not covered here.)
 
 Counted from the provider's side (the simulator's request log), never from Chunkwise's own numbers; its spend
 ledger only says which replies it read (their `id`) and when:
@@ -375,9 +378,33 @@ class ChaosResult:
         return out
 
 
+def demo_env(home: Path, sim: SimHandle) -> dict[str, str]:
+    """The environment of a `scripts.demo` process on `home` against `sim` (no CHUNKWISE_MODE from outside)."""
+    env = {
+        **os.environ,
+        "CHUNKWISE_HOME": str(home),
+        "CHUNKWISE_LLM_BASE_URL": sim.openai_base_url,
+        "CHUNKWISE_LLM_API_KEY": sim.api_key,
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("CHUNKWISE_MODE", None)
+    return env
+
+
 def _demo(data: Path, chunk_size: int, env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "scripts.demo", "--data", str(data), "--chunk-size", str(chunk_size)],
+        # --in-process: every chunk in the demo's own process, so a kill lands mid-chunk at a seeded point and the
+        # resume starts at once (through the daemon a killed run is re-run after the spec's backoff, 60 s).
+        [
+            sys.executable,
+            "-m",
+            "scripts.demo",
+            "--in-process",
+            "--data",
+            str(data),
+            "--chunk-size",
+            str(chunk_size),
+        ],
         cwd=ROOT,
         env=env,
         stdout=log.open("ab"),
@@ -423,14 +450,7 @@ def run_chaos(
     data = write_dataset(workdir / "messages.csv", rows)
     home = workdir / "home"
     sim: SimHandle = launch_sim(CHAOS_SIM)
-    env = {
-        **os.environ,
-        "CHUNKWISE_HOME": str(home),
-        "CHUNKWISE_LLM_BASE_URL": sim.openai_base_url,
-        "CHUNKWISE_LLM_API_KEY": sim.api_key,
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("CHUNKWISE_MODE", None)
+    env = demo_env(home, sim)
     log = workdir / "demo.log"
     done: list[Kill] = []
     restarts = 0

@@ -1,19 +1,25 @@
-"""`make demo`: register a dataset and materialize every chunk of every stage, then print the completion report.
+"""`make demo`: register a dataset, run every chunk of every stage the way production does, print the report.
 
 `make demo` runs the BANKING77 pipeline (pipelines/banking77.yaml) on its shipped test split (3,080 items);
 `make demo PIPELINE=pipelines/reviews.yaml` runs another spec on its `input.demo_data`; `DATA=` another file,
-`CHUNK=` another chunk size. Unless `CHUNKWISE_LLM_BASE_URL` is set, the local simulator is started here as a
-separate process (the product and the simulator meet only over HTTP) and the variables the shipped specs read
-(`CHUNKWISE_LLM_BASE_URL`, `CHUNKWISE_ANTHROPIC_BASE_URL` and their keys) point at it. State lives under
-`$CHUNKWISE_HOME` (default `./.chunkwise`): the Dagster instance in `dagster/`, outputs, dead letters, reports.
-Running it again processes nothing new and spends nothing: materialized partitions are skipped.
-The last line printed is the path of the completion report.
+`CHUNK=` another chunk size, `MODE=batch` every stage through the providers' Batch APIs at half price,
+`PROFILE=` a file of spec overrides (e.g. a local llama.cpp server). Unless `CHUNKWISE_LLM_BASE_URL` is set or a
+profile is given, the local simulator is started here as a separate process (the product and the simulator meet
+only over HTTP) and the variables the shipped specs read (`CHUNKWISE_LLM_BASE_URL`, `CHUNKWISE_ANTHROPIC_BASE_URL`
+and their keys) point at it. State lives under `$CHUNKWISE_HOME` (default `./.chunkwise`): the Dagster instance
+in `dagster/`, outputs, dead letters, reports.
 
-`make demo MODE=batch` (or `--mode batch`) sends every stage through the providers' Batch APIs at half price
-(the BANKING77 spec also reads `CHUNKWISE_MODE`): each chunk run submits its batch and ends; then the demo does
-what the Dagster daemon does with `batch_poll_sensor` (sensors/batches.py): polls the batches and launches the
-run that collects each chunk when its batches end (the simulator completes batches in seconds; a real provider
-within 24 h). The report then shows the cost by mode.
+The spec and the file are checked here first (bad input: one line that says what to fix, exit 2, nothing
+launched). Then `dagster-daemon` runs everything (scripts/demo_daemon.py): the pipeline's new-dataset sensor picks
+up the file from its inbox, the run queue runs the chunks several at once, each in its own process, the batch
+poll, backfill and completion sensors do the rest, and every run shows in `make ui` with the sensor that launched
+it. One line per finished run; the last line printed is the path of the completion report.
+`--in-process` instead runs each chunk in this process, one after another, with no daemon (a debugger's view;
+the chaos harness, bench/chaos.py, kills that process tree at seeded points).
+
+Running it again processes nothing new and spends nothing: finished chunks are not re-run. After a stop
+(SIGTERM / Ctrl-C: exit 130; a job-fatal failure such as a bad key or a spent budget: exit 3) running it again
+goes on where it stopped, re-paying at most the requests that were in flight.
 """
 
 from __future__ import annotations
@@ -127,11 +133,10 @@ def start_simulator(config: Path | None = SIM_CONFIG) -> tuple[subprocess.Popen,
 
 
 def _prepare_instance(home: Path) -> None:
+    from scripts.demo_daemon import write_instance_config
+
     dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+    write_instance_config(dagster_home)  # queued runs, run monitoring; rewritten at every start
     os.environ["DAGSTER_HOME"] = str(dagster_home)
 
 
@@ -190,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-timeout-s", type=float, default=1800.0, help="batch mode: give up waiting after this long"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run each chunk in this process, one after another, without the daemon and its run queue",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=3600.0,
+        help="through the daemon: stop waiting for the report after this long (run the demo again to go on)",
+    )
     return _main(parser.parse_args(argv))
 
 
@@ -230,8 +246,8 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _load_spec(args: argparse.Namespace):
-    """The chosen spec with `--profile`'s overrides, every stage in `--mode` when given; None (after one line
-    per problem) if either is bad."""
+    """The chosen spec with `--profile`'s overrides, every stage in `--mode` when given, and the overrides
+    themselves; (None, {}) after one line per problem if either is bad."""
     from llm_assets.spec import PipelineSpecError, load_pipeline
     from llm_assets.spec_load import apply_overrides, read_profile
 
@@ -240,28 +256,29 @@ def _load_spec(args: argparse.Namespace):
         spec = load_pipeline(args.pipeline, overrides=overrides or None)
         if args.mode:
             modes = {"stages": {stage.name: {"mode": args.mode} for stage in spec.stages}}
-            spec = load_pipeline(args.pipeline, overrides=apply_overrides(overrides, modes))
-        return spec
+            overrides = apply_overrides(overrides, modes)
+            spec = load_pipeline(args.pipeline, overrides=overrides)
+        return spec, overrides
     except PipelineSpecError as exc:
         for line in str(exc).splitlines():
             print(f"chunkwise: {line}", file=sys.stderr)
-        return None
+        return None, {}
 
 
 def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
     # Imported late: the spec reads the provider settings from the environment set above.
     import dagster as dg
 
-    from llm_assets.chunk_status import chunk_states
-    from llm_assets.datasets import DatasetError
-    from llm_assets.failure_class import FailureClass, job_fatal_reason, run_failure_class
-    from llm_assets.location import build_defs, s3_for
-    from llm_assets.pipeline_assets import register, spec_layout
-    from llm_assets.run_liveness import fail_orphaned_runs, process_tags
-    from resources.llm.resource import spend_ledger_for
-    from sensors.chunk_runs import chunk_run_request, layout_providers
+    from llm_assets.chunk_status import ChunkState, chunk_states
+    from llm_assets.datasets import DatasetError, register_dataset
+    from llm_assets.location import s3_for
+    from llm_assets.pipeline_assets import chunks_partitions_name, dataset_spec, spec_layout
+    from llm_assets.run_liveness import fail_orphaned_runs
+    from llm_assets.spec_load import apply_overrides
+    from sensors.chunk_runs import layout_providers
+    from sensors.halts import clear_provider, retry_now
 
-    spec = _load_spec(args)
+    spec, overrides = _load_spec(args)
     if spec is None:
         return 2
     data = args.data or spec.input.demo_data
@@ -273,23 +290,28 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         return 2
     layout = spec_layout(spec)
     s3 = s3_for(data, specs=[spec])  # None unless the input or the outputs are on S3
-    defs = dg.Definitions.merge(
-        build_defs([spec], home=home, s3=s3, outputs_uri=os.environ.get("CHUNKWISE_OUTPUTS_URI") or None),
-        dg.Definitions(loggers={"console": demo_console_logger()}),
-    )
     instance = dg.DagsterInstance.get()
     orphaned = fail_orphaned_runs(instance)
     if orphaned:
         print(
             f"marked {len(orphaned)} unfinished runs failed: their process was killed (chunks resume from checkpoints)"
         )
-    # Running the demo again by hand is a person's decision to go on after a job-fatal stop (key, quota, model).
-    for halt in spend_ledger_for(instance.storage_directory()).clear_halts():
-        print(
-            f"lifted the earlier stop ({halt.reason}); if its cause is not fixed the first request stops again"
+    # Running the demo again by hand is a person's decision to go on after a job-fatal stop (key, quota, model):
+    # the halts are lifted now, and the backfill sensor re-runs the chunks the stop held.
+    for provider in layout_providers(layout):
+        for reason in clear_provider(instance, provider):
+            print(
+                f"lifted the earlier stop ({reason}); if its cause is not fixed the first request stops again"
+            )
+    try:  # through the daemon the partitions are added by the new-dataset sensor, as in production
+        dataset = register_dataset(
+            dataset_spec(spec, data, args.chunk_size),
+            instance,
+            home,
+            s3=s3,
+            partitions_name=chunks_partitions_name(spec),
+            add_partitions=args.in_process,
         )
-    try:
-        dataset = register(spec, data, instance, home, s3=s3, chunk_size=args.chunk_size)
     except DatasetError as exc:  # bad input: one line that says what to fix, no traceback, nothing sent
         print(f"chunkwise: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
@@ -297,16 +319,70 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         f"pipeline {spec.name}: dataset {dataset.dataset_id}: {dataset.total_rows:,} items in {dataset.n_chunks} "
         f"chunks of {dataset.chunk_size}"
     )
+    report_path = home / "reports" / dataset.dataset_id / "completion_report.json"
+    states = chunk_states(instance, dataset.partition_keys, layout)
+    todo = [k for k in dataset.partition_keys if not states[k].state.terminal]
+    waiting = [k for k in todo if states[k].state == ChunkState.RETRY_PENDING]
+    if waiting and not args.in_process:  # going on now is the person's decision, as with a stop above
+        retry_now(instance, spec.name)
+        print(
+            f"{len(waiting)} chunks failed (retryable) earlier: the backfill sensor re-runs them now, not after backoff"
+        )
+    completed = report_path.exists() and dataset.dataset_id in instance.get_materialized_partitions(
+        layout.completion_key
+    )
+    batch = any(stage.mode == "batch" for stage in spec.stages)
+    if not todo and completed:
+        print("every chunk is already done: nothing to send, nothing spent")
+    elif args.in_process:
+        code = _run_in_process(args, spec, layout, dataset, todo, home, instance, s3, batch)
+        if code is not None:
+            return code
+    else:
+        from scripts.demo_daemon import run_through_daemon
 
+        if args.chunk_size:
+            overrides = apply_overrides(overrides, {"input": {"chunk_size": args.chunk_size}})
+        inbox = home / "inbox" / spec.name
+        overrides = apply_overrides(overrides, {"input": {"watch": str(inbox.resolve())}})
+        code = run_through_daemon(
+            dataset=dataset,
+            layout=layout,
+            data=data,
+            spec_path=Path(args.pipeline),
+            overrides=overrides,
+            home=home,
+            instance=instance,
+            s3=s3,
+            batch=batch,
+            timeout_s=args.timeout_s,
+        )
+        if code is not None:
+            return code
+    report = json.loads(report_path.read_text())
+    _print_summary(report, sim_root)
+    print(report_path)
+    return 0 if report["threshold_met"] else 1
+
+
+def _run_in_process(args, spec, layout, dataset, todo, home: Path, instance, s3, batch: bool) -> int | None:
+    """`--in-process`: each chunk in this process, one after another, then the completion run. Returns the
+    exit code when it stops early, None once the report is written."""
+    import dagster as dg
+
+    from llm_assets.failure_class import FailureClass, job_fatal_reason, run_failure_class
+    from llm_assets.location import build_defs
+    from llm_assets.run_liveness import process_tags
+    from sensors.chunk_runs import chunk_run_request, layout_providers
+
+    defs = dg.Definitions.merge(
+        build_defs([spec], home=home, s3=s3, outputs_uri=os.environ.get("CHUNKWISE_OUTPUTS_URI") or None),
+        dg.Definitions(loggers={"console": demo_console_logger()}),
+    )
     # The same job and run tags the sensors use, so the UI, the backfill sensor and the report agree.
     job = defs.resolve_job_def(layout.chunk_job)
     provider = layout_providers(layout)[0]
-    states = chunk_states(instance, dataset.partition_keys, layout)
-    todo = [k for k in dataset.partition_keys if not states[k].state.terminal]
-    if not todo:
-        print("every chunk is already done: nothing to send, nothing spent")
     stop = _StopOnSignal()
-    batch = any(stage.mode == "batch" for stage in spec.stages)
     for n, key in enumerate(todo, start=1):
         if stop.signal is not None:
             print(
@@ -360,10 +436,7 @@ def _run(args: argparse.Namespace, home: Path, sim_root: str | None) -> int:
         if not completion.success:
             print("the completion report could not be written: some chunk is not done (see `make ui`)")
             return 1
-    report = json.loads(report_path.read_text())
-    _print_summary(report, sim_root)
-    print(report_path)
-    return 0 if report["threshold_met"] else 1
+    return None
 
 
 def _materialized_cost(result) -> float:

@@ -30,6 +30,10 @@ blocks; the attempt number travels on the runs themselves (`chunkwise/attempt`),
 a sensor's `run_key` twice, so a daemon restarted mid-tick, even with a lost cursor, neither forgets attempts
 nor launches a duplicate.
 
+Retrying now: `python -m sensors.backfill retry-now <pipeline>` (and every `make demo` start, for its pipeline)
+makes the re-runs of that pipeline's chunks that failed until then due at the next tick instead of after their
+backoff; attempts still count against `max_attempts`.
+
 Clearing a block (after fixing the key, the quota or the budget):
     python -m sensors.backfill clear openai        # or: anthropic
 writes `chunkwise/backfill/clear/<provider>` into the Dagster instance's key-value store (same
@@ -68,7 +72,7 @@ from sensors.chunk_runs import (
     layout_providers,
     sensor_targets,
 )
-from sensors.halts import clear_provider, cleared_at, provider_stop, record_block
+from sensors.halts import clear_provider, cleared_at, provider_stop, record_block, retry_now, retry_now_at
 from sensors.webhooks import deliver, webhook_url
 
 ALERT_WEBHOOK_ENV = DEFAULT_ALERT_WEBHOOK_ENV
@@ -189,6 +193,7 @@ class _Tick:
         self.now = time.time()
         self.requests: list[dg.RunRequest] = []
         self.log = context.log
+        self._retry_now: dict[str, float] = {}  # pipeline -> when a person last asked to retry now
 
     def read_failures(self) -> int:
         result = self.instance.fetch_run_status_changes(
@@ -245,10 +250,12 @@ class _Tick:
             self.state.scheduled[partition] = {
                 "attempt": attempt + 1,
                 "due_at": due,
+                "failed_at": failed_at,
                 "provider": provider,
                 "failed_run": run_id,
                 "job": layout.chunk_job,
             }
+            due = self._due_at(self.state.scheduled[partition])
             self._tag(run_id, RETRY_SCHEDULED)
             if first_time:
                 self.log.info(
@@ -310,13 +317,24 @@ class _Tick:
                 f"provider {provider} cleared by a person; re-running {len(resumed)} stopped chunks"
             )
 
+    def _due_at(self, entry: dict[str, Any]) -> float:
+        """When a scheduled re-run is due: now if a person asked its pipeline to retry now after it failed."""
+        layout = layout_for_job(self.layouts, entry.get("job", ""))
+        if layout is None:
+            return entry["due_at"]
+        if layout.name not in self._retry_now:
+            self._retry_now[layout.name] = retry_now_at(self.instance, layout.name)
+        if self._retry_now[layout.name] > entry.get("failed_at", entry["due_at"]):
+            return min(entry["due_at"], self.now)
+        return entry["due_at"]
+
     def launch_due(self) -> None:
         room: dict[str, int] = {}
-        due = sorted(self.state.scheduled.items(), key=lambda kv: kv[1]["due_at"])
+        due = sorted(self.state.scheduled.items(), key=lambda kv: self._due_at(kv[1]))
         stopped: dict[str, str | None] = {}
         for partition, entry in due:
             provider = entry["provider"]
-            if entry["due_at"] > self.now or provider in self.state.blocked:
+            if self._due_at(entry) > self.now or provider in self.state.blocked:
                 continue
             if provider not in stopped:  # halted by a job-fatal answer another run got (spend ledger)
                 stopped[provider] = provider_stop(self.instance, provider)
@@ -440,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     clear = sub.add_parser("clear", help="lift a provider's block after fixing what stopped it")
     clear.add_argument("provider")
+    again = sub.add_parser(
+        "retry-now",
+        help="re-run a pipeline's chunks that failed (retryable) at the next tick, not after backoff",
+    )
+    again.add_argument("pipeline")
     sub.add_parser("status", help="print the clear markers in this instance")
     args = parser.parse_args(argv)
     with dg.DagsterInstance.get() as instance:
@@ -448,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
             if lifted:
                 print(f"lifted the stop of {args.provider} ({', '.join(lifted)}): requests may be sent again")
             print(f"cleared {args.provider}: the backfill sensor's next tick resumes its chunks")
+            return 0
+        if args.command == "retry-now":
+            retry_now(instance, args.pipeline)
+            print(
+                f"{args.pipeline}: the backfill sensor's next tick re-runs the chunks waiting for their backoff"
+            )
             return 0
         for provider in ("openai", "anthropic"):
             at = cleared_at(instance, provider)

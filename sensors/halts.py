@@ -18,6 +18,7 @@ import dagster as dg
 from resources.llm.resource import spend_ledger_for
 
 CLEAR_KEY_PREFIX = "chunkwise/backfill/clear/"
+RETRY_NOW_KEY_PREFIX = "chunkwise/backfill/retry-now/"
 BLOCK_KEY_PREFIX = "chunkwise/backfill/blocked/"
 
 
@@ -32,6 +33,18 @@ def clear_provider(instance: dg.DagsterInstance, provider: str) -> list[str]:
     instance.run_storage.set_cursor_values({CLEAR_KEY_PREFIX + provider: str(time.time())})
     lifted = spend_ledger_for(instance.storage_directory()).clear_halts(provider)
     return [h.reason for h in lifted]
+
+
+def retry_now(instance: dg.DagsterInstance, pipeline: str) -> None:
+    """A person wants `pipeline`'s chunks that failed for a retryable reason until now re-run at the backfill
+    sensor's next tick, not after their backoff (`make demo` run again; `python -m sensors.backfill retry-now`).
+    Attempts still count against `max_attempts`."""
+    instance.run_storage.set_cursor_values({RETRY_NOW_KEY_PREFIX + pipeline: str(time.time())})
+
+
+def retry_now_at(instance: dg.DagsterInstance, pipeline: str) -> float:
+    key = RETRY_NOW_KEY_PREFIX + pipeline
+    return float(instance.run_storage.get_cursor_values({key}).get(key) or 0.0)
 
 
 def record_block(instance: dg.DagsterInstance, provider: str, block: dict[str, Any]) -> None:

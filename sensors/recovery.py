@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -37,22 +38,28 @@ def build_recovery_sensors(
     policy: BackfillPolicy | None = None,
     watch_uris: Mapping[str, str] | None = None,
     inbox: Path | None = None,
+    minimum_interval_seconds: int | None = None,
 ) -> list[dg.SensorDefinition]:
     """The sensors of the spec pipelines in `specs`: a new-dataset sensor each (watching `watch_uris[<pipeline>]`,
     else its `input.watch`, else `<inbox>/<pipeline>`, default inbox `<CHUNKWISE_HOME>/inbox`; chunks of its
     `input.chunk_size`), and one backfill, completion and batch-poll sensor for all. `jobs`: the pipelines' job
     definitions (`pipeline_definitions(spec).jobs` of each: the shared sensors target them by definition);
-    `policy`: the backfill policy of a pipeline whose spec has none (every spec has one: its defaults)."""
+    `policy`: the backfill policy of a pipeline whose spec has none (every spec has one: its defaults);
+    `minimum_interval_seconds`: every sensor's, over each one's own default (30-60 s; `make demo` uses 1, and the
+    daemon evaluates sensors at most every 5 s)."""
     layouts = [spec_layout(spec) for spec in specs]
+    every: dict[str, Any] = (
+        {} if minimum_interval_seconds is None else {"minimum_interval_seconds": minimum_interval_seconds}
+    )
     new_datasets = [
         build_pipeline_new_dataset_sensor(
-            spec, (watch_uris or {}).get(spec.name), jobs=list(jobs), inbox=inbox
+            spec, (watch_uris or {}).get(spec.name), jobs=list(jobs), inbox=inbox, **every
         )
         for spec in specs
     ]
     return [
         *new_datasets,
-        build_backfill_sensor(policy=policy, layouts=layouts, jobs=list(jobs)),
-        build_completion_sensor(layouts=layouts, jobs=list(jobs)),
-        build_batch_poll_sensor(layouts=layouts, jobs=list(jobs)),
+        build_backfill_sensor(policy=policy, layouts=layouts, jobs=list(jobs), **every),
+        build_completion_sensor(layouts=layouts, jobs=list(jobs), **every),
+        build_batch_poll_sensor(layouts=layouts, jobs=list(jobs), **every),
     ]

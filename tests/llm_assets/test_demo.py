@@ -1,5 +1,5 @@
-"""`make demo` (BANKING77's spec) on a small file: it finishes with a completion report, and a second run spends
-nothing."""
+"""`make demo` (BANKING77's spec) on a small file: the daemon's sensors launch its runs through the run queue, it
+finishes with a completion report, and a second run spends nothing."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import csv
 import json
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from pipeline_support import POISON
 
 from scripts import demo
+from scripts.demo_daemon import DEMO_MAX_RUNS
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +69,16 @@ def test_demo_writes_a_report_and_a_second_run_sends_nothing(tmp_path, monkeypat
     # The spec's gold labels are scored (no judge spend) and its teams come from teams.json.
     assert report["checks"]["sampled_accuracy"]["scored"] > 0 and report["quality_checks_usd"] == 0
     assert set(report["cost_by_team"]) <= {"cards", "payments", "cash", "fx", "accounts", "general"}
+
+    # Through the daemon: one run per chunk, launched by the new-dataset sensor through the run queue, several at
+    # once and never more than the demo's queue allows.
+    with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster")) as instance:
+        records = instance.get_run_records(filters=dg.RunsFilter(job_name="banking77__chunk_job"))
+    assert len(records) == 3
+    assert {r.dagster_run.tags["dagster/sensor_name"] for r in records} == {"banking77__new_dataset_sensor"}
+    spans = [(r.start_time, r.end_time) for r in records]
+    at_once = max(sum(1 for start, end in spans if start <= t < end) for t, _ in spans)
+    assert 2 <= at_once <= DEMO_MAX_RUNS, spans
 
     monkeypatch.delenv("CHUNKWISE_LLM_BASE_URL")  # a new `make demo` starts a new simulator
     assert demo.main(["--data", str(tmp_path / "tiny.csv"), "--chunk-size", "30"]) == 0

@@ -27,6 +27,7 @@ from webhook_receiver import WebhookReceiver  # noqa: E402
 
 from llm_assets.chunk_status import ATTEMPT_TAG, BACKFILL_TAG, PROVIDER_TAG, ChunkState, chunk_states  # noqa: E402
 from sensors.backfill import ALERT_WEBHOOK_ENV, BackfillCursor, BackfillPolicy, clear_provider  # noqa: E402
+from sensors.halts import retry_now  # noqa: E402
 from tests.spec_pipelines import layout_of, point_at, register_file  # noqa: E402
 
 
@@ -170,24 +171,32 @@ def test_a_401_on_one_chunk_alerts_a_human_once_and_launches_nothing_more_until_
     assert len(receiver.received) == 1
 
 
-def test_no_rerun_is_launched_while_the_provider_has_max_in_flight_runs(tmp_path, instance, monkeypatch):
-    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", "http://127.0.0.1:9/v1")  # nothing is called: no run starts
+def _runless_location(tmp_path, monkeypatch, backfill: dict):
+    """A spec with the `backfill` policy whose runs are only recorded, never executed (nothing is called)."""
+    monkeypatch.setenv("CHUNKWISE_LLM_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("CHUNKWISE_LLM_API_KEY", "sk-x")
-    spec = recovery_spec(backfill={"max_attempts": 3, "backoff_base_s": 0.0, "max_in_flight": 2})
+    spec = recovery_spec(backfill=backfill)
     layout = layout_of(spec)
     defs, sensors = recovery_location(spec, tmp_path)
-    backfill = sensors[BACKFILL]
-    job = defs.resolve_job_def(layout.chunk_job)
-    failed = []
+    return spec, layout, defs, sensors[BACKFILL], defs.resolve_job_def(layout.chunk_job)
+
+
+def _failed_first_run(instance, layout, job, key: str) -> None:
+    """Record attempt 1 of chunk `key` as failed (retryable: no step failure says otherwise)."""
+    instance.add_dynamic_partitions(layout.chunks_partitions, [key])
+    run = instance.create_run_for_job(
+        job_def=job, tags={"dagster/partition": key, PROVIDER_TAG: "openai", ATTEMPT_TAG: "1"},
+        status=dg.DagsterRunStatus.NOT_STARTED,
+    )  # fmt: skip
+    instance.report_run_failed(run)
+
+
+def test_no_rerun_is_launched_while_the_provider_has_max_in_flight_runs(tmp_path, instance, monkeypatch):
+    _, layout, defs, backfill, job = _runless_location(
+        tmp_path, monkeypatch, {"max_attempts": 3, "backoff_base_s": 0.0, "max_in_flight": 2}
+    )
     for i in range(3):
-        key = f"ds-{i}__c00000"
-        instance.add_dynamic_partitions(layout.chunks_partitions, [key])
-        run = instance.create_run_for_job(
-            job_def=job, tags={"dagster/partition": key, PROVIDER_TAG: "openai", ATTEMPT_TAG: "1"},
-            status=dg.DagsterRunStatus.NOT_STARTED,
-        )  # fmt: skip
-        instance.report_run_failed(run)
-        failed.append(key)
+        _failed_first_run(instance, layout, job, f"ds-{i}__c00000")
     for i in range(2):  # two runs of the provider about to start elsewhere (e.g. a new dataset's chunks)
         instance.create_run_for_job(
             job_def=job, tags={"dagster/partition": f"other-{i}__c00000", PROVIDER_TAG: "openai"},
@@ -217,3 +226,24 @@ def test_the_shipped_dagster_yaml_queues_runs_with_a_limit_per_provider(tmp_path
         (PROVIDER_TAG, "openai"),
         (PROVIDER_TAG, "anthropic"),
     }
+
+
+def test_retry_now_reruns_earlier_retryable_failures_at_the_next_tick_and_later_ones_after_backoff(
+    tmp_path, instance, monkeypatch
+):
+    """`make demo` run again (or `python -m sensors.backfill retry-now <pipeline>`): the chunks that failed for a
+    retryable reason before it are re-run at the next tick, not after an hour's backoff; a failure after it
+    waits its backoff as usual."""
+    spec, layout, defs, backfill, job = _runless_location(
+        tmp_path, monkeypatch, {"max_attempts": 3, "backoff_base_s": 3600.0, "max_in_flight": 8}
+    )
+    _failed_first_run(instance, layout, job, "ds-0__c00000")
+    requests, cursor, _ = tick(backfill, instance, defs, None)
+    assert requests == []  # due in an hour
+    retry_now(instance, spec.name)
+    time.sleep(0.01)
+    _failed_first_run(instance, layout, job, "ds-0__c00001")  # after the person's decision: its own backoff
+    requests, cursor, _ = tick(backfill, instance, defs, cursor)
+    assert [(r.partition_key, r.tags[ATTEMPT_TAG]) for r in requests] == [("ds-0__c00000", "2")]
+    requests, cursor, _ = tick(backfill, instance, defs, cursor)
+    assert requests == []

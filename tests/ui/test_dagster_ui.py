@@ -132,16 +132,21 @@ def test_the_ui_shows_the_demo_and_launches_a_chunk(demo_ui, page, screens):
         row_names = page.locator("[class*='RunTimeline_rowName__']").all_inner_texts()
         runs = {r["runId"]: r for r in demo_ui.graphql(RUNS_QUERY)["runsOrError"]["results"]}
         missing = [runs[run_id] for run_id in demo_ui.demo_run_ids if run_id not in shown]
-        if missing and all(r["repositoryOrigin"] is None for r in missing):
-            pytest.xfail(
-                "issue 13 item 1: the demo executes its runs in process, so they have no code location origin and "
-                f"the timeline leaves them out ({len(missing)} of {len(demo_ui.demo_run_ids)} runs: "
-                f"{sorted({r['pipelineName'] for r in missing})}); remove this xfail once the demo launches "
-                "through the run queue and the daemon"
-            )
         assert not missing, (
             f"the timeline (rows {row_names}) does not show {len(missing)} of the demo's runs: {missing}"
         )
+        # Each chunk run came from the code location, names its partition and the sensor that launched it.
+        chunk_runs = [
+            runs[run_id]
+            for run_id in demo_ui.demo_run_ids
+            if runs[run_id]["pipelineName"] == "banking77__chunk_job"
+        ]
+        assert len(chunk_runs) == demo_ui.n_chunks, [r["pipelineName"] for r in runs.values()]
+        for run in chunk_runs:
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            assert run["repositoryOrigin"] == {"repositoryLocationName": "llm_assets.definitions"}, run
+            assert tags.get("dagster/sensor_name") == "banking77__new_dataset_sensor", tags
+            assert tags.get("dagster/partition", "").startswith(demo_ui.dataset_id), tags
 
 
 def _wait_for_run(demo_ui, run_id: str) -> dict[str, Any]:

@@ -59,10 +59,11 @@ INSTANCE_CONFIG = f"""\
 run_queue:
   max_concurrent_runs: {DEMO_MAX_RUNS}
   dequeue_interval_seconds: 1
+# A run a kill left STARTING (its worker never began) is failed after 60 s, then re-run by the backfill sensor.
 run_monitoring:
   enabled: true
-  start_timeout_seconds: 180
-  poll_interval_seconds: 30
+  start_timeout_seconds: 60
+  poll_interval_seconds: 10
 sensors:
   use_threads: true
   num_workers: 4

@@ -31,8 +31,9 @@ a sensor's `run_key` twice, so a daemon restarted mid-tick, even with a lost cur
 nor launches a duplicate.
 
 Retrying now: `python -m sensors.backfill retry-now <pipeline>` (and every `make demo` start, for its pipeline)
-makes the re-runs of that pipeline's chunks that failed until then due at the next tick instead of after their
-backoff; attempts still count against `max_attempts`.
+makes the re-runs of that pipeline's chunks whose failed run was launched before it due at the next tick instead
+of after their backoff (a run killed with the previous session counts, even if the sweep fails it later);
+attempts still count against `max_attempts`.
 
 Clearing a block (after fixing the key, the quota or the budget):
     python -m sensors.backfill clear openai        # or: anthropic
@@ -172,6 +173,11 @@ def _pipeline_of(run: dg.DagsterRun, layouts: list[PipelineLayout]) -> PipelineL
     return None
 
 
+def _created_at(instance: dg.DagsterInstance, run_id: str, default: float) -> float:
+    record = instance.get_run_record_by_id(run_id)
+    return record.create_timestamp.timestamp() if record is not None else default
+
+
 class _Tick:
     """One evaluation: reads failures, decides, launches. Kept apart from the decorator for readability."""
 
@@ -251,6 +257,7 @@ class _Tick:
                 "attempt": attempt + 1,
                 "due_at": due,
                 "failed_at": failed_at,
+                "launched_at": _created_at(self.instance, run_id, failed_at),
                 "provider": provider,
                 "failed_run": run_id,
                 "job": layout.chunk_job,
@@ -318,13 +325,15 @@ class _Tick:
             )
 
     def _due_at(self, entry: dict[str, Any]) -> float:
-        """When a scheduled re-run is due: now if a person asked its pipeline to retry now after it failed."""
+        """When a scheduled re-run is due: now if a person asked its pipeline to retry now after the failed run
+        was launched (a run killed with the previous session, failed only now by the sweep or run monitoring,
+        counts as before)."""
         layout = layout_for_job(self.layouts, entry.get("job", ""))
         if layout is None:
             return entry["due_at"]
         if layout.name not in self._retry_now:
             self._retry_now[layout.name] = retry_now_at(self.instance, layout.name)
-        if self._retry_now[layout.name] > entry.get("failed_at", entry["due_at"]):
+        if self._retry_now[layout.name] > entry.get("launched_at", entry.get("failed_at", entry["due_at"])):
             return min(entry["due_at"], self.now)
         return entry["due_at"]
 

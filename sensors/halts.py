@@ -36,9 +36,9 @@ def clear_provider(instance: dg.DagsterInstance, provider: str) -> list[str]:
 
 
 def retry_now(instance: dg.DagsterInstance, pipeline: str) -> None:
-    """A person wants `pipeline`'s chunks that failed for a retryable reason until now re-run at the backfill
-    sensor's next tick, not after their backoff (`make demo` run again; `python -m sensors.backfill retry-now`).
-    Attempts still count against `max_attempts`."""
+    """A person wants `pipeline`'s chunks whose run was launched before now and failed (or fails) for a
+    retryable reason re-run at the backfill sensor's next tick, not after their backoff (`make demo` run again;
+    `python -m sensors.backfill retry-now`). Attempts still count against `max_attempts`."""
     instance.run_storage.set_cursor_values({RETRY_NOW_KEY_PREFIX + pipeline: str(time.time())})
 
 

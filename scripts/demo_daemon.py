@@ -182,6 +182,8 @@ class Follower:
     layout: Any  # PipelineLayout
     batch: bool
     said: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+    """Chunks whose finished run was said and left them terminal: the n of `[n/N]`."""
 
     def runs(self) -> list[dg.RunRecord]:
         from llm_assets.chunk_status import DATASET_TAG, PARTITION_TAG
@@ -194,16 +196,22 @@ class Follower:
         return sorted([*chunk, *other], key=lambda r: r.end_time or 0.0)
 
     def new_lines(self, states: dict) -> list[str]:
-        from llm_assets.chunk_status import ATTEMPT_TAG, PARTITION_TAG
+        from llm_assets.chunk_status import ATTEMPT_TAG, PARTITION_TAG, ChunkState
         from llm_assets.failure_class import run_failure_class
 
         lines = []
-        done = sum(1 for s in states.values() if s.state.terminal)
         total = self.dataset.n_chunks
         for record in self.runs():
             run = record.dagster_run
             if run.status not in FINISHED or run.run_id in self.said:
                 continue
+            chunk = states.get(run.tags.get(PARTITION_TAG, ""))
+            if (
+                chunk is not None
+                and chunk.latest_run_id == run.run_id
+                and chunk.state == ChunkState.IN_FLIGHT
+            ):
+                continue  # `states` was read before the run ended: said at the next poll
             self.said.add(run.run_id)
             seconds = (record.end_time or 0.0) - (record.start_time or record.end_time or 0.0)
             cost = run_cost_usd(self.instance, run.run_id)
@@ -224,8 +232,10 @@ class Follower:
             else:
                 failure = run_failure_class(self.instance, run.run_id)
                 status = f"FAILED ({failure.value if failure else 'see the run in `make ui`'})"
+            if chunk is not None and chunk.state.terminal and chunk.latest_run_id == run.run_id:
+                self.finished.add(key)
             lines.append(
-                f"[{done}/{total}] {key}: {status} in {seconds:.1f}s, ${cost:.4f} (attempt "
+                f"[{len(self.finished)}/{total}] {key}: {status} in {seconds:.1f}s, ${cost:.4f} (attempt "
                 f"{run.tags.get(ATTEMPT_TAG, '?')}, launched by {launched_by(run)})"
             )
         return lines
@@ -291,6 +301,9 @@ def run_through_daemon(
     print(f"dropped {dropped.name} in {inbox} for {layout.name}__new_dataset_sensor", flush=True)
     follower = Follower(instance, dataset, layout, batch)
     follower.said = {r.dagster_run.run_id for r in follower.runs() if r.dagster_run.status in FINISHED}
+    follower.finished = {
+        key for key, s in chunk_states(instance, dataset.partition_keys, layout).items() if s.state.terminal
+    }
     started = time.time()
     deadline = time.monotonic() + timeout_s
     report = home / "reports" / dataset.dataset_id / "completion_report.json"

@@ -72,22 +72,27 @@ def add_chunk_partitions(
 ) -> list[str]:
     """Add the keys not yet present (in order); returns the keys that were new.
 
-    Membership is checked only for ``keys`` (bounded ``IN (...)`` queries), so re-registering is cheap however
-    many datasets exist. When keys are missing, the live partition count is checked once against ``max_live``
-    (PartitionLimitExceeded, nothing added); ``max_live=None`` skips the check (benchmarks only).
+    Membership is checked once, only for ``keys`` (bounded ``IN (...)`` queries), so re-registering is cheap
+    however many datasets exist. When keys are missing, the live partition count is checked once against
+    ``max_live`` (PartitionLimitExceeded, nothing added); ``max_live=None`` skips the check (benchmarks only).
     ``partitions_name``: the dynamic partitions set (a pipeline spec's is ``<pipeline>__chunks``).
     """
-    added: list[str] = []
-    if max_live is not None:
-        check_partition_room(instance, keys, partitions_name, max_live)
+    missing = missing_partitions(instance, keys, partitions_name)
+    if missing and max_live is not None:
+        check_partition_room(instance, keys, partitions_name, max_live, missing=missing)
+    for start in range(0, len(missing), _ADD_BATCH_SIZE):
+        instance.add_dynamic_partitions(partitions_name, missing[start : start + _ADD_BATCH_SIZE])
+    return missing
+
+
+def missing_partitions(instance: dg.DagsterInstance, keys: list[str], partitions_name: str) -> list[str]:
+    """The `keys` not in `partitions_name`, in order (bounded `IN (...)` queries)."""
+    missing: list[str] = []
     for start in range(0, len(keys), _ADD_BATCH_SIZE):
         batch = keys[start : start + _ADD_BATCH_SIZE]
-        existing = instance.get_existing_dynamic_partitions(partitions_name, batch)
-        missing = [k for k in batch if k not in existing]
-        if missing:
-            instance.add_dynamic_partitions(partitions_name, missing)
-            added.extend(missing)
-    return added
+        existing = set(instance.get_existing_dynamic_partitions(partitions_name, batch))
+        missing += [k for k in batch if k not in existing]
+    return missing
 
 
 def check_partition_room(
@@ -95,19 +100,19 @@ def check_partition_room(
     keys: list[str],
     partitions_name: str = CHUNK_PARTITIONS_NAME,
     max_live: int = MAX_LIVE_CHUNK_PARTITIONS,
+    *,
+    missing: list[str] | None = None,
 ) -> None:
-    """PartitionLimitExceeded when adding the missing `keys` to `partitions_name` would pass `max_live` live
-    partitions; adds nothing (a registration run checks before the sensor adds them; `add_chunk_partitions`)."""
-    missing = 0
-    for start in range(0, len(keys), _ADD_BATCH_SIZE):  # bounded `IN (...)` queries
-        batch = keys[start : start + _ADD_BATCH_SIZE]
-        missing += len(batch) - len(instance.get_existing_dynamic_partitions(partitions_name, batch))
-    if not missing:
+    """PartitionLimitExceeded when adding the missing `keys` (`missing`, when the caller has them) to
+    `partitions_name` would pass `max_live` live partitions; adds nothing (a registration run checks before the
+    sensor adds them; `add_chunk_partitions`)."""
+    count = len(missing if missing is not None else missing_partitions(instance, keys, partitions_name))
+    if not count:
         return
     live = len(instance.get_dynamic_partitions(partitions_name))
-    if live + missing > max_live:
+    if live + count > max_live:
         raise PartitionLimitExceeded(
-            f"adding {missing} chunk partitions would bring the instance to {live + missing}, over the limit of "
+            f"adding {count} chunk partitions would bring the instance to {live + count}, over the limit of "
             f"{max_live}; prune datasets past their retention window (prune_dataset_partitions) or raise the "
             "pipeline's `input.chunk_size`"
         )

@@ -1,7 +1,10 @@
 """One way to run an LLM stage over a chunk: checkpointed, resumable, with dead letters and cost metadata.
 
 Both `classified` and `enriched` call `run_stage`. It
-1. loads the chunk's checkpoint and skips every item already finished (success or permanent failure);
+1. loads the chunk's checkpoint and skips every item already finished (success or permanent failure) on the
+   same user message (a result records its message's hash: an item whose message changed, e.g. a template
+   reading an earlier stage's re-made answers, is sent again; in batch mode a batch submitted before the change
+   is still taken as the answer);
 2. sends the rest through the LLM resource, recording each result durably the moment it arrives;
 3. on a chunk-level failure (retryable or job-fatal) lets the exception through with the checkpoint kept,
    so the retry (Dagster's RetryPolicy, then the backfill sensor) pays only for what was not done;
@@ -22,6 +25,7 @@ resumes without sending an item twice. docs/batch_mode.md has the whole life cyc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,9 +90,22 @@ def _iso(value: datetime | str | None) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _result_record(result: ItemResult, run_id: str) -> dict:
+def _text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _answers_text(record: dict, text: str) -> bool:
+    """Whether a checkpointed result was an answer to `text`, the item's user message now. Not when the message
+    changed under the same prompt version: a template that reads an earlier stage's answers (`{sentiment.reason}`)
+    after that stage was re-made with other answers. Records written before text hashes count as answers."""
+    sha = record.get("text_sha256")
+    return sha is None or sha == _text_sha(text)
+
+
+def _result_record(result: ItemResult, run_id: str, text: str) -> dict:
     usage = _as_dict(result.usage)
     return {
+        "text_sha256": _text_sha(text),
         "ok": result.ok,
         "output": result.output,
         "error_class": result.error_class,
@@ -156,7 +173,9 @@ def run_stage(
     done = _load_checkpoint(checkpoint, stage, partition_key)
     by_key = _items_by_key(items, dataset_id, prompt, llm)
     pending = [
-        LLMRequest(key=key, text=row.text, team=_team(row)) for key, row in by_key.items() if key not in done
+        LLMRequest(key=key, text=row.text, team=_team(row))
+        for key, row in by_key.items()
+        if key not in done or not _answers_text(done[key], row.text)
     ]
     skipped = len(by_key) - len(pending)
     if skipped:
@@ -174,7 +193,9 @@ def run_stage(
                 schema_name=prompt.schema_name,
                 scope=BudgetScope(run_id=context.run_id, dataset_id=dataset_id, partition_key=partition_key),
                 stage=stage,
-                on_result=lambda r: checkpoint.record(r.key, _result_record(r, context.run_id)),
+                on_result=lambda r: checkpoint.record(
+                    r.key, _result_record(r, context.run_id, by_key[r.key].text)
+                ),
                 log=context.log,
                 normalize=normalize,
             )
@@ -385,7 +406,10 @@ def run_batch_stage(
     cancelled = cancel_marker_path(checkpoint.path).exists()
 
     def record(result: ItemResult) -> None:
-        checkpoint.record(result.key, _result_record(result, context.run_id))
+        row = by_key.get(result.key)  # every journal key is an item of this chunk; "" would only re-send it
+        checkpoint.record(
+            result.key, _result_record(result, context.run_id, row.text if row is not None else "")
+        )
 
     collected_now = 0
     summaries: list[UsageSummary] = []
@@ -411,7 +435,11 @@ def run_batch_stage(
 
         # 2. Submit the items no live batch covers (first round, a follow-up round, or a cut-off submission).
         at_provider = {k for h in journal.pending if h.status != SUBMITTING for k in h.keys}
-        uncovered = [key for key in by_key if key not in done and key not in at_provider]
+        uncovered = [
+            key
+            for key, row in by_key.items()
+            if (key not in done or not _answers_text(done[key], row.text)) and key not in at_provider
+        ]
         if uncovered and cancelled:
             for key in uncovered:
                 record(_canceled_result(key, llm, stage))

@@ -515,6 +515,8 @@ def collect_batches(defs, instance, home: Path, partition_keys: list[str], timeo
 
 
 def _print_summary(r: dict, sim_root: str | None) -> None:
+    from llm_assets.report import PricedAtZero
+
     sampled = r["checks"]["sampled_accuracy"]
     acc = "n/a" if sampled["accuracy"] is None else f"{sampled['accuracy']:.3f} (n={sampled['scored']})"
     print()
@@ -556,11 +558,8 @@ def _print_summary(r: dict, sim_root: str | None) -> None:
     print(f"  sampled accuracy vs gold labels: {acc}")
     if r["failed_items_uri"]:  # None when nothing was dead-lettered: no folder to point at
         print(f"  failed items: {r['failed_items_uri']}")
-    for zero in r.get("priced_at_zero", []):
-        print(
-            f"  priced at $0: stage {zero['stage']} (model {zero['model']}) has no price row and its provider "
-            f"profile sets allow_unpriced: true; its {zero['requests_billed']:,} requests count $0"
-        )
+    for zero in r.get("priced_at_zero", []):  # the report's own sentence, without its Markdown
+        print(f"  priced at $0: {PricedAtZero(**zero).describe().replace('`', '')}")
     if sim_root:
         billed = httpx.get(f"{sim_root}/_sim/stats", timeout=5).json().get("billed_usd")
         print(f"  simulator ledger billed this process: ${billed:.4f}")

@@ -46,6 +46,7 @@ import dagster as dg
 from io_managers.parquet_files import is_s3_uri, parse_s3_uri, s3_client
 from io_managers.s3_config import S3_ENDPOINT_ENV, S3_ON_ENV
 from llm_assets.datasets import DatasetError, RegisteredDataset, load_dataset
+from llm_assets.partitions import missing_partitions
 from llm_assets.pipeline_assets import spec_layout
 from llm_assets.settings import chunkwise_home
 from llm_assets.spec import PipelineSpec
@@ -65,8 +66,6 @@ MAX_REGISTRATION_RUNS = 3
 """Registration runs per file version that fail for a reason other than the file itself (then it is skipped)."""
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_NAME_TAG = "dagster/sensor_name"
-# Keys per membership query when looking for the partitions a dataset still lacks (bounded `IN (...)`).
-_PARTITION_QUERY_BATCH = 1_000
 
 
 @dataclass(frozen=True)
@@ -216,15 +215,6 @@ def _step_failure(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, str]
     return refused, message
 
 
-def _missing_partitions(instance: dg.DagsterInstance, partitions_name: str, keys: list[str]) -> list[str]:
-    missing: list[str] = []
-    for start in range(0, len(keys), _PARTITION_QUERY_BATCH):
-        batch = keys[start : start + _PARTITION_QUERY_BATCH]
-        existing = set(instance.get_existing_dynamic_partitions(partitions_name, batch))
-        missing += [key for key in batch if key not in existing]
-    return missing
-
-
 def build_new_dataset_sensor(
     *,
     watch_uri: str,
@@ -303,7 +293,7 @@ def build_new_dataset_sensor(
                 "dataset_id": dataset.dataset_id,
             }
             new_partitions.extend(
-                _missing_partitions(context.instance, chunks_partitions, dataset.partition_keys)
+                missing_partitions(context.instance, dataset.partition_keys, chunks_partitions)
             )
             if stopped is not None:
                 state.held += dataset.partition_keys

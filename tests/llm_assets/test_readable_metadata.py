@@ -243,7 +243,8 @@ def test_the_console_summary_names_the_zero_priced_stage_and_no_missing_folder(f
     """Needs the scripts/demo.py change of this item (`_print_summary`)."""
     demo._print_summary(finished.reports["clean"], None)
     console = capsys.readouterr().out
-    assert f"priced at $0: stage classified (model {LOCAL_MODEL}) has no price row" in console
+    assert f"priced at $0: stage classified (model {LOCAL_MODEL}, provider " in console
+    assert "no price row, and its provider profile sets allow_unpriced: true" in console
     assert "failed items" not in console and "dead_letters" not in console
     demo._print_summary(finished.reports["refused"], None)
     assert f"failed items: {finished.reports['refused']['failed_items_uri']}" in capsys.readouterr().out

@@ -276,3 +276,41 @@ def test_the_ui_shows_the_unsynced_chunk_on_its_partition_and_the_refresh_sensor
         # Evaluated by the daemon (the UI's Automation page lists it), not in the code server.
         assert sensors[refresh_stale_sensor_name(spec)]["sensorType"] == "AUTO_MATERIALIZE"
         assert sensors[refresh_stale_sensor_name(spec)]["defaultStatus"] == "STOPPED"
+
+
+def test_a_later_stage_reading_earlier_answers_asks_again_for_the_items_whose_message_changed(
+    sim, tmp_path, monkeypatch
+):
+    """A stage whose user message quotes an earlier stage's answer (as the reviews spec's `reply_draft` quotes
+    `{sentiment.reason}`) keeps its checkpoint until the dataset completes; re-made after that earlier stage
+    answered differently, it sends again exactly the items whose message changed, counted at the simulator."""
+    point_at(sim, monkeypatch)
+    home, data = tmp_path / "home", tmp_path / "s.csv"
+    _write(data, 8)
+    template = "{text}\nIntent so far: {classified.label}"
+    spec = test_spec(stages={"enriched": {"route": "all", "user_template": template}})
+    defs = spec_defs(spec, home)
+
+    def billed() -> int:
+        return sum(1 for r in sim.requests() if r["status"] == "200")
+
+    with dg.instance_for_test() as instance:
+        [key] = register_file(spec, data, instance, home, chunk_size=8).partition_keys
+        assert run_chunk(defs, spec, instance, key).success
+        before, sent = _labels(instance, key), billed()
+
+        _remake(defs, spec, instance, key, ENRICHED)  # same messages: everything from the checkpoint
+        assert billed() == sent
+
+        sim.set_faults(degrade_rate=1.0)
+        _forget_checkpoint(
+            home, register_file(spec, data, instance, home, chunk_size=8).dataset_id, key, "classified"
+        )
+        _remake(defs, spec, instance, key, CLASSIFIED)
+        changed = sum(1 for item, label in _labels(instance, key).items() if label != before[item])
+        assert changed > 0
+        sim.set_faults(degrade_rate=0.0)
+        sent = billed()
+        _remake(defs, spec, instance, key, ENRICHED)
+        assert billed() == sent + changed  # the enriched requests: one per changed message
+        assert _statuses(defs, instance, ENRICHED, [key]) == {key: FRESH}

@@ -67,6 +67,7 @@ async def sim_config(request: Request) -> Response:
             "cache_write_1h": spec.cache_write_1h,
             "output": spec.output,
             "bills_cache_write": spec.bills_cache_write,
+            "accuracy": spec.accuracy,
             "limits": {
                 "rpm": spec.limits.rpm,
                 "tpm": spec.limits.tpm,
@@ -75,9 +76,11 @@ async def sim_config(request: Request) -> Response:
                 "per": spec.limits.per,
             },
         }
+    key = config.answer_key
     return JSONResponse(
         {
             "models": models,
+            "answer_key": None if key is None else {"path": str(key.path), "entries": len(key.gold)},
             "keys_configured": len(config.keys),
             "faults": engine.faults.describe(),
             "cache": {"ttl_s": config.cache_ttl_s, "min_tokens": config.cache_min_tokens},

@@ -1,4 +1,4 @@
-"""Simulator configuration: models and prices, keys, limits, latency, faults, caching and batches.
+"""Simulator configuration: models and prices, keys, limits, latency, faults, caching, batches, answer key.
 
 Loaded from a YAML or JSON file (`--config FILE`); every key is optional. See docs/simulator.md.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from llm_sim.answer_key import AnswerKey, AnswerKeyError
 from llm_sim.server_dialect import ServerDialect, server_dialect
 
 DEFAULT_API_KEY = "sk-sim-local"
@@ -85,7 +86,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model: provider, prices in USD per million tokens, and rate limits."""
+    """One model: provider, prices in USD per million tokens, rate limits, and its accuracy on answer-key items
+    (None: labels come from the lexical answer, as for items not in the key)."""
 
     name: str
     provider: str
@@ -96,6 +98,7 @@ class ModelSpec:
     cache_write_1h: float
     bills_cache_write: bool
     limits: Limits
+    accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class SimConfig:
     batch_expire: bool = False
     batch_price_multiplier: float = 0.5
     server: ServerDialect = field(default_factory=ServerDialect)
+    answer_key: AnswerKey | None = None
 
 
 def _model_spec(name: str, raw: dict[str, Any], default_limits: dict[str, Any] | None) -> ModelSpec:
@@ -135,6 +139,14 @@ def _model_spec(name: str, raw: dict[str, Any], default_limits: dict[str, Any] |
             f"models.{name} needs a price for {exc.args[0]!r} (USD per million tokens)"
         ) from exc
     cached = float(raw.get("cached_input", raw.get("cache_read", price_in)))
+    accuracy = raw.get("accuracy")
+    if accuracy is not None and (
+        not isinstance(accuracy, int | float) or isinstance(accuracy, bool) or not 0 <= accuracy <= 1
+    ):
+        raise ConfigError(
+            f"models.{name}.accuracy must be a number between 0 and 1 (the share of answer-key items it labels "
+            f"right), got {accuracy!r}"
+        )
     return ModelSpec(
         name=name,
         provider=provider,
@@ -145,13 +157,47 @@ def _model_spec(name: str, raw: dict[str, Any], default_limits: dict[str, Any] |
         output=price_out,
         bills_cache_write=bool(raw.get("bills_cache_write", False)),
         limits=Limits.from_dict(raw.get("limits", default_limits)),
+        accuracy=None if accuracy is None else float(accuracy),
     )
 
 
-def build_config(raw: dict[str, Any] | None) -> SimConfig:
-    """A SimConfig from a parsed config document (defaults for every missing key)."""
+def _answer_key(raw: Any, base_dir: Path | None, models: dict[str, ModelSpec]) -> AnswerKey | None:
+    with_accuracy = sorted(name for name, spec in models.items() if spec.accuracy is not None)
+    if raw is None:
+        if with_accuracy:
+            raise ConfigError(
+                f"models.{with_accuracy[0]}.accuracy is set but there is no answer_key to be accurate against; "
+                "add `answer_key: <key.json>` or remove the accuracy"
+            )
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"answer_key must be the path of a JSON file, got {raw!r}")
+    path = Path(raw)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        return AnswerKey.load(path)
+    except AnswerKeyError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def build_config(raw: dict[str, Any] | None, base_dir: Path | None = None) -> SimConfig:
+    """A SimConfig from a parsed config document (defaults for every missing key). A relative `answer_key`
+    path is relative to `base_dir` (the config file's folder), else to the working directory."""
     raw = dict(raw or {})
-    known = {"keys", "models", "limits", "latency", "faults", "poison", "seed", "cache", "batch", "server"}
+    known = {
+        "keys",
+        "models",
+        "limits",
+        "latency",
+        "faults",
+        "poison",
+        "seed",
+        "cache",
+        "batch",
+        "server",
+        "answer_key",
+    }
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -182,6 +228,7 @@ def build_config(raw: dict[str, Any] | None) -> SimConfig:
         batch_expire=bool(batch.get("expire", False)),
         batch_price_multiplier=float(batch.get("price_multiplier", 0.5)),
         server=server_dialect(raw.get("server")),
+        answer_key=_answer_key(raw.get("answer_key"), base_dir, models),
     )
 
 
@@ -193,4 +240,4 @@ def load_config(path: str | Path | None) -> SimConfig:
     raw = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping at the top level")
-    return build_config(raw)
+    return build_config(raw, Path(path).resolve().parent)

@@ -7,6 +7,7 @@ import random
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from llm_sim import answers
 from llm_sim.config import ModelSpec, SimConfig
@@ -205,6 +206,7 @@ class Engine:
         schema = prompt.schema
         value, _choice = answers.answer_for(prompt.last_user_text, prompt.full_text, schema)
         if schema is not None:
+            value = self._label_from_key(prompt, value, schema)
             degrade_rate = self.faults.degrade_rate
             if degrade_rate and answers.uniform_from_text(prompt.last_user_text, "degrade") < degrade_rate:
                 value = answers.degrade(value, schema)
@@ -228,6 +230,15 @@ class Engine:
             )
         outcome.content = content
         return self._cap(prompt, outcome)
+
+    def _label_from_key(self, prompt: Prompt, value: Any, schema: dict[str, Any]) -> Any:
+        """The label field right with the model's configured accuracy when the item is in the answer key."""
+        key = self.config.answer_key
+        accuracy = self.config.models[prompt.model].accuracy
+        if key is None or accuracy is None:
+            return value
+        draw = f"{self.config.seed}:{prompt.model}"
+        return key.label_answer(value, schema, prompt.last_user_text, accuracy, draw)
 
     @staticmethod
     def _cap(prompt: Prompt, outcome: Outcome) -> Outcome:

@@ -22,6 +22,10 @@ from resources.local_sqlite import pid_alive
 
 HOST_TAG = "chunkwise/host"
 PID_TAG = "chunkwise/pid"
+LAUNCHER_PID_TAG = "chunkwise/launcher_pid"
+LAUNCHER_PID_ENV = "CHUNKWISE_LAUNCHER_PID"
+"""Set by a process that owns the daemon and everything it starts (`make demo`): the sensors tag the runs they
+request with it, so a run killed together with it before its first step tagged its own pid is found too."""
 _LIVE_STATUSES = [
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -32,6 +36,12 @@ _LIVE_STATUSES = [
 def process_tags() -> dict[str, str]:
     """The tags naming this process: host and pid."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def launcher_tags() -> dict[str, str]:
+    """Host and `$CHUNKWISE_LAUNCHER_PID` for a run request, when that variable is set; else nothing."""
+    pid = os.environ.get(LAUNCHER_PID_ENV, "")
+    return {HOST_TAG: socket.gethostname(), LAUNCHER_PID_TAG: pid} if pid.isdigit() else {}
 
 
 def mark_run_worker(context: dg.AssetExecutionContext) -> None:
@@ -48,7 +58,8 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     failed: list[str] = []
     for record in records:
         run = record.dagster_run
-        pid_text = run.tags.get(PID_TAG, "")
+        # The worker's own pid once a step tagged it; before that, the launcher's (whose death took the daemon).
+        pid_text = run.tags.get(PID_TAG) or run.tags.get(LAUNCHER_PID_TAG, "")
         if not pid_text.isdigit() or pid_alive(int(pid_text)):
             continue
         instance.report_run_failed(

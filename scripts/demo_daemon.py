@@ -136,12 +136,14 @@ def stop_daemon(daemon: subprocess.Popen) -> None:
 def daemon_env(home: Path, spec_path: Path, overrides: dict[str, Any]) -> dict[str, str]:
     """The environment of the daemon and the code location: this process's, plus the demo's choices."""
     from llm_assets.location import PIPELINES_ENV, PROFILE_ENV, SENSOR_INTERVAL_ENV
+    from llm_assets.run_liveness import LAUNCHER_PID_ENV
 
     env = {
         **os.environ,
         "CHUNKWISE_HOME": str(home.resolve()),
         PIPELINES_ENV: str(spec_path.resolve()),
         SENSOR_INTERVAL_ENV: str(SENSOR_INTERVAL_S),
+        LAUNCHER_PID_ENV: str(os.getpid()),  # runs a kill of this process orphans are found by the next start
     }
     env.pop(PROFILE_ENV, None)
     if overrides:
@@ -240,6 +242,11 @@ class Follower:
             )
         return lines
 
+    def states(self) -> dict:
+        from llm_assets.chunk_status import chunk_states
+
+        return chunk_states(self.instance, self.dataset.partition_keys, self.layout)
+
     def in_progress(self) -> list[str]:
         return [
             r.dagster_run.run_id
@@ -313,7 +320,7 @@ def run_through_daemon(
             for line in follower.new_lines(states):
                 print(line, flush=True)
             if stop.signal is not None:
-                return _wind_down(daemon, follower, states, 130, f"stopped by {stop.signal}")
+                return _wind_down(daemon, follower, 130, f"stopped by {stop.signal}")
             if daemon.poll() is not None:
                 print(
                     f"chunkwise: dagster-daemon exited ({daemon.returncode}); its log: {log}", file=sys.stderr
@@ -330,7 +337,7 @@ def run_through_daemon(
                 reason, message = job_fatal_reason(instance, stuck[0].latest_run_id)
                 message = re.sub(r"^[\w.]+Error: ", "", " ".join(message.split()))
                 print(f"chunkwise: stopped ({reason}): {message}", file=sys.stderr, flush=True)
-                return _wind_down(daemon, follower, states, 3, "a provider stopped every chunk")
+                return _wind_down(daemon, follower, 3, "a provider stopped every chunk")
             if report.exists() and dataset.dataset_id in instance.get_materialized_partitions(
                 layout.completion_key
             ):
@@ -345,7 +352,7 @@ def run_through_daemon(
         stop.restore()
 
 
-def _wind_down(daemon: subprocess.Popen, follower: Follower, states: dict, code: int, why: str) -> int:
+def _wind_down(daemon: subprocess.Popen, follower: Follower, code: int, why: str) -> int:
     """Stop the daemon, wait for the runs in progress (saying each), and say what is left for next time."""
     from llm_assets.run_liveness import fail_orphaned_runs
 
@@ -354,8 +361,10 @@ def _wind_down(daemon: subprocess.Popen, follower: Follower, states: dict, code:
     while follower.in_progress() and time.monotonic() < deadline:
         time.sleep(POLL_S)
         fail_orphaned_runs(follower.instance)  # a run worker that died with the daemon is not waited for
+        states = follower.states()  # re-read: the runs in progress end during the wait
         for line in follower.new_lines(states):
             print(line, flush=True)
+    states = follower.states()
     for line in follower.new_lines(states):
         print(line, flush=True)
     left = sum(1 for s in states.values() if not s.state.terminal)

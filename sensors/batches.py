@@ -39,6 +39,7 @@ from llm_assets.chunk_status import (
 from llm_assets.datasets import DatasetError, load_dataset
 from llm_assets.layout import PipelineLayout, layout_named
 from llm_assets.partitions import parse_chunk_key
+from llm_assets.run_liveness import launcher_tags
 from llm_assets.stages import BATCH_JOURNAL_FILE, checkpoint_root
 from resources.llm import BatchHandle, BatchJournal, BatchStatus, LLMResource
 from resources.llm.batch_journal import SUBMITTING
@@ -147,6 +148,7 @@ def collect_run_request(status: ChunkBatchStatus, provider: str) -> dg.RunReques
             LAUNCHED_BY_TAG: "batch_poll",
             BATCH_STATUS_TAG: "ended",
             BATCH_STAGE_TAG: chunk.stage,
+            **launcher_tags(),
         },
     )
 

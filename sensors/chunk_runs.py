@@ -13,6 +13,7 @@ import dagster as dg
 from llm_assets.chunk_status import ATTEMPT_TAG, DATASET_TAG, PROVIDER_TAG
 from llm_assets.layout import PipelineLayout
 from llm_assets.partitions import parse_chunk_key
+from llm_assets.run_liveness import launcher_tags
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -44,6 +45,7 @@ def chunk_run_request(
             PROVIDER_TAG: provider,
             ATTEMPT_TAG: str(attempt),
             LAUNCHED_BY_TAG: launched_by,
+            **launcher_tags(),
         },
     )
 

@@ -32,6 +32,7 @@ import dagster as dg
 from llm_assets.chunk_status import chunk_states
 from llm_assets.datasets import DatasetError, list_datasets, load_dataset
 from llm_assets.layout import DEFAULT_COMPLETION_WEBHOOK_ENV, PipelineLayout, layout_named
+from llm_assets.run_liveness import launcher_tags
 from sensors.chunk_runs import ExecutableJob, sensor_targets
 from sensors.webhooks import post_json, webhook_url
 
@@ -191,7 +192,10 @@ def build_completion_sensor(
                 new_partitions.setdefault(layout.datasets_partitions, []).append(dataset_id)
             requests.append(
                 dg.RunRequest(
-                    run_key=f"complete:{dataset_id}", partition_key=dataset_id, job_name=layout.completion_job
+                    run_key=f"complete:{dataset_id}",
+                    partition_key=dataset_id,
+                    job_name=layout.completion_job,
+                    tags=launcher_tags(),
                 )
             )
             state.requested[dataset_id] = time.time()
@@ -265,5 +269,8 @@ def _retry_request(
         f"the completion run {run_id} of {dataset_id} failed; requesting attempt {attempt} of {max_attempts}"
     )
     return dg.RunRequest(
-        run_key=f"complete:{dataset_id}:attempt-{attempt}", partition_key=dataset_id, job_name=job_name
+        run_key=f"complete:{dataset_id}:attempt-{attempt}",
+        partition_key=dataset_id,
+        job_name=job_name,
+        tags=launcher_tags(),
     )

@@ -40,12 +40,6 @@ def _start(data: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-@pytest.mark.skip(
-    reason="known bug, found by this test under load (seed 11 with make test's two workers): a run killed after "
-    "it started but before its first step tagged its pid stays STARTED for ever (no pid for the sweep, and run "
-    "monitoring only times out STARTING), so the restarted demo waits on it; fix: tag runs with the launching "
-    "demo's pid (next session)"
-)
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_demo_killed_twice_at_seeded_points_finishes_and_repays_at_most_what_was_in_flight(

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export CHUNKWISE_HOME ?= $(CURDIR)/.chunkwise
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 
-.PHONY: install demo test lint format ui sim bench clean real-server-env llamacpp test-real-server chromium
+.PHONY: install demo trial estimate test lint format ui sim bench clean real-server-env llamacpp test-real-server chromium
 
 install: $(STAMP)
 
@@ -34,11 +34,23 @@ format: $(STAMP)
 chromium:
 	bash tests/ui/install_chromium.sh
 
+# On a failure, the end of each failed test's traceback is printed again last (tests/failures.py), so a CI log's
+# tail says why.
+TEST_REPORT := .pytest-report.xml
 test: lint chromium
-	$(BIN)/python -m pytest -n 2 -m "not real_server"
+	$(BIN)/python -m pytest -n 2 -m "not real_server" --junitxml=$(TEST_REPORT) \
+		|| { $(BIN)/python -m tests.failures $(TEST_REPORT); exit 1; }
 
 demo: $(STAMP)
 	$(BIN)/python -m scripts.demo $(if $(PIPELINE),--pipeline "$(PIPELINE)") $(if $(DATA),--data "$(DATA)") $(if $(CHUNK),--chunk-size "$(CHUNK)") $(if $(MODE),--mode "$(MODE)") $(if $(PROFILE),--profile "$(PROFILE)")
+
+trial: $(STAMP)
+	$(BIN)/python -m scripts.trial $(if $(PIPELINE),--pipeline "$(PIPELINE)") $(if $(STAGE),--stage "$(STAGE)") $(if $(DATA),--data "$(DATA)") $(if $(SAMPLE),--sample "$(SAMPLE)") $(if $(SEED),--seed "$(SEED)") $(if $(BUDGET),--budget "$(BUDGET)")
+
+# What a dataset will cost and how long it will take, before any chunk runs (llm_assets/estimate.py); the last line
+# printed is the path of estimate.json.
+estimate: $(STAMP)
+	$(BIN)/python -m scripts.estimate $(if $(PIPELINE),--pipeline "$(PIPELINE)") $(if $(DATA),--data "$(DATA)") $(if $(CHUNK),--chunk-size "$(CHUNK)") $(if $(SAMPLE),--sample-size "$(SAMPLE)") $(if $(SEED),--seed "$(SEED)")
 
 sim: $(STAMP)
 	$(BIN)/python -m llm_sim serve --host 127.0.0.1 --port $(or $(PORT),8765)

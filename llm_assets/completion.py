@@ -176,6 +176,13 @@ def build_dataset_completion(
         layout=layout,
         prices=prices,
     )
+    from llm_assets.estimate import load_estimate  # it imports the pipeline assets, which import this module
+
+    estimate = load_estimate(home, layout.name, dataset.dataset_id)
+    if estimate is not None:
+        report.estimated_cost_usd = estimate.total_cost_usd_in_mode
+        report.estimated_wall_clock_s = estimate.wall_clock_s
+        report.estimate_sample_cost_usd = estimate.sample_cost_usd
     counts: dict[str, int] = {}
     for status in states.values():
         counts[status.state.value] = counts.get(status.state.value, 0) + 1
@@ -197,6 +204,25 @@ def build_dataset_completion(
 
 def _money(value: float) -> str:
     return f"${value:,.4f}"
+
+
+def _estimate_lines(r: CompletionReport) -> list[str]:
+    """Estimate vs actual, when the dataset was estimated (llm_assets/estimate.py)."""
+    if r.estimated_cost_usd is None:
+        return []
+    cost_ratio = r.total_cost_usd / r.estimated_cost_usd if r.estimated_cost_usd else float("nan")
+    line = (
+        f"- Estimate vs actual: cost {_money(r.estimated_cost_usd)} estimated, {_money(r.total_cost_usd)} billed "
+        f"(actual/estimate {cost_ratio:.2f})"
+    )
+    if r.estimated_wall_clock_s:
+        line += (
+            f"; wall clock {r.estimated_wall_clock_s:,.1f} s estimated, {r.wall_clock_s:,.1f} s actual "
+            f"({r.wall_clock_s / r.estimated_wall_clock_s:.2f})"
+        )
+    return [
+        line + f"; the estimate's sample cost {_money(r.estimate_sample_cost_usd or 0.0)} (not in the total)"
+    ]
 
 
 def _table(title: str, values: dict[str, float]) -> list[str]:
@@ -321,6 +347,7 @@ def render_markdown(done: DatasetCompletion) -> str:
         f"- Chunks: {r.partitions_total} ({', '.join(f'{k} {v}' for k, v in sorted(done.chunk_states.items()))}); "
         f"runs launched {done.runs_launched}; request retries {r.retried}",
         f"- Wall-clock time {r.wall_clock_s:,.1f} s",
+        *_estimate_lines(r),
         f"- Failed items: `{r.failed_items_uri}`"
         if r.failed_items_uri
         else "- Failed items: none (no dead letters)",
@@ -426,6 +453,14 @@ def report_metadata(done: DatasetCompletion, path: Path, removed: int, kept: int
         "success_rate": dg.MetadataValue.float(round(done.success_rate, 4)),
         "threshold_met": dg.MetadataValue.bool(done.threshold_met),
         "wall_clock_s": seconds(r.wall_clock_s),
+        **(
+            {
+                "estimated_cost_usd": usd(r.estimated_cost_usd),
+                "estimated_wall_clock_s": seconds(r.estimated_wall_clock_s or 0.0),
+            }
+            if r.estimated_cost_usd is not None
+            else {}
+        ),
         "checkpoints_removed": dg.MetadataValue.int(removed),
         "checkpoints_kept": dg.MetadataValue.int(kept),
     }

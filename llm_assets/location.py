@@ -5,10 +5,12 @@ module, so they never load specs they do not use.
 Read it as a table of contents. A pipeline is one YAML file (docs/pipeline-spec.md); adding one needs no Python.
 For each spec, llm_assets/pipeline_assets.py builds `<pipeline>/items` and one asset per stage (partitioned by
 chunk), its quality gates, `<pipeline>/cost_ledger` and `<pipeline>/completion_report` (partitioned by dataset),
-its chunk and completion jobs and one LLM resource per stage. The sensors (sensors/recovery.py) serve every
-pipeline: one new-dataset sensor per pipeline (with its `<pipeline>__register_job`), one backfill, completion,
-batch-poll and check-alert sensor for all; all on by default. Loading creates each pipeline's inbox
-(`$CHUNKWISE_HOME/inbox/<pipeline>`, or its `input.watch` folder when that is under CHUNKWISE_HOME).
+its chunk and completion jobs and one LLM resource per stage; llm_assets/trials.py a model trial asset
+`trials/<pipeline>/<stage>` per stage that lists `candidates` (launched by hand). The sensors
+(sensors/recovery.py) serve every pipeline: one new-dataset sensor per pipeline (with its
+`<pipeline>__register_job`), one backfill, completion, batch-poll and check-alert sensor for all; all on by
+default. Loading creates each pipeline's inbox (`$CHUNKWISE_HOME/inbox/<pipeline>`, or its `input.watch` folder
+when that is under CHUNKWISE_HOME).
 
 What differs per deployment comes from the environment:
 - `CHUNKWISE_PIPELINES` (the folder of specs, default `<repo>/pipelines`, or one spec file); each spec names its
@@ -39,6 +41,7 @@ from io_managers.s3_config import s3_from_env
 from llm_assets.pipeline_assets import pipeline_definitions
 from llm_assets.settings import chunkwise_home
 from llm_assets.spec import PipelineSpec, load_pipelines
+from llm_assets.trials import trial_assets
 from sensors.alerts import build_check_alert_sensor, check_alert_sensor
 from sensors.new_datasets import ensure_watch_folder, pipeline_watch_uri
 from sensors.recovery import build_recovery_sensors
@@ -118,6 +121,7 @@ def build_defs(
     for spec in specs:
         part = pipeline_definitions(spec, home=home, outputs_uri=outputs, s3=s3)
         assets += list(part.assets or [])
+        assets += trial_assets(spec)  # `trials/<pipeline>/<stage>`: launched by hand, in no job or sensor
         checks += list(part.asset_checks or [])
         jobs += list(part.jobs or [])
         automation += list(

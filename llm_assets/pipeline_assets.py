@@ -14,7 +14,8 @@ This is the generic stage factory of issue 12 (llm_assets/spec.py describes the 
   stages unsynced (and one re-made with the same answers does not);
 - the sensor `<pipeline>__refresh_stale`, off by default: when on, it re-runs unsynced stage partitions;
 - one LLM resource per stage (`<pipeline>__<stage>__llm`) from its provider profile and the pipeline budgets;
-- the job `<pipeline>__chunk_job` that materializes a chunk through every stage.
+- the job `<pipeline>__chunk_job` that materializes a chunk through every stage;
+- the job `<pipeline>__estimate_job` that estimates a registered dataset's cost and time (llm_assets/estimate.py).
 
 - the stages' quality gates (llm_assets/pipeline_checks.py), run in the chunk job;
 - per dataset (partitions `<pipeline>__datasets`): `<pipeline>/cost_ledger` and `<pipeline>/completion_report`,
@@ -724,10 +725,12 @@ def pipeline_definitions(
         **{llm_resource_key(spec, stage): build_llm_resource(spec, stage, home) for stage in spec.stages},
         **check_resources,
     }
+    from llm_assets.estimate import build_estimate_job  # it builds on this module's helpers
+
     return dg.Definitions(
         assets=[*assets, *report_assets],
         asset_checks=checks,
-        jobs=[job, completion_job],
+        jobs=[job, completion_job, build_estimate_job(spec)],
         sensors=[refresh_stale_sensor(spec)],
         resources=resources,
     )

@@ -385,6 +385,11 @@ class CompletionReport:
     """Per check: partitions passed / failed; the sampled accuracy; the judge's spend; blocked_by."""
     priced_at_zero: list[PricedAtZero] = field(default_factory=list)
     """Stages priced at $0 because their model has no price row and their profile sets `allow_unpriced`."""
+    estimated_cost_usd: float | None = None
+    """The dataset's estimate (llm_assets/estimate.py, each stage in its mode) when one was made; None if not."""
+    estimated_wall_clock_s: float | None = None
+    estimate_sample_cost_usd: float | None = None
+    """What the estimate's sample cost (spend ledger scope `estimate-<dataset id>`, not in `total_cost_usd`)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -321,6 +321,39 @@ class GatesSpec(SpecModel):
     cost_per_item: CostPerItemGate = Field(default_factory=CostPerItemGate, description="Cost per item.")
 
 
+# ------------------------------------------------------------------------------------------------- trials
+
+
+class CandidateSpec(SpecModel):
+    """A model a stage could run on, measured by a model trial (llm_assets/trials.py) on the same seeded sample
+    as the other candidates, with the stage's own prompt and schema."""
+
+    model: str = Field(description="Model id; needs a price row (or the profile's `allow_unpriced`).")
+    provider: str | None = Field(
+        default=None, description="Name of a profile under `providers`. null: the stage's."
+    )
+
+
+class TrialSpec(SpecModel):
+    """How a model trial of the stage's `candidates` samples and which cascade thresholds it measures
+    (`make trial`, or the asset `trials/<pipeline>/<stage>`)."""
+
+    sample_size: int = Field(
+        default=200, ge=1, description="Items in the seeded sample every candidate answers."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the sample: the same seed, the same items.")
+    thresholds: list[Annotated[float, Field(gt=0, le=1)]] = Field(
+        default=[0.2, 0.3, 0.4, 0.5, 0.6],
+        description="Cascade thresholds measured: the cheapest candidate on every item, the most accurate one "
+        "on the items whose `confidence_field` is below the threshold.",
+    )
+    confidence_field: str = Field(
+        default="confidence",
+        description="Number field of the output schema the cascade routes on; a schema without it gets no "
+        "cascade table.",
+    )
+
+
 # ------------------------------------------------------------------------------------------------- stages
 
 
@@ -397,6 +430,16 @@ class StageSpec(SpecModel):
         default=None, ge=1, description="Output tokens per reply. null: the profile's."
     )
     gates: GatesSpec = Field(default_factory=GatesSpec, description="Quality gates on this stage.")
+    candidates: list[CandidateSpec] = Field(
+        default=[],
+        description="Models a model trial compares for this stage (with `model` itself or not): accuracy "
+        "against `gates.sampled_quality` (gold column, else its judge), cost, latency; the recommendation is "
+        "the cheapest whose accuracy lower bound meets `gates.sampled_quality.min_accuracy`. Needs "
+        "`gates.sampled_quality`. Empty: no trial.",
+    )
+    trial: TrialSpec = Field(
+        default_factory=TrialSpec, description="The model trial's sample and thresholds."
+    )
 
     _resolved: ResolvedStage | None = PrivateAttr(default=None)
 
@@ -546,6 +589,20 @@ class CompletionSpec(SpecModel):
     )
 
 
+class EstimateSpec(SpecModel):
+    """The cost and time estimate of each new dataset (llm_assets/estimate.py), made before its chunks launch."""
+
+    before_launch: bool = Field(
+        default=False,
+        description="Estimate every new dataset (a paid sample) before the new-dataset sensor launches its "
+        "chunks; chunks launch only when the estimate fits `budgets.dataset_usd` and `budgets.run_usd`.",
+    )
+    sample_size: int | None = Field(
+        default=None, ge=1, description="Items sent for real; unset: 400, at most a quarter of the dataset."
+    )
+    seed: int = Field(default=0, description="The sample's seed: the same seed samples the same items.")
+
+
 # ------------------------------------------------------------------------------------------------- pipeline
 
 
@@ -570,6 +627,9 @@ class PipelineSpec(SpecModel):
     notifications: Notifications = Field(default_factory=Notifications, description="Webhooks.")
     completion: CompletionSpec = Field(
         default_factory=CompletionSpec, description="Dataset success threshold."
+    )
+    estimate: EstimateSpec = Field(
+        default_factory=EstimateSpec, description="Estimate cost and time before launching a dataset."
     )
 
     _source: Path | None = PrivateAttr(default=None)

@@ -490,6 +490,7 @@ class _SpecChecker:
         judge_prompt, judge_schema = self._check_gates(
             (*at, "gates"), stage, schema, taxonomy, few_shot, used_profiles
         )
+        self._check_candidates(at, stage, schema, used_profiles)
         if len(self.problems) > start or profile is None or schema is None or route is None:
             return None
         assert system_prompt is not None
@@ -830,6 +831,51 @@ class _SpecChecker:
             "additionalProperties": False,
         }
         return rubric, judge_schema
+
+    def _check_candidates(
+        self, at: Path_, stage: StageSpec, schema: dict[str, Any] | None, used_profiles: dict[str, Path_]
+    ) -> None:
+        """A model trial's candidates (llm_assets/trials.py): known profiles, priced models, something to score
+        them by, and a user template a trial can fill from the input alone."""
+        if not stage.candidates:
+            return
+        seen: dict[tuple[str, str], int] = {}
+        for j, candidate in enumerate(stage.candidates):
+            c_at: Path_ = (*at, "candidates", j)
+            name = candidate.provider or stage.provider
+            profile = self._profile_for((*c_at, "provider"), name, used_profiles)
+            if profile is not None:
+                self._check_price((*c_at, "model"), candidate.model, name, profile)
+            if (name, candidate.model) in seen:
+                self.problem(
+                    c_at,
+                    f"model {candidate.model!r} on profile {name!r} is already candidates[{seen[name, candidate.model]}]; "
+                    "list each candidate once",
+                )
+            seen.setdefault((name, candidate.model), j)
+        quality = stage.gates.sampled_quality
+        if quality is None:
+            self.problem(
+                (*at, "candidates"),
+                "a model trial scores candidates by gates.sampled_quality (its field, gold_column or judge, and "
+                "min_accuracy as the gate); add gates.sampled_quality to the stage or remove candidates",
+            )
+        # (no gold_column and no judge: _check_gates reports "scores nothing")
+        earlier = [p for p in placeholders(stage.user_template) if "." in p]
+        if earlier:
+            self.problem(
+                (*at, "candidates"),
+                f"a model trial fills the user template from the input alone, but it reads {', '.join(earlier)}; "
+                "list candidates on a stage whose user template uses input columns only",
+            )
+        confidence = stage.trial.confidence_field
+        properties = (schema or {}).get("properties", {})
+        kind = _field_type(properties[confidence]).json_type if confidence in properties else "number"
+        if kind not in ("number", "integer"):
+            self.problem(
+                (*at, "trial", "confidence_field"),
+                f"{confidence!r} is not a number field of stage {stage.name!r}; name the confidence field",
+            )
 
     def _gate_field(
         self, at: Path_, name: str, properties: dict[str, Any], stage_name: str, *, scalar: bool

@@ -16,9 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llm_sim.answers import Unsatisfiable, resolve, uniform_from_text
+from llm_sim.answers import (
+    Unsatisfiable,
+    fit_number,
+    is_confidence_name,
+    resolve,
+    scale_confidence,
+    uniform_from_text,
+)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A keyed answer's confidence: uniform on this range when its label is right, on the other when wrong, so a low
+# confidence flags the likely mistakes (docs/simulator-answer-key.md, "Confidence").
+CONFIDENCE_WHEN_RIGHT = (0.25, 1.0)
+CONFIDENCE_WHEN_WRONG = (0.0, 0.65)
 BUILD_HINT = "build one with `python -m llm_sim answer-key FILE.csv --text-column text --label-column label -o key.json`"
 
 
@@ -61,6 +72,27 @@ def label_field(schema: dict[str, Any], gold: str) -> tuple[str, list[str]] | No
         if isinstance(options, list) and gold in options:
             return name, [o for o in options if isinstance(o, str)]
     return None
+
+
+def confidence_fields(schema: dict[str, Any]) -> dict[str, tuple[dict[str, Any], bool]]:
+    """The top-level number properties named like a confidence (`is_confidence_name`): name -> (its resolved
+    schema, whether it is an integer)."""
+    try:
+        properties = resolve(schema, schema).get("properties")
+    except Unsatisfiable:
+        return {}
+    found: dict[str, tuple[dict[str, Any], bool]] = {}
+    for name, sub in (properties if isinstance(properties, dict) else {}).items():
+        if not is_confidence_name(name):
+            continue
+        try:
+            node = resolve(sub, schema)
+        except Unsatisfiable:
+            continue
+        kinds = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+        if "number" in kinds or "integer" in kinds:
+            found[name] = (node, "number" not in kinds)
+    return found
 
 
 @dataclass(frozen=True)
@@ -108,9 +140,11 @@ class AnswerKey:
         self, value: Any, schema: dict[str, Any], user_text: str, accuracy: float, draw: str
     ) -> Any:
         """`value` with its label field set from the key: the gold label with probability `accuracy`, else
-        another label of the same enum. The draw is a function of `draw` (seed and model) and the text's hash,
-        so the same item always gets the same label from one model. Unchanged if the item is not in the key,
-        the schema has no enum holding its gold label, or `value` is not an object."""
+        another label of the same enum; and each top-level confidence-like number beside it drawn from
+        `CONFIDENCE_WHEN_RIGHT` or `CONFIDENCE_WHEN_WRONG`, scaled to the property's minimum..maximum. The draws
+        are a function of `draw` (seed and model) and the text's hash, so the same item always gets the same
+        answer from one model. Unchanged if the item is not in the key, the schema has no enum holding its gold
+        label, or `value` is not an object."""
         found = self.lookup(user_text)
         if found is None or not isinstance(value, dict):
             return value
@@ -120,10 +154,19 @@ class AnswerKey:
             return value
         name, labels = field
         wrong = [label for label in labels if label != gold]
-        if not wrong or uniform_from_text(digest, f"answer-key:{draw}:") < accuracy:
-            return {**value, name: gold}
-        pick = int(uniform_from_text(digest, f"answer-key-wrong:{draw}:") * len(wrong))
-        return {**value, name: wrong[pick]}
+        right = not wrong or uniform_from_text(digest, f"answer-key:{draw}:") < accuracy
+        if right:
+            label = gold
+        else:
+            label = wrong[int(uniform_from_text(digest, f"answer-key-wrong:{draw}:") * len(wrong))]
+        low, high = CONFIDENCE_WHEN_RIGHT if right else CONFIDENCE_WHEN_WRONG
+        share = low + (high - low) * uniform_from_text(digest, f"answer-key-confidence:{draw}:")
+        confidences = {
+            prop: fit_number(scale_confidence(round(share, 3), node), node, integer)
+            for prop, (node, integer) in confidence_fields(schema).items()
+            if prop in value and prop != name
+        }
+        return {**value, name: label, **confidences}
 
 
 def key_from_csv(path: Path, text_column: str, label_column: str) -> dict[str, str]:

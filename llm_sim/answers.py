@@ -152,6 +152,33 @@ def strip_example_lines(text: str) -> str:
     return _EXAMPLE_LINE.sub("", text).strip()
 
 
+def is_confidence_name(name: str) -> bool:
+    """A property named like a confidence: "confidence", "score", "probability" or "certainty" in its name."""
+    lowered = name.lower()
+    return any(word in lowered for word in _CONFIDENCE_NAMES)
+
+
+def scale_confidence(share: float, node: dict[str, Any]) -> float:
+    """A confidence `share` in [0, 1] mapped onto the number node's minimum..maximum (0..1 when unbounded above;
+    not yet fitted to exclusive bounds or multipleOf: `fit_number` does that)."""
+    low, high = number_bounds(node)
+    return share if high is None else round(low + (high - low) * share, 6)
+
+
+def number_bounds(node: dict[str, Any]) -> tuple[float, float | None]:
+    """A number node's (low, high): its minimum or exclusiveMinimum, else 0 (or high - 1 when high is negative);
+    its maximum or exclusiveMaximum, else None."""
+    low = _number(node.get("minimum"))
+    if low is None:
+        low = _number(node.get("exclusiveMinimum"))
+    high = _number(node.get("maximum"))
+    if high is None:
+        high = _number(node.get("exclusiveMaximum"))
+    if low is None:
+        low = 0 if high is None or high >= 0 else high - 1
+    return low, high
+
+
 def uniform_from_text(text: str, salt: str = "") -> float:
     """A deterministic number in [0, 1) from sha256(salt + text)."""
     digest = hashlib.sha256((salt + text).encode()).digest()
@@ -924,18 +951,9 @@ class AnswerWriter:
 
     def _number(self, node: dict[str, Any], name: str, path: tuple[str | int, ...], integer: bool) -> Any:
         lowered = name.lower()
-        low = _number(node.get("minimum"))
-        if low is None:
-            low = _number(node.get("exclusiveMinimum"))
-        high = _number(node.get("maximum"))
-        if high is None:
-            high = _number(node.get("exclusiveMaximum"))
-        if low is None:
-            low = 0 if high is None or high >= 0 else high - 1
-        if any(word in lowered for word in _CONFIDENCE_NAMES):
-            value = self.last_choice.confidence if self.last_choice else 0.5
-            if high is not None:
-                value = round(low + (high - low) * value, 6)
+        low, high = number_bounds(node)
+        if is_confidence_name(name):
+            value = scale_confidence(self.last_choice.confidence if self.last_choice else 0.5, node)
         elif "count" in lowered or lowered.startswith("num"):
             value = len(extract_entities(self.user_text))
         else:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 
@@ -44,6 +44,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINE = ROOT / "pipelines" / "banking77.yaml"
 SIM_CONFIG = ROOT / "scripts" / "demo_sim.yaml"
 SIM_KEY = "sk-sim-local"
+DEMO_ACCURACY = {"gpt-6-luna": 0.75, "gpt-6.2-sol": 0.92}
+"""Each simulated model's share of right labels on items in the demo's answer key: the cheap classifier and the
+strong enricher/judge (docs/simulator-answer-key.md). The sampled_quality threshold of pipelines/banking77.yaml is
+measured against these (bench/quality_baseline.py)."""
 # The console shows the pipeline's own INFO lines (progress, check results), not Dagster's DEBUG event stream;
 # every event is still in the instance for `make ui`.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -132,7 +136,40 @@ def start_simulator(config: Path | None = SIM_CONFIG) -> tuple[subprocess.Popen,
     raise SystemExit("the simulator did not answer within 30 s")
 
 
-def _prepare_instance(home: Path) -> None:
+def demo_sim_config(pipeline: Path, folder: Path, changes: dict[str, Any] | None = None) -> Path:
+    """The simulator config the demo runs for the spec `pipeline`, written to `folder`: scripts/demo_sim.yaml,
+    with top-level keys replaced by `changes` (e.g. `{"seed": 3, "latency": {}}`), and, when the spec reads one
+    text column and a gold label column from a local CSV `input.demo_data` (BANKING77), an answer key built from
+    that file (`folder/answer_key.json`) with `DEMO_ACCURACY` per model, so the models differ in quality as real
+    ones do. Other specs (the reviews pipeline joins two text columns) run without a key, with the lexical
+    answers. Only this harness and the simulator read the key; the product learns gold labels from its own
+    data. A spec that does not load gets no key (the demo reports the spec's problem itself)."""
+    import yaml
+
+    from llm_assets.spec import PipelineSpecError, load_pipeline
+    from llm_sim.answer_key import key_from_csv, write_key
+
+    config = yaml.safe_load(SIM_CONFIG.read_text()) | (changes or {})
+    try:
+        spec = load_pipeline(pipeline, require_secrets=False)
+    except PipelineSpecError:
+        spec = None
+    columns = spec.input.columns if spec is not None else None
+    data = Path(spec.input.demo_data) if spec is not None and spec.input.demo_data else None
+    folder.mkdir(parents=True, exist_ok=True)
+    if columns is not None and len(columns.text) == 1 and columns.label and data and data.suffix == ".csv":
+        key = folder / "answer_key.json"
+        write_key(key_from_csv(data, columns.text[0], columns.label), key)
+        config["answer_key"] = str(key.resolve())
+        models = config.setdefault("models", {})
+        for model, accuracy in DEMO_ACCURACY.items():
+            models[model] = {**models.get(model, {}), "accuracy": accuracy}
+    path = folder / "sim.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def prepare_instance(home: Path) -> None:
     from scripts.demo_daemon import write_instance_config
 
     dagster_home = home / "dagster"
@@ -223,7 +260,7 @@ def _main(args: argparse.Namespace) -> int:
     from llm_assets.settings import chunkwise_home
 
     home = chunkwise_home()
-    _prepare_instance(home)
+    prepare_instance(home)
     sim = None
     sim_root = None
     if os.environ.get("CHUNKWISE_LLM_BASE_URL") and not os.environ.get("CHUNKWISE_LLM_API_KEY"):
@@ -234,7 +271,7 @@ def _main(args: argparse.Namespace) -> int:
         )
         return 2
     if not os.environ.get("CHUNKWISE_LLM_BASE_URL") and not args.profile:
-        sim, sim_root = start_simulator()
+        sim, sim_root = start_simulator(demo_sim_config(Path(args.pipeline), home / "demo" / "simulator"))
         point_at_simulator(sim_root)
         print(f"simulator (a local test double, not a real model) at {sim_root}")
     try:

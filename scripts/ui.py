@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.demo import SIM_CONFIG, _prepare_instance, point_at_simulator
+from scripts.demo import DEFAULT_PIPELINE, demo_sim_config, point_at_simulator, prepare_instance
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_PORT = int(os.environ.get("CHUNKWISE_SIM_PORT", "8765"))
@@ -18,12 +18,14 @@ SIM_PORT = int(os.environ.get("CHUNKWISE_SIM_PORT", "8765"))
 def main(argv: list[str] | None = None) -> int:
     from llm_assets.settings import chunkwise_home
 
-    _prepare_instance(chunkwise_home())
+    home = chunkwise_home()
+    prepare_instance(home)
     sim = None
     if not os.environ.get("CHUNKWISE_LLM_BASE_URL"):
+        config = demo_sim_config(DEFAULT_PIPELINE, home / "demo" / "simulator")
         sim = subprocess.Popen(
             [sys.executable, "-m", "llm_sim", "serve", "--host", "127.0.0.1", "--port", str(SIM_PORT),
-             "--config", str(SIM_CONFIG)],
+             "--config", str(config)],
             cwd=ROOT,
         )  # fmt: skip
         point_at_simulator(f"http://127.0.0.1:{SIM_PORT}")

@@ -46,6 +46,7 @@ import dagster as dg
 from io_managers.parquet_files import is_s3_uri, parse_s3_uri, s3_client
 from io_managers.s3_config import S3_ENDPOINT_ENV, S3_ON_ENV
 from llm_assets.datasets import DatasetError, RegisteredDataset, load_dataset
+from llm_assets.estimate import estimate_job_name, estimate_run_config, load_estimate, verdict_for
 from llm_assets.partitions import missing_partitions
 from llm_assets.pipeline_assets import spec_layout
 from llm_assets.settings import chunkwise_home
@@ -59,6 +60,7 @@ from sensors.registration import (
     register_run_config,
     register_run_tags,
 )
+from sensors.webhooks import deliver, webhook_url
 
 DATA_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet", ".pq")
 SUCCESS_SUFFIX = "._SUCCESS"
@@ -87,6 +89,12 @@ class NewDatasetCursor:
     """uri -> {size, mtime, error}: skipped until the file changes."""
     held: list[str] = field(default_factory=list)
     """chunk partition keys registered while their provider was stopped: launched once it is cleared."""
+    estimating: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """dataset_id -> {uri, attempt}: registered, its estimate run requested (`estimate.before_launch`)."""
+    over_budget: dict[str, str] = field(default_factory=dict)
+    """dataset_id -> why its chunks are not launched (estimate over budget, or the estimate failed)."""
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    """Notices for the pipeline's alert webhook not delivered yet (it was down): sent on a later tick."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -162,6 +170,12 @@ def list_input_files(watch_uri: str, s3: Any = None) -> tuple[list[FileSeen], se
     return files, markers
 
 
+def estimate_run_key(dataset_id: str, mtime: float, attempt: int) -> str:
+    """The estimate run of a dataset the sensor registered (`estimate.before_launch`), per version of its file
+    (touching the file asks again: the estimate is read back, nothing paid, and judged against the budgets now)."""
+    return f"estimate:{dataset_id}:{mtime!r}:attempt-{attempt}"
+
+
 def registration_run_key(uri: str, size: float, mtime: float, attempt: int) -> str:
     """One per version of a file (size and mtime) and attempt: Dagster launches it once per sensor."""
     return f"register:{uri}:{int(size)}:{mtime!r}:attempt-{attempt}"
@@ -228,6 +242,9 @@ def build_new_dataset_sensor(
     api_key_envs: Sequence[str] = (),
     minimum_interval_seconds: int = 30,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    estimate_job: dg.JobDefinition | None = None,
+    alert_webhook_env: str | None = None,
+    budgets_usd: tuple[float | None, float | None] = (None, None),
 ) -> dg.SensorDefinition:
     """Watch `watch_uri` (a local folder or `s3://bucket/prefix`; S3 needs an `s3` S3Resource in the definitions)
     and, per fully-written file, launch `register_job` (a file of `pipeline`, chunks of `chunk_size` rows), then
@@ -235,7 +252,14 @@ def build_new_dataset_sensor(
 
     `providers`: a halt of any of them holds the chunk runs; the first labels them. `api_key_envs`: the variables
     the chunk runs read their keys from (named in the description, never read here). Needs the `settings`
-    resource (PipelineSettings: CHUNKWISE_HOME, where manifests live and the default inbox is)."""
+    resource (PipelineSettings: CHUNKWISE_HOME, where manifests live and the default inbox is).
+
+    `estimate_job` (the spec's `estimate.before_launch`): after registration the tick requests that job for the
+    dataset (`run_key=estimate:<dataset id>:<file mtime>:attempt-1`) and launches the chunk runs only once it succeeded and its
+    `estimate.json` fits `budgets_usd` (the spec's dataset and run caps, as they are now); otherwise the chunks are held (`over_budget` in the cursor), the tick logs
+    why, and the same notice goes to the webhook in `alert_webhook_env`. To go on after raising the budget, touch
+    the file: it registers again (the same dataset) and its estimate is read back (nothing paid) and judged
+    against the new budget; or launch the chunks by hand (a backfill of their partitions in the UI)."""
     s3_watch = is_s3_uri(watch_uri)
     resource_keys = {"settings", "s3"} if s3_watch else {"settings"}
     chunk_job_name = chunk_job.name
@@ -248,9 +272,11 @@ def build_new_dataset_sensor(
         f"; its chunk runs read the API key from ${', $'.join(api_key_envs)}" if api_key_envs else ""
     )
 
+    targets = [chunk_job, register_job, *([estimate_job] if estimate_job is not None else [])]
+
     @dg.sensor(
         name=name,
-        **sensor_targets([chunk_job_name, register_job.name], [chunk_job, register_job]),
+        **sensor_targets([job.name for job in targets], targets),
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         required_resource_keys=resource_keys,
@@ -295,18 +321,85 @@ def build_new_dataset_sensor(
             new_partitions.extend(
                 missing_partitions(context.instance, dataset.partition_keys, chunks_partitions)
             )
+            if estimate_job is not None:  # chunks wait for the estimate (follow_estimate)
+                entry = {"uri": uri, "mtime": entry["mtime"], "attempt": 1}
+                state.estimating[dataset.dataset_id] = entry
+                state.over_budget.pop(dataset.dataset_id, None)
+                registrations.append(estimate_request(dataset.dataset_id, entry))
+                context.log.info(
+                    f"registered {uri} as {dataset.dataset_id}: {dataset.n_chunks} chunks; estimating it before "
+                    f"launching them (`{estimate_job.name}`)"
+                )
+                return
+            launch_chunks(dataset)
+
+        def launch_chunks(dataset: RegisteredDataset) -> None:
             if stopped is not None:
                 state.held += dataset.partition_keys
                 context.log.warning(
-                    f"registered {uri} as {dataset.dataset_id}: {dataset.n_chunks} chunk runs held, {stopped}; "
-                    f"`python -m sensors.backfill clear {' / '.join(halts)}` after fixing it"
+                    f"registered {dataset.uri} as {dataset.dataset_id}: {dataset.n_chunks} chunk runs held, "
+                    f"{stopped}; `python -m sensors.backfill clear {' / '.join(halts)}` after fixing it"
                 )
                 return
             chunk_runs.extend(runs_of(dataset.partition_keys))
             context.log.info(
-                f"registered {uri} as {dataset.dataset_id}: {dataset.total_rows} rows in {dataset.n_chunks} "
-                f"chunks; requested {dataset.n_chunks} `{chunk_job_name}` runs"
+                f"registered {dataset.uri} as {dataset.dataset_id}: {dataset.total_rows} rows in "
+                f"{dataset.n_chunks} chunks; requested {dataset.n_chunks} `{chunk_job_name}` runs"
             )
+
+        def estimate_request(dataset_id: str, entry: dict[str, Any]) -> dg.RunRequest:
+            assert estimate_job is not None
+            return dg.RunRequest(
+                run_key=estimate_run_key(dataset_id, entry["mtime"], entry["attempt"]),
+                job_name=estimate_job.name,
+                run_config=estimate_run_config(pipeline, dataset_id),
+                tags={"chunkwise/dataset": dataset_id},
+            )
+
+        def hold(dataset_id: str, why: str) -> None:
+            state.over_budget[dataset_id] = why
+            context.log.error(f"{dataset_id}: chunk runs not launched: {why}")
+            state.alerts.append(
+                {
+                    "text": f":warning: Chunkwise held the chunks of dataset `{dataset_id}` (pipeline `{pipeline}`): "
+                    f"{why}",
+                    "pipeline": pipeline,
+                    "dataset_id": dataset_id,
+                    "kind": "estimate_hold",
+                    "reason": why,
+                }
+            )
+
+        def follow_estimate(dataset_id: str, entry: dict[str, Any]) -> None:
+            key = estimate_run_key(dataset_id, entry["mtime"], entry["attempt"])
+            runs = context.instance.get_runs(
+                filters=dg.RunsFilter(tags={RUN_KEY_TAG: key, SENSOR_NAME_TAG: name}), limit=1
+            )
+            if not runs:
+                registrations.append(estimate_request(dataset_id, entry))  # not launched yet
+                return
+            run = runs[0]
+            if not run.is_finished:
+                return
+            del state.estimating[dataset_id]
+            if run.status != dg.DagsterRunStatus.SUCCESS:
+                _, message = _step_failure(context.instance, run.run_id)
+                hold(dataset_id, f"its estimate failed ({message or run.status.value}, run {run.run_id}); "
+                     f"launch `{estimate_job.name if estimate_job else ''}` again or lower the sample")  # fmt: skip
+                return
+            estimate = load_estimate(home, pipeline, dataset_id)
+            if estimate is None:
+                hold(dataset_id, f"its estimate run {run.run_id} wrote no estimate.json under {home}")
+                return
+            # Judged against the budgets as they are now (estimate.json keeps the projection, not the caps).
+            verdict = verdict_for(
+                *budgets_usd, estimate.total_cost_usd_in_mode, estimate.budget.largest_chunk_cost_usd
+            )
+            if not verdict.within_budget:
+                hold(dataset_id, f"estimate over budget: {verdict.message}")
+            else:
+                context.log.info(f"{dataset_id}: estimate {verdict.message}")
+                launch_chunks(load_dataset(dataset_id, home))
 
         def reject(uri: str, entry: dict[str, Any], why: str) -> None:
             state.rejected[uri] = {"size": entry["size"], "mtime": entry["mtime"], "error": why}
@@ -339,6 +432,16 @@ def build_new_dataset_sensor(
                 reject(uri, entry, f"{outcome.message} (registration run {outcome.run_id})")
             return False
 
+        for dataset_id, entry in list(state.estimating.items()):
+            follow_estimate(dataset_id, entry)
+        if state.alerts:
+            url = webhook_url(alert_webhook_env) if alert_webhook_env else None
+            if url is None:
+                state.alerts.clear()  # no webhook configured: the hold was logged above, and nothing waits for it
+            else:
+                _, problem = deliver(url, state.alerts)
+                if problem:
+                    context.log.warning(f"alert webhook failed ({problem}); {len(state.alerts)} notices kept")
         if state.held and stopped is None:
             chunk_runs += runs_of(state.held)
             context.log.info(
@@ -375,6 +478,8 @@ def build_new_dataset_sensor(
         )
         if state.held:
             summary += f", {len(state.held)} chunk runs held: {stopped}"
+        if state.over_budget:
+            summary += f", {len(state.over_budget)} datasets held by their estimate"
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=[partitions.build_add_request(new_partitions)]
@@ -429,4 +534,9 @@ def build_pipeline_new_dataset_sensor(
         api_key_envs=[env for env in api_key_envs if env],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
+        estimate_job=next((job for job in jobs if job.name == estimate_job_name(spec.name)), None)
+        if spec.estimate.before_launch
+        else None,
+        alert_webhook_env=layout.alert_webhook_env,
+        budgets_usd=(spec.budgets.dataset_usd, spec.budgets.run_usd),
     )

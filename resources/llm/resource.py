@@ -185,6 +185,21 @@ class LLMResource(dg.ConfigurableResource):
         """`max_concurrency` when set, else the dialect's default."""
         return self.max_concurrency or self.server_dialect().max_concurrency
 
+    def limit_key(self) -> str:
+        """The shared limit store's key for this provider, endpoint and model."""
+        return f"{self.provider}|{self.base_url.rstrip('/')}|{self.model}"
+
+    def stated_limits(self) -> dict[str, float]:
+        """Per-minute limits by kind the provider stated in its rate-limit headers, as the shared limit store
+        recorded them (resources/llm/state_store.py); {} when the store has none."""
+        if not self.state_path().exists():
+            return {}
+        store = SQLiteStateStore(self.state_path())
+        try:
+            return store.stated_limits(self.limit_key())
+        finally:
+            store.close()
+
     def state_path(self) -> Path:
         base = Path(self.state_dir) if self.state_dir else default_state_dir(self._instance_storage)
         return base / STATE_FILE
@@ -250,7 +265,7 @@ class LLMResource(dg.ConfigurableResource):
         caps = self.budget_caps()
         keys = scope_keys(scope)
         spec = limit_spec(
-            f"{self.provider}|{self.base_url.rstrip('/')}|{self.model}",
+            self.limit_key(),
             requests_per_minute=self.requests_per_minute,
             tokens_per_minute=self.tokens_per_minute,
             input_tokens_per_minute=self.input_tokens_per_minute,

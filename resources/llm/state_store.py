@@ -208,6 +208,15 @@ class SQLiteStateStore:
         """Reservations charged after their process died: (id, scopes json, usd, pid)."""
         return self._conn.execute("SELECT id, scopes, usd, pid FROM reclaimed ORDER BY id").fetchall()
 
+    def stated_limits(self, limit_key: str) -> dict[str, float]:
+        """Per-minute limits by kind ("requests", "tokens", ...) that the provider stated in its rate-limit
+        headers, as recorded for `limit_key`; {} when none were (buckets exist only for configured limits)."""
+        rows = self._conn.execute(
+            "SELECT kind, header_limit FROM buckets WHERE limit_key = ? AND header_limit IS NOT NULL",
+            (limit_key,),
+        ).fetchall()
+        return {kind: float(limit) for kind, limit in rows}
+
     # -- rate-limit buckets -------------------------------------------------------------------------------
     def _load_limits(
         self, cur: sqlite3.Cursor, spec: LimitSpec, now: float

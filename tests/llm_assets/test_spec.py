@@ -118,8 +118,8 @@ def test_banking77_spec_keeps_the_fixed_pipelines_settings_and_gates(keys: None)
     drift = classified.gates.label_drift
     assert quality is not None and drift is not None
     assert (quality.sample_size, quality.min_accuracy, quality.confidence, quality.severity) == (
-        50,
-        0.10,
+        100,
+        0.56,
         0.95,
         "WARN",
     )

@@ -122,6 +122,25 @@ def test_each_model_is_right_at_its_configured_accuracy_independently(keyed_sim)
     assert_binomial(both_wrong, len(IN_KEY), (1 - ACCURACY[STRONG]) * (1 - ACCURACY[CHEAP]), "both wrong")
 
 
+def test_keyed_confidence_is_higher_when_the_label_is_right_so_routing_low_confidence_catches_mistakes(
+    keyed_sim,
+):
+    with client_for(keyed_sim) as client:
+        answers = [ask(client, CHEAP, row["text"]) for row in IN_KEY]
+    right = [a["confidence"] for a, row in zip(answers, IN_KEY, strict=True) if a["label"] == row["category"]]
+    wrong = [a["confidence"] for a, row in zip(answers, IN_KEY, strict=True) if a["label"] != row["category"]]
+    assert all(0 <= c <= 1 for c in right + wrong)
+    # Documented model: right ~ U[0.25, 1.0] (mean 0.625), wrong ~ U[0.0, 0.65] (mean 0.325).
+    mean_right, mean_wrong = sum(right) / len(right), sum(wrong) / len(wrong)
+    print(
+        f"mean confidence: right {mean_right:.3f} (n={len(right)}), wrong {mean_wrong:.3f} (n={len(wrong)})"
+    )
+    assert mean_right - mean_wrong > 0.2
+    # A cascade sending confidence < 0.5 to the strong model: 10/13 of the mistakes, 1/3 of the right answers.
+    assert_binomial(sum(c < 0.5 for c in wrong), len(wrong), 0.5 / 0.65, "wrong answers under 0.5")
+    assert_binomial(sum(c < 0.5 for c in right), len(right), 0.25 / 0.75, "right answers under 0.5")
+
+
 def test_the_same_item_gets_the_same_answer_every_time_and_inside_a_template(keyed_sim):
     items = IN_KEY[:60]
     with client_for(keyed_sim) as client:

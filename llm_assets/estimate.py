@@ -1,0 +1,854 @@
+"""Estimate: what a registered dataset will cost and how long it will take, before any chunk runs.
+
+`estimate_dataset(spec, dataset, instance, home)` returns an `Estimate` and writes it to
+`<home>/estimates/<pipeline>/<dataset_id>/estimate.json`. How it is made:
+
+1. **Token distribution over the whole file**, streamed chunk by chunk (`read_chunk`, then `validate_chunk` with
+   the spec's length policy, as the `items` asset does; one chunk in memory at a time): valid items, the text
+   tokens of every item (the one token counter, resources/llm/tokens.py), mean, p50, p95, max.
+2. **A seeded sample** of `sample_size` valid items, the same for the same seed on any machine: the items with
+   the smallest sha256(`seed|item_id`), kept in a bounded heap while streaming (the bottom-k rule of
+   llm_assets/quality_stats.py `sample_item_ids`, over the whole file instead of one chunk). A sample larger
+   than the dataset is refused (`EstimateError`), not clipped: an estimate that samples everything is a run.
+3. **The sample is sent for real**, stage by stage, through each stage's own LLM resource and prompt
+   (`build_llm_resource`, `stage_prompt`): later stages see only the sample items their route selects, with
+   their user template rendered on the earlier stages' real answers. Every attempt is billed and written to
+   Chunkwise's spend ledger under dataset id `estimate-<dataset_id>` and run id `estimate-<dataset_id>`, so
+   the sample's spend is visible apart from the dataset's own run (the completion report's cost is the run).
+   The budgets of the spec apply to the sample too (its run and dataset scopes are the sample's own, the day is
+   the day's); before anything is sent, the sample's worst case (every sample item at every stage, one attempt,
+   max output tokens, the dearest input rate) is checked against `budgets.run_usd`, `budgets.dataset_usd` and
+   `budgets.day_usd` and refused with one message when it does not fit.
+4. **Projection**, per stage: items = valid items x (sample items routed / sample size); per item, the mean
+   attempts (requests), input, cached, cache-write and output tokens measured on the sample (they include
+   retries and repairs). Input tokens are corrected by the difference between the dataset's mean text tokens
+   and the sample's, per request. Prompt caching: the sample's items that read nothing from the cache are the
+   cold start (the first wave of concurrent requests before the shared prefix is cached); the run is assumed
+   to pay that cold start once (a cold cache at launch) and the rest at the warm items' means. Cost online and
+   in batch mode comes from the one price lookup (`ModelPrice.cost_usd`, `batch=True` for the batch price).
+5. **Wall time**, the floor per stage: tokens / TPM, requests / RPM (and Anthropic's input / output TPM), or
+   requests x measured latency / (concurrency x `parallel_runs`), whichever binds. Limits are the provider
+   profile's configured ones (`requests_per_minute`, `tokens_per_minute`, Anthropic's input / output TPM), and
+   those the provider states in its rate-limit headers, as the shared limit store recorded them. The store keeps
+   them only for resources with a configured limit, so when a profile configures none (the demo's), the first
+   sample item of each stage is sent through a copy of the stage's resource with a nominal request limit
+   (PROBE_RPM, never binding): one request, whose headers the store records. (Sending the whole sample that way
+   paced it through the store: 62 s instead of 7 s for 400 items on a loaded machine.) Side effect: the store
+   keeps a `requests` bucket at that nominal rate for the provider and model; it matters only if the profile
+   later configures a token limit but no request limit. Stages add up (a chunk runs them in order). Orchestration overhead is
+   `overhead_per_chunk_s` per chunk run, divided over `parallel_runs`: measured on the pipeline's own last
+   successful chunk runs on the instance (run duration minus the stages' `duration_s`, median of up to 10;
+   `measured_overhead_per_chunk`), else 1.64 s, the in-process fixed cost per partition run measured by
+   bench/pipeline_overhead.py (docs/benchmarks.md).
+6. **Budget verdict**: the projected cost (in each stage's mode) against `budgets.dataset_usd`, and the
+   largest chunk's projected cost against `budgets.run_usd` (each chunk is one run). `within_budget` false
+   means the new-dataset sensor holds the chunks (sensors/new_datasets.py) when the spec's
+   `estimate.before_launch` is on.
+
+Idempotent: an `estimate.json` for the same dataset, the same stage versions (prompt, model, route...),
+sample size, seed and `parallel_runs` is read back instead of paying again (`reused: true`); `force=True` pays
+again (so does another `parallel_runs`: the wall time's concurrency floor is measured with it).
+
+Sample size: the main error is the route rate measured on the sample (`sample_route_rate_stderr`); BANKING77's
+`enriched` (then 37% routed, 70% of the cost) was 7% low with 200 items and 2% low with 400, hence the default
+of 400; with the demo's answer key (16% routed, half the cost) 400 items estimate 5% low
+(at most a quarter of the dataset; reviews' 122 items: 30, 1.5% high).
+
+The job `<pipeline>__estimate_job` (`build_estimate_job`, wired in pipeline_assets.pipeline_definitions) runs
+the same function from the Launchpad. No `from __future__ import annotations` here: Dagster resolves the op's
+config annotation (`EstimateConfig`) at definition time.
+"""
+
+import hashlib
+import heapq
+import json
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from llm_assets.datasets import RegisteredDataset, read_chunk
+from llm_assets.pipeline_assets import build_llm_resource, stage_prompt, stage_values
+from llm_assets.spec import PipelineSpec, StageSpec
+from llm_assets.spec_template import render
+from llm_assets.stages import idempotency_key
+from llm_assets.validation import validate_chunk
+from resources.llm import BudgetScope, LLMRequest, LLMResource
+from resources.llm.errors import JobFatalError
+from resources.llm.tokens import conservative_input_tokens, count_tokens, estimate_prompt_tokens
+from resources.llm.types import ItemResult, TokenUsage
+
+ESTIMATE_FILE = "estimate.json"
+DEFAULT_SAMPLE_SIZE = 400
+"""Items sent for real when no size is given, capped at a quarter of the dataset (`default_sample_size`): the
+route rate's sampling error sets the accuracy (BANKING77: 200 items gave -7% on the billed cost, 400 -2%)."""
+DEFAULT_SEED = 0
+OVERHEAD_PER_CHUNK_S = 1.64
+"""Seconds of fixed cost per in-process chunk run: docs/benchmarks.md, "Per-partition fixed cost"
+(bench/pipeline_overhead.py, inside the run)."""
+
+
+class EstimateError(ValueError):
+    """Bad input for an estimate (empty dataset, sample too large, budget below the sample): nothing was sent."""
+
+
+class StageEstimate(BaseModel):
+    """One stage, projected to the whole dataset. Tokens in tokens, money in USD, time in seconds."""
+
+    stage: str
+    model: str
+    mode: str
+    route: str
+    sample_items_sent: int
+    sample_route_rate: float = Field(description="routed sample items / sample size")
+    sample_route_rate_stderr: float = Field(
+        description="the route rate's standard error, sqrt(p(1-p)/n): the estimate's main source of error"
+    )
+    sample_cost_usd: float
+    sample_requests: int
+    sample_cold_items: int = Field(description="sample items that read nothing from the prompt cache")
+    items: int
+    requests: int
+    input_tokens: int = Field(description="every input token, cached and cache writes included")
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    output_tokens_per_item: float
+    cached_share: float = Field(description="cached / input tokens")
+    cost_usd: float = Field(description="online price")
+    cost_usd_batch: float = Field(description="batch price (the price table's batch multiplier)")
+    cost_usd_in_mode: float = Field(description="the price of the stage's configured mode")
+    floor_s: float
+    binding_limit: str
+    limits: dict[str, float] = Field(description="per minute, by kind; `concurrency`: requests in flight")
+
+
+class BudgetVerdict(BaseModel):
+    within_budget: bool
+    message: str
+    dataset_usd: float | None = None
+    run_usd: float | None = None
+    largest_chunk_cost_usd: float = 0.0
+
+
+class Estimate(BaseModel):
+    """What `make estimate` prints and `estimate.json` holds."""
+
+    dataset_id: str
+    pipeline: str
+    spec_version: str
+    created_at: str
+    reused: bool = False
+    total_items: int
+    items_invalid: int
+    chunks: int
+    text_tokens_total: int
+    text_tokens_mean: float
+    text_tokens_p50: int
+    text_tokens_p95: int
+    text_tokens_max: int
+    sample_size: int
+    seed: int
+    sample_cost_usd: float
+    sample_requests: int
+    sample_scope: str = Field(description="dataset id and run id of the sample's rows in the spend ledger")
+    stages: list[StageEstimate]
+    total_requests: int
+    total_input_tokens: int
+    total_cached_input_tokens: int
+    total_output_tokens: int
+    total_cost_usd: float = Field(description="online")
+    total_cost_usd_batch: float
+    total_cost_usd_in_mode: float = Field(description="each stage in its configured mode")
+    floor_s: float
+    overhead_s: float
+    overhead_per_chunk_s: float
+    overhead_source: str = Field(description="where the per-chunk overhead comes from")
+    wall_clock_s: float
+    parallel_runs: int
+    budget: BudgetVerdict
+    path: str = ""
+
+
+def estimate_path(home: Path, pipeline: str, dataset_id: str) -> Path:
+    """Where a dataset's estimate lives: `<home>/estimates/<pipeline>/<dataset_id>/estimate.json`."""
+    return home / "estimates" / pipeline / dataset_id / ESTIMATE_FILE
+
+
+def load_estimate(home: Path, pipeline: str, dataset_id: str) -> Estimate | None:
+    """The dataset's recorded estimate, None when there is none (or it cannot be read)."""
+    path = estimate_path(home, pipeline, dataset_id)
+    try:
+        return Estimate.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def default_sample_size(total_items: int) -> int:
+    """DEFAULT_SAMPLE_SIZE, at most a quarter of the dataset (at least one item)."""
+    return max(1, min(DEFAULT_SAMPLE_SIZE, total_items // 4))
+
+
+def sample_scope(dataset_id: str) -> str:
+    """The spend ledger's dataset id (and run id) of an estimate's sample."""
+    return f"estimate-{dataset_id}"
+
+
+def spec_version(spec: PipelineSpec) -> str:
+    """The stages' versions (prompt, model, route, ...) and modes: a different one makes a new estimate."""
+    parts = [[s.version(), s.mode] for s in spec.stages]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------------ the scan
+
+
+class _Scan(BaseModel):
+    total_items: int = 0
+    items_invalid: int = 0
+    chunk_items: list[int] = []
+    token_counts: dict[int, int] = {}
+    """Histogram: text tokens -> items (bounded by `length_policy.max_input_tokens`)."""
+    sample: list[dict[str, Any]] = []
+
+    def quantile(self, q: float) -> int:
+        target = q * self.total_items
+        seen = 0
+        for tokens in sorted(self.token_counts):
+            seen += self.token_counts[tokens]
+            if seen >= target:
+                return tokens
+        return 0
+
+    @property
+    def tokens_total(self) -> int:
+        return sum(t * n for t, n in self.token_counts.items())
+
+
+def _rank(seed: int, item_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}|{item_id}".encode()).digest()
+
+
+def scan_dataset(
+    spec: PipelineSpec, dataset: RegisteredDataset, sample_size: int, seed: int, s3: Any = None
+) -> _Scan:
+    """Stream every chunk once: the token histogram and the seeded bottom-k sample (valid items only)."""
+    scan = _Scan()
+    heap: list[tuple[bytes, int, dict[str, Any]]] = []  # max-heap by negated rank: the k smallest ranks
+    order = 0
+    for index in range(dataset.n_chunks):
+        checked = validate_chunk(
+            read_chunk(dataset, index, s3=s3),
+            chunk_index=index,
+            max_input_tokens=spec.length_policy.max_input_tokens,
+            length_policy=spec.length_policy.action,
+            count_tokens=count_tokens,
+            duplicate_rows=dataset.duplicate_rows,
+        )
+        valid = checked.valid
+        scan.items_invalid += len(checked.rejected)
+        scan.total_items += len(valid)
+        scan.chunk_items.append(len(valid))
+        for tokens in valid["input_tokens"]:
+            scan.token_counts[int(tokens)] = scan.token_counts.get(int(tokens), 0) + 1
+        for row in valid.to_dict(orient="records"):
+            negated = bytes(255 - b for b in _rank(seed, str(row["item_id"])))
+            order += 1
+            if len(heap) < sample_size:
+                heapq.heappush(heap, (negated, order, row))
+            elif sample_size and negated > heap[0][0]:
+                heapq.heapreplace(heap, (negated, order, row))
+    scan.sample = [row for _, _, row in sorted(heap, reverse=True)]
+    return scan
+
+
+# ------------------------------------------------------------------------------------------------ estimate
+
+
+def estimate_dataset(
+    spec: PipelineSpec,
+    dataset: RegisteredDataset,
+    instance: dg.DagsterInstance,
+    home: Path,
+    *,
+    sample_size: int | None = None,
+    seed: int = DEFAULT_SEED,
+    s3: Any = None,
+    parallel_runs: int = 1,
+    overhead_per_chunk_s: float | None = None,
+    force: bool = False,
+    log: Any = None,
+) -> Estimate:
+    """Estimate `dataset` under `spec` (see the module docstring) and write `estimate.json`.
+
+    The stages' LLM resources are built from the spec with `instance` (limit and spend state beside its storage,
+    as a run's). Raises EstimateError for bad input, before anything is sent; JobFatalError from the provider
+    (bad key, budget) as a run would."""
+    path = estimate_path(home, spec.name, dataset.dataset_id)
+    version = spec_version(spec)
+    if sample_size is None:
+        sample_size = default_sample_size(dataset.total_rows)
+    if not force:
+        known = load_estimate(home, spec.name, dataset.dataset_id)
+        if known and (known.spec_version, known.sample_size, known.seed, known.parallel_runs) == (
+            version,
+            sample_size,
+            seed,
+            parallel_runs,
+        ):
+            # The budgets may have changed since: the verdict is the current spec's, on the recorded projection.
+            verdict = budget_verdict(spec, known.total_cost_usd_in_mode, known.budget.largest_chunk_cost_usd)
+            return known.model_copy(update={"reused": True, "path": str(path), "budget": verdict})
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1:
+        raise EstimateError(f"sample size must be a whole number of items, 1 or more, got {sample_size!r}")
+    scan = scan_dataset(spec, dataset, sample_size, seed, s3=s3)
+    if scan.total_items == 0:
+        raise EstimateError(
+            f"dataset {dataset.dataset_id} ({dataset.uri}) has no valid item to estimate "
+            f"({scan.items_invalid} rows rejected by validation); fix the file and register it again"
+        )
+    if sample_size > scan.total_items:
+        raise EstimateError(
+            f"sample of {sample_size} items is larger than dataset {dataset.dataset_id} ({scan.total_items} valid "
+            f"items); give a sample of at most {scan.total_items} (an estimate that samples everything is a run)"
+        )
+    overhead, overhead_source = (
+        (overhead_per_chunk_s, "given")
+        if overhead_per_chunk_s is not None
+        else measured_overhead_per_chunk(spec, instance)
+    )
+    resources: dict[str, LLMResource] = {}
+    for stage in spec.stages:
+        resources[stage.name] = build_llm_resource(spec, stage, home)
+        if not _configures_limits(resources[stage.name]):
+            resources[f"{stage.name}{PROBE}"] = _probe(resources[stage.name])
+    with dg.build_resources(resources, instance=instance) as built:
+        llms = {name: getattr(built, name) for name in resources}
+        return _estimate(spec, dataset, scan, llms, home, path, version, sample_size, seed, parallel_runs,
+                         (overhead, overhead_source), log)  # fmt: skip
+
+
+def _estimate(
+    spec: PipelineSpec,
+    dataset: RegisteredDataset,
+    scan: _Scan,
+    llms: dict[str, LLMResource],
+    home: Path,
+    path: Path,
+    version: str,
+    sample_size: int,
+    seed: int,
+    parallel_runs: int,
+    overhead: tuple[float, str],
+    log: Any,
+) -> Estimate:
+    _check_sample_budget(spec, llms, scan.sample)
+    scope = sample_scope(dataset.dataset_id)
+    items = pd.DataFrame(scan.sample)
+    sample_text_mean = float(items["input_tokens"].mean())
+    dataset_text_mean = scan.tokens_total / scan.total_items
+    earlier: dict[str, pd.DataFrame] = {}
+    reached = items
+    stages: list[StageEstimate] = []
+    for stage in spec.stages:
+        llm = llms[stage.name]
+        values = stage_values(spec, reached, earlier)
+        chosen = stage.route_condition().evaluate(values) if len(values) else pd.Series(dtype=bool)
+        routed_ids = set(values.index[chosen.to_numpy(dtype=bool)]) if len(values) else set()
+        to_send = reached[reached["item_id"].astype(str).isin(routed_ids)]
+        prompt = stage_prompt(stage)
+        requests = [
+            LLMRequest(
+                key=idempotency_key(scope, str(row.item_id), stage.name, prompt.version, llm.model),
+                text=render(stage.user_template, values.loc[str(row.item_id)].to_dict()),
+                team=row.team if isinstance(row.team, str) else "",
+            )
+            for row in to_send.itertuples(index=False)
+        ]
+        t0 = time.monotonic()
+        results: list[ItemResult] = []
+        # The first item through the probe (when the profile configures no limit), the rest as a run sends them.
+        probe = llms.get(f"{stage.name}{PROBE}")
+        for resource, batch in ((probe, requests[:1]), (llm, requests[1:])) if probe else ((llm, requests),):
+            if not batch:
+                continue
+            outcome = resource.run_prompts(
+                batch,
+                system_prompt=prompt.system_prompt,
+                schema=prompt.schema,
+                schema_name=prompt.schema_name,
+                scope=BudgetScope(run_id=scope, dataset_id=scope, partition_key="estimate"),
+                stage=stage.name,
+                log=log,
+                normalize=dict(stage.normalize) or None,
+            )
+            results += outcome.results
+        elapsed = time.monotonic() - t0
+        if log is not None:
+            log.info(f"estimate {stage.name}: {len(requests)} sample items sent in {elapsed:.1f}s")
+        stages.append(
+            _project(
+                stage,
+                llm,
+                results,
+                len(items),
+                scan.total_items,
+                dataset_text_mean - sample_text_mean,
+                parallel_runs,
+            )
+        )
+        key_to_item = {r.key: r.key.split("|")[1] for r in requests}
+        answers = [{"item_id": key_to_item[r.key], **(r.output or {})} for r in results if r.ok]
+        earlier[stage.name] = pd.DataFrame(answers, columns=["item_id", *stage.output_fields()])
+        # Items a stage dead-lettered leave the chunk; the rest go on (routed or carried through).
+        failed = {key_to_item[r.key] for r in results if not r.ok}
+        reached = reached[~reached["item_id"].astype(str).isin(failed)]
+    return _finish(spec, dataset, scan, stages, home, path, version, sample_size, seed, parallel_runs,
+                   overhead)  # fmt: skip
+
+
+def measured_overhead_per_chunk(spec: PipelineSpec, instance: dg.DagsterInstance) -> tuple[float, str]:
+    """Seconds of orchestration per chunk run, and where the number comes from: the median, over the pipeline's
+    last 10 successful chunk runs on this instance, of the run's duration minus its stages' `duration_s` (the
+    time spent sending requests); OVERHEAD_PER_CHUNK_S (bench/pipeline_overhead.py) when there are none."""
+    from llm_assets.pipeline_assets import PIPELINE_TAG, chunk_job_name
+
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=chunk_job_name(spec),
+            statuses=[dg.DagsterRunStatus.SUCCESS],
+            tags={PIPELINE_TAG: spec.name},
+        ),
+        limit=10,
+    )
+    stage_keys = {dg.AssetKey([spec.name, s.name]) for s in spec.stages}
+    overheads = []
+    for record in records:
+        if record.start_time is None or record.end_time is None:
+            continue
+        sending = 0.0
+        for entry in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ):
+            materialization = entry.asset_materialization
+            if materialization is not None and materialization.asset_key in stage_keys:
+                value = materialization.metadata.get("duration_s")
+                sending += float(value.value) if value is not None else 0.0
+        overheads.append(max(0.0, record.end_time - record.start_time - sending))
+    if not overheads:
+        return (
+            OVERHEAD_PER_CHUNK_S,
+            "bench/pipeline_overhead.py (no chunk run of this pipeline on the instance yet)",
+        )
+    overheads.sort()
+    return overheads[len(overheads) // 2], f"median of the pipeline's last {len(overheads)} chunk runs"
+
+
+PROBE = "__limits_probe"
+PROBE_RPM = 1e9
+"""The nominal request limit of the probe: never binds, but puts the shared limit store in use for one request, so
+it records the limits the provider states in that reply's headers."""
+
+
+def _configures_limits(llm: LLMResource) -> bool:
+    return any(
+        v is not None
+        for v in (
+            llm.requests_per_minute,
+            llm.tokens_per_minute,
+            llm.input_tokens_per_minute,
+            llm.output_tokens_per_minute,
+        )
+    )
+
+
+def _probe(llm: LLMResource) -> LLMResource:
+    """The stage's resource with a nominal request limit (PROBE_RPM): the first sample item goes through it."""
+    fields = {name: getattr(llm, name) for name in type(llm).model_fields}
+    return type(llm)(**{**fields, "requests_per_minute": PROBE_RPM})
+
+
+def _check_sample_budget(spec: PipelineSpec, llms: dict[str, LLMResource], sample: list[dict]) -> None:
+    """Refuse before sending anything when the sample's worst case does not fit the run or dataset cap."""
+    caps = {
+        "budgets.run_usd": spec.budgets.run_usd,
+        "budgets.dataset_usd": spec.budgets.dataset_usd,
+        "budgets.day_usd": spec.budgets.day_usd,
+    }
+    caps = {k: v for k, v in caps.items() if v is not None}
+    if not caps:
+        return
+    worst = 0.0
+    for stage in spec.stages:
+        llm = llms[stage.name]
+        prompt = stage_prompt(stage)
+        price = llm.price()
+        out = stage.effective_max_output_tokens()
+        for row in sample:  # every sample item may be routed; attempts as the profile allows
+            tokens = estimate_prompt_tokens([prompt.system_prompt, str(row["text"])], prompt.schema)
+            worst += price.worst_case_usd(conservative_input_tokens(tokens), out)
+    for name, cap in caps.items():
+        if worst > cap:
+            raise EstimateError(
+                f"the estimate's sample of {len(sample)} items could cost up to ${worst:.4f} (one attempt each, "
+                f"every stage), more than `{name}` = ${cap:.4f}: nothing was sent; raise `{name}` or give a "
+                "smaller sample"
+            )
+
+
+def _project(
+    stage: StageSpec,
+    llm: LLMResource,
+    results: list[ItemResult],
+    sample_n: int,
+    total_items: int,
+    text_delta: float,
+    parallel_runs: int,
+) -> StageEstimate:
+    price = llm.price()
+    items = round(total_items * len(results) / sample_n) if sample_n else 0
+    cold = [r for r in results if r.usage.cached_input_tokens == 0]
+    warm = [r for r in results if r.usage.cached_input_tokens > 0] or cold
+    n_cold = min(len(cold), items) if warm is not cold else items
+    n_warm = items - n_cold
+
+    def mean(group: list[ItemResult], field: str) -> float:
+        return sum(getattr(r.usage, field) for r in group) / len(group) if group else 0.0
+
+    def total(field: str) -> float:
+        return n_cold * mean(cold, field) + n_warm * mean(warm, field)
+
+    attempts = total("attempts")
+    input_tokens = max(0.0, total("input_tokens") + text_delta * attempts)
+    cached = total("cached_input_tokens")
+    written = total("cache_write_tokens")
+    output = total("output_tokens")
+    usage = TokenUsage(round(input_tokens), round(cached), round(written), round(output))
+    cost, cost_batch = price.cost_usd(usage), price.cost_usd(usage, batch=True)
+    floor_s, binding, limits = _floor(llm, attempts, usage, results, parallel_runs)
+    return StageEstimate(
+        stage=stage.name,
+        model=stage.model,
+        mode=stage.mode,
+        route=stage.route,
+        sample_items_sent=len(results),
+        sample_route_rate=len(results) / sample_n if sample_n else 0.0,
+        sample_route_rate_stderr=_stderr(len(results), sample_n),
+        sample_cost_usd=sum(r.usage.cost_usd for r in results),
+        sample_requests=sum(r.usage.attempts for r in results),
+        sample_cold_items=len(cold),
+        items=items,
+        requests=round(attempts),
+        input_tokens=usage.input_tokens,
+        cached_input_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_tokens=usage.output_tokens,
+        output_tokens_per_item=output / items if items else 0.0,
+        cached_share=cached / input_tokens if input_tokens else 0.0,
+        cost_usd=cost,
+        cost_usd_batch=cost_batch,
+        cost_usd_in_mode=cost_batch if stage.mode == "batch" else cost,
+        floor_s=floor_s,
+        binding_limit=binding,
+        limits=limits,
+    )
+
+
+def _stderr(hits: int, n: int) -> float:
+    p = hits / n if n else 0.0
+    return (p * (1 - p) / n) ** 0.5 if n else 0.0
+
+
+def _floor(
+    llm: LLMResource, requests: float, usage: TokenUsage, results: list[ItemResult], parallel_runs: int
+) -> tuple[float, str, dict[str, float]]:
+    """Seconds the stage needs at least, and which limit binds (module docstring, 5)."""
+    limits = llm.stated_limits()
+    configured = {
+        "requests": llm.requests_per_minute,  # the stage's own resource: never the probe's nominal limit
+        "tokens": llm.tokens_per_minute,
+        "input_tokens": llm.input_tokens_per_minute,
+        "output_tokens": llm.output_tokens_per_minute,
+    }
+    for kind, value in configured.items():
+        if value is not None:
+            limits[kind] = min(value, limits.get(kind, value))
+    amounts = {
+        "requests": requests,
+        "tokens": usage.input_tokens + usage.output_tokens,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    floors = {f"{k}_per_minute": 60.0 * amounts[k] / v for k, v in limits.items() if k in amounts and v > 0}
+    sent = sum(r.usage.attempts for r in results)
+    latency = sum(r.usage.latency_s for r in results) / sent if sent else 0.0
+    concurrency = llm.effective_max_concurrency()
+    limits_out = {f"{k}_per_minute": v for k, v in limits.items()} | {"concurrency": float(concurrency)}
+    floors["concurrency"] = requests * latency / (concurrency * max(1, parallel_runs))
+    binding = max(floors, key=lambda k: floors[k])
+    return floors[binding], binding, limits_out
+
+
+def _finish(
+    spec: PipelineSpec,
+    dataset: RegisteredDataset,
+    scan: _Scan,
+    stages: list[StageEstimate],
+    home: Path,
+    path: Path,
+    version: str,
+    sample_size: int,
+    seed: int,
+    parallel_runs: int,
+    overhead: tuple[float, str],
+) -> Estimate:
+    overhead_per_chunk_s, overhead_source = overhead
+    chunks = dataset.n_chunks
+    floor_s = sum(s.floor_s for s in stages)
+    overhead_s = chunks * overhead_per_chunk_s / max(1, parallel_runs)
+    in_mode = sum(s.cost_usd_in_mode for s in stages)
+    largest = max(scan.chunk_items) if scan.chunk_items else 0
+    largest_chunk = in_mode * largest / scan.total_items
+    estimate = Estimate(
+        dataset_id=dataset.dataset_id,
+        pipeline=spec.name,
+        spec_version=version,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        total_items=scan.total_items,
+        items_invalid=scan.items_invalid,
+        chunks=chunks,
+        text_tokens_total=scan.tokens_total,
+        text_tokens_mean=scan.tokens_total / scan.total_items,
+        text_tokens_p50=scan.quantile(0.5),
+        text_tokens_p95=scan.quantile(0.95),
+        text_tokens_max=max(scan.token_counts),
+        sample_size=sample_size,
+        seed=seed,
+        sample_cost_usd=sum(s.sample_cost_usd for s in stages),
+        sample_requests=sum(s.sample_requests for s in stages),
+        sample_scope=sample_scope(dataset.dataset_id),
+        stages=stages,
+        total_requests=sum(s.requests for s in stages),
+        total_input_tokens=sum(s.input_tokens for s in stages),
+        total_cached_input_tokens=sum(s.cached_input_tokens for s in stages),
+        total_output_tokens=sum(s.output_tokens for s in stages),
+        total_cost_usd=sum(s.cost_usd for s in stages),
+        total_cost_usd_batch=sum(s.cost_usd_batch for s in stages),
+        total_cost_usd_in_mode=in_mode,
+        floor_s=floor_s,
+        overhead_s=overhead_s,
+        overhead_per_chunk_s=overhead_per_chunk_s,
+        overhead_source=overhead_source,
+        wall_clock_s=floor_s + overhead_s,
+        parallel_runs=parallel_runs,
+        budget=budget_verdict(spec, in_mode, largest_chunk),
+        path=str(path),
+    )
+    write_estimate(estimate, path)
+    return estimate
+
+
+def budget_verdict(spec: PipelineSpec, cost_usd: float, largest_chunk_usd: float) -> BudgetVerdict:
+    """The projected cost against `budgets.dataset_usd`, the largest chunk's against `budgets.run_usd`."""
+    return verdict_for(spec.budgets.dataset_usd, spec.budgets.run_usd, cost_usd, largest_chunk_usd)
+
+
+def verdict_for(
+    dataset_cap: float | None, run_cap: float | None, cost_usd: float, largest_chunk_usd: float
+) -> BudgetVerdict:
+    """`budget_verdict` for caps given as numbers (USD; None: no cap): what the new-dataset sensor judges with."""
+    over = []
+    if dataset_cap is not None and cost_usd > dataset_cap:
+        over.append(
+            f"the dataset would cost ~${cost_usd:.4f}, over `budgets.dataset_usd` = ${dataset_cap:.4f}"
+        )
+    if run_cap is not None and largest_chunk_usd > run_cap:
+        over.append(
+            f"its largest chunk would cost ~${largest_chunk_usd:.4f}, over `budgets.run_usd` = ${run_cap:.4f}"
+        )
+    if over:
+        message = (
+            "; ".join(over)
+            + ": raise the budget in the pipeline spec, or split the file, then estimate again"
+        )
+    elif dataset_cap is None and run_cap is None:
+        message = f"~${cost_usd:.4f}; no budget set"
+    else:
+        message = f"~${cost_usd:.4f} fits the budgets"
+    return BudgetVerdict(
+        within_budget=not over,
+        message=message,
+        dataset_usd=dataset_cap,
+        run_usd=run_cap,
+        largest_chunk_cost_usd=largest_chunk_usd,
+    )
+
+
+def write_estimate(estimate: Estimate, path: Path) -> None:
+    """Atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(estimate.model_dump_json(indent=2))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+def estimate_table(estimate: Estimate) -> str:
+    """The per-stage table `make estimate` prints."""
+    header = (
+        f"{'stage':<14}{'model':<20}{'mode':<8}{'items':>8}{'requests':>10}{'input tok':>13}{'cached':>13}"
+        f"{'output tok':>12}{'online $':>11}{'batch $':>10}{'floor s':>9}  binds"
+    )
+    lines = [header]
+    for s in estimate.stages:
+        lines.append(
+            f"{s.stage:<14}{s.model:<20}{s.mode:<8}{s.items:>8,}{s.requests:>10,}{s.input_tokens:>13,}"
+            f"{s.cached_input_tokens:>13,}{s.output_tokens:>12,}{s.cost_usd:>11.4f}{s.cost_usd_batch:>10.4f}"
+            f"{s.floor_s:>9.1f}  {s.binding_limit}"
+        )
+    lines.append(
+        f"{'total':<42}{estimate.total_items:>8,}{estimate.total_requests:>10,}{estimate.total_input_tokens:>13,}"
+        f"{estimate.total_cached_input_tokens:>13,}{estimate.total_output_tokens:>12,}"
+        f"{estimate.total_cost_usd:>11.4f}{estimate.total_cost_usd_batch:>10.4f}{estimate.floor_s:>9.1f}"
+    )
+    return "\n".join(lines)
+
+
+def estimate_metadata(estimate: Estimate) -> dict[str, dg.MetadataValue]:
+    """Numeric metadata for the UI (the estimate job's materialization)."""
+    meta: dict[str, dg.MetadataValue] = {
+        "dataset_id": dg.MetadataValue.text(estimate.dataset_id),
+        "total_items": dg.MetadataValue.int(estimate.total_items),
+        "total_cost_usd": dg.MetadataValue.float(round(estimate.total_cost_usd, 6)),
+        "total_cost_usd_batch": dg.MetadataValue.float(round(estimate.total_cost_usd_batch, 6)),
+        "wall_clock_s": dg.MetadataValue.float(round(estimate.wall_clock_s, 2)),
+        "sample_cost_usd": dg.MetadataValue.float(round(estimate.sample_cost_usd, 6)),
+        "sample_size": dg.MetadataValue.int(estimate.sample_size),
+        "within_budget": dg.MetadataValue.bool(estimate.budget.within_budget),
+        "budget": dg.MetadataValue.text(estimate.budget.message),
+        "estimate_json": dg.MetadataValue.path(estimate.path),
+        "reused": dg.MetadataValue.bool(estimate.reused),
+    }
+    for s in estimate.stages:
+        meta[f"{s.stage}_cost_usd"] = dg.MetadataValue.float(round(s.cost_usd, 6))
+        meta[f"{s.stage}_requests"] = dg.MetadataValue.int(s.requests)
+        meta[f"{s.stage}_floor_s"] = dg.MetadataValue.float(round(s.floor_s, 2))
+    return meta
+
+
+def clear_error(exc: BaseException) -> str:
+    """One line for a user: an EstimateError's or a job-fatal provider answer's message."""
+    if isinstance(exc, JobFatalError):
+        return exc.description or str(exc)
+    return str(exc)
+
+
+__all__ = [
+    "Estimate",
+    "EstimateError",
+    "StageEstimate",
+    "estimate_dataset",
+    "estimate_path",
+    "load_estimate",
+]
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+class EstimateConfig(dg.Config):
+    dataset_id: str
+    """A registered dataset of this pipeline (its manifest under CHUNKWISE_HOME/datasets)."""
+    sample_size: int = 0
+    """Items sent for real; 0: the spec's `estimate.sample_size`, else 400 at most a quarter of the dataset."""
+    seed: int = -1
+    """The sample's seed; -1: the spec's `estimate.seed`."""
+    force: bool = False
+    """Estimate again (and pay the sample again) even if `estimate.json` exists for the same spec and sample."""
+
+
+def estimate_job_name(pipeline: str) -> str:
+    return f"{pipeline}__estimate_job"
+
+
+def estimate_op_name(pipeline: str) -> str:
+    return f"{pipeline}__estimate_dataset"
+
+
+def estimate_asset_key(pipeline: str) -> dg.AssetKey:
+    """`<pipeline>/estimate`: one materialization per estimate made, partition = dataset id; its metadata is
+    the estimate (the UI plots it)."""
+    return dg.AssetKey([pipeline, "estimate"])
+
+
+def estimate_run_config(pipeline: str, dataset_id: str) -> dict[str, Any]:
+    return {"ops": {estimate_op_name(pipeline): {"config": {"dataset_id": dataset_id}}}}
+
+
+def build_estimate_job(spec: PipelineSpec) -> dg.JobDefinition:
+    """`<pipeline>__estimate_job`: estimate one registered dataset (run config `dataset_id`, optional
+    `sample_size`, `seed`, `force`), launched from the Launchpad or by the new-dataset sensor when the spec's
+    `estimate.before_launch` is on. Records the estimate as an `AssetMaterialization` of `<pipeline>/estimate`
+    (partition = dataset id) with numeric metadata. Needs the `settings` and `s3` resources."""
+    from llm_assets.datasets import DatasetError, load_dataset
+
+    @dg.op(
+        name=estimate_op_name(spec.name),
+        required_resource_keys={"settings", "s3"},
+        out=dg.Out(dg.Nothing),
+        description=f"Sends a seeded sample of a registered `{spec.name}` dataset through every stage (billed, "
+        "spend ledger scope `estimate-<dataset id>`), projects cost and wall time to the whole dataset and writes "
+        "`estimate.json` (llm_assets/estimate.py).",
+    )
+    def _estimate_op(context: dg.OpExecutionContext, config: EstimateConfig) -> Iterator[Any]:
+        home = context.resources.settings.home_path()
+        try:
+            dataset = load_dataset(config.dataset_id, home)
+        except DatasetError as exc:
+            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        try:
+            estimate = estimate_dataset(
+                spec,
+                dataset,
+                context.instance,
+                home,
+                sample_size=config.sample_size or spec.estimate.sample_size,
+                seed=spec.estimate.seed if config.seed < 0 else config.seed,
+                s3=context.resources.s3,
+                force=config.force,
+                log=context.log,
+            )
+        except (EstimateError, JobFatalError) as exc:
+            raise dg.Failure(description=clear_error(exc), allow_retries=False) from None
+        context.log.info("\n" + estimate_table(estimate))
+        context.log.info(f"budget: {estimate.budget.message}; estimate.json at {estimate.path}")
+        metadata = estimate_metadata(estimate)
+        yield dg.AssetMaterialization(
+            asset_key=estimate_asset_key(spec.name),
+            partition=dataset.dataset_id,
+            description=f"Estimate of {dataset.dataset_id}: {estimate.budget.message}",
+            metadata=metadata,
+        )
+        yield dg.Output(None, metadata=metadata)
+
+    @dg.job(
+        name=estimate_job_name(spec.name),
+        tags={"chunkwise/pipeline": spec.name},
+        executor_def=dg.in_process_executor,
+        description=f"Estimate what a registered `{spec.name}` dataset will cost and how long it will take "
+        "(a paid, seeded sample through every stage, projected to the whole file). Launch it with the dataset id "
+        "in the run config; the result is `<home>/estimates/<pipeline>/<dataset id>/estimate.json` and the "
+        f"metadata of `{spec.name}/estimate`.",
+    )
+    def _job() -> None:
+        _estimate_op()
+
+    return _job

@@ -55,7 +55,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -79,6 +78,7 @@ from llm_assets.validation import validate_chunk
 from resources.llm import BudgetScope, ItemResult, LLMRequest, LLMResource
 from resources.llm.errors import UnknownModelPriceError
 from resources.llm.prices import ModelPrice
+from resources.llm.runner import percentile
 from resources.llm.tokens import conservative_input_tokens, count_tokens, estimate_prompt_tokens
 from resources.local_sqlite import open_shared_sqlite
 
@@ -504,6 +504,11 @@ def trial_stage(spec: PipelineSpec, name: str) -> StageSpec:
             f"stage {name!r} of pipeline {spec.name!r} lists no candidates; add `candidates:` to it in the spec"
             + (f" (stages with candidates: {', '.join(with_candidates)})" if with_candidates else "")
         )
+    if stage.gates.sampled_quality is None:
+        raise TrialError(
+            f"stage {name!r} of pipeline {spec.name!r} has no gates.sampled_quality: a model trial scores its "
+            "candidates by it (its field, gold_column or judge, and min_accuracy as the gate); add one to the stage"
+        )
     return stage
 
 
@@ -657,14 +662,6 @@ def _trial_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _percentile(values: list[float], q: int) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 def _correct(record: dict[str, Any] | None, field: str, reference: str) -> bool:
     return bool(
         record and record["ok"] and record["output"] and str(record["output"].get(field)) == reference
@@ -707,8 +704,8 @@ def _metrics(
         sample_cost_usd=cost,
         cost_per_1k_usd=per_item * 1000,
         cost_per_1k_usd_batch=per_item * 1000 * batch,
-        latency_p50_s=_percentile(latencies, 50),
-        latency_p95_s=_percentile(latencies, 95),
+        latency_p50_s=percentile(latencies, 50),
+        latency_p95_s=percentile(latencies, 95),
         projected_cost_usd=per_item * rows,
         projected_cost_usd_batch=per_item * rows * batch,
         meets_gate=bool(scored) and low >= min_accuracy,

@@ -144,7 +144,8 @@ def _run(args: argparse.Namespace, spec) -> int:
     print(result.markdown())
     print(
         f"spent ${result.spent_usd:.4f} on {result.requests_sent} requests "
-        f"(worst case ${result.worst_case_usd:.4f}); answers already bought were reused"
+        f"(worst case ${result.worst_case_usd:.4f})"
+        + ("" if result.requests_sent else "; every answer was already bought and reused")
     )
     print(result.json_path)
     return 0

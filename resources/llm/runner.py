@@ -151,7 +151,8 @@ def _reply_id(payload: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (1..99, inclusive method) of `values`; 0.0 for none."""
     if not values:
         return 0.0
     if len(values) == 1:
@@ -842,8 +843,8 @@ class PromptRun:
             items_failed=c.failed,
             items_unfinished=self._unfinished,
             duration_s=time.monotonic() - self._started,
-            latency_p50_s=_percentile(c.latencies, 50),
-            latency_p95_s=_percentile(c.latencies, 95),
+            latency_p50_s=percentile(c.latencies, 50),
+            latency_p95_s=percentile(c.latencies, 95),
             cache_savings_usd=c.cache_savings_usd,
             timeouts=c.timeouts,
         )

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export CHUNKWISE_HOME ?= $(CURDIR)/.chunkwise
 PIP_FLAGS := --disable-pip-version-check --no-input -q
 
-.PHONY: install demo trial estimate test lint format ui sim bench clean real-server-env llamacpp test-real-server chromium
+.PHONY: install demo trial estimate test lint format ui sim bench clean real-server-env llamacpp test-real-server chromium postgres
 
 install: $(STAMP)
 
@@ -37,7 +37,12 @@ chromium:
 # On a failure, the end of each failed test's traceback is printed again last (tests/failures.py), so a CI log's
 # tail says why.
 TEST_REPORT := .pytest-report.xml
-test: lint chromium
+# PostgreSQL from Debian for the Postgres tests (deploy/, the shared state store): installed when missing; each test
+# session starts a throwaway cluster of its own (scripts/postgres_server.py).
+postgres:
+	bash tests/postgres/install_postgres.sh
+
+test: lint chromium postgres
 	$(BIN)/python -m pytest -n 2 -m "not real_server" --junitxml=$(TEST_REPORT) \
 		|| { $(BIN)/python -m tests.failures $(TEST_REPORT); exit 1; }
 

@@ -7,7 +7,10 @@ items with the full intent list in the prompt. Variants:
   chunkwise       the LLMResource (shared SQLite limit store, reservation + reconciliation, AIMD)
   naive_gather    asyncio.gather over all items, at most 64 in flight, retry after 1 s on any error (5 attempts)
   fixed_throttle  requests paced at 75% of the token limit, 64 in flight, retry after 1 s (5 attempts)
-Also the requests/s the resource reaches with no limit and zero latency.
+And the shared backend: `chunkwise_postgres_2homes`, four processes on two homes (two per CHUNKWISE_HOME and
+state dir, as two machines would be) sharing the limit through PostgreSQL (CHUNKWISE_STATE_URL; a throwaway
+durable cluster started here, scripts/postgres_server.py). Also the requests/s the resource reaches with no limit
+and zero latency.
 
 Prints a table; the last line is one JSON object keyed by variant. Writes its section of docs/benchmarks.md.
 Never passes or fails on time. Usage: python bench/ratelimit.py [--seconds 60] [--items N]
@@ -34,9 +37,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.docs import replace_section  # noqa: E402
 from llm_sim.launcher import SimHandle, launch_sim  # noqa: E402
 from resources.llm import BudgetScope, ChunkRetryableError, LLMRequest, LLMResource  # noqa: E402
+from resources.llm.state_store import STATE_URL_ENV  # noqa: E402
 from resources.llm.tokens import estimate_prompt_tokens  # noqa: E402
+from scripts.postgres_server import PostgresServer  # noqa: E402
 
 DATA = ROOT / "data" / "banking77"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -188,15 +194,26 @@ def _child(
     state_dir: str,
     start_at: float,
     out: Any,
+    env: dict[str, str],
 ) -> None:
+    os.environ.update(env)  # this process's home and shared store, as its machine would set them
     time.sleep(max(0.0, start_at - time.time()))
     out.put(run_variant(variant, base, items, labels, tpm, state_dir))
 
 
 # -- measurement -----------------------------------------------------------------------------------------
 def measure(
-    sim: Sim, variant: str, processes: int, items: list[LLMRequest], labels: list[str], tps: float
+    sim: Sim,
+    variant: str,
+    processes: int,
+    items: list[LLMRequest],
+    labels: list[str],
+    tps: float,
+    homes: int = 1,
+    state_url: str = "",
 ) -> dict:
+    """One run; with `homes` > 1 the processes are spread over that many CHUNKWISE_HOMEs (own state dirs) and
+    share the limit only through the store at `state_url`."""
     sim.reset()
     time.sleep(1.5)  # let the simulator's bucket refill: every variant starts from the same state
     system, schema = prompt_parts(labels)
@@ -206,6 +223,7 @@ def measure(
     for it in items:
         tokens_by_sha[hashlib.sha256(it.text.encode()).hexdigest()] = admitted_tokens(system, schema, it.text)
     state_dir = tempfile.mkdtemp(prefix="bench-state-")
+    home_dirs = [tempfile.mkdtemp(prefix=f"bench-home{h}-") for h in range(homes)]
     t0 = time.time()
     if processes == 1:
         results = [run_variant(variant, sim.base_url, items, labels, tps * 60, state_dir)]
@@ -214,13 +232,17 @@ def measure(
         queue = ctx.Queue()
         shares = [items[i::processes] for i in range(processes)]
         start_at = time.time() + 3.0
-        procs = [
-            ctx.Process(
-                target=_child,
-                args=(variant, sim.base_url, share, labels, tps * 60, state_dir, start_at, queue),
+        procs = []
+        for i, share in enumerate(shares):
+            home = home_dirs[i * homes // processes]
+            env = {"CHUNKWISE_HOME": home, STATE_URL_ENV: state_url} if homes > 1 else {}
+            own_state = os.path.join(home, "state") if homes > 1 else state_dir
+            procs.append(
+                ctx.Process(
+                    target=_child,
+                    args=(variant, sim.base_url, share, labels, tps * 60, own_state, start_at, queue, env),
+                )
             )
-            for share in shares
-        ]
         for p in procs:
             p.start()
         results = [queue.get() for _ in procs]
@@ -243,7 +265,7 @@ def measure(
         if end > start:
             utilization = sum(window) / ((end - start) * tps)
     return {
-        "variant": variant,
+        "variant": variant if homes == 1 else f"{variant}_postgres_{homes}homes",
         "processes": processes,
         "utilization": round(utilization, 4),
         "rate_limited_fraction": round(limited / total_requests, 4) if total_requests else 0.0,
@@ -303,28 +325,24 @@ def measure_unlimited(n: int) -> dict:
 
 def write_docs(table: str, payload: dict, unlimited: dict, config: dict) -> None:
     section = (
-        "<!-- ratelimit:start -->\n## Rate limits (`python bench/ratelimit.py`)\n\n"
+        "## Rate limits (`python bench/ratelimit.py`)\n\n"
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on this machine ({os.cpu_count()} cores, "
         "shared with the simulator and other work) against the local simulator (a test double): "
         f"TPM limit {config['tps']:,.0f} tokens/s, continuously refilled, one second of burst; "
         f"{config['items']} BANKING77 items with all 77 intents in the prompt (~{config['tokens_per_request']} tokens "
         "per request incl. max_completion_tokens); 2% injected 500s; latency 150-250 ms. Utilization = tokens the "
-        "limiter admitted per second over the steady part (after a 3 s warm-up, until the last admission) / the limit.\n\n"
+        "limiter admitted per second over the steady part (after a 3 s warm-up, until the last admission) / the limit; "
+        "429 frac = the share of requests the simulator refused with 429, counted on its side. `_shared` rows: four "
+        "processes on one state dir (the SQLite store); `chunkwise_postgres_2homes`: four processes on two homes (two "
+        "per CHUNKWISE_HOME, as on two machines) sharing the limit only through PostgreSQL (`CHUNKWISE_STATE_URL`, a "
+        "local durable cluster: fsync on).\n\n"
         "```\n" + table + "\n```\n\n"
         f"No limit, zero latency, 64 in flight: **{unlimited['requests_per_s']} requests/s** end to end (client and "
         f"simulator share {os.cpu_count()} cores); the client spends {unlimited['client_cpu_ms_per_request']} ms CPU per "
         f"request, i.e. its own ceiling is about {unlimited['client_ceiling_requests_per_s']} requests/s.\n\n"
-        "```json\n" + json.dumps(payload) + "\n```\n<!-- ratelimit:end -->"
+        "```json\n" + json.dumps(payload) + "\n```"
     )
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\nNumbers, never pass/fail on time.\n"
-    if "<!-- ratelimit:start -->" in text and "<!-- ratelimit:end -->" in text:
-        head, rest = text.split("<!-- ratelimit:start -->", 1)
-        _, tail = rest.split("<!-- ratelimit:end -->", 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
+    replace_section(DOCS, "ratelimit", section)
 
 
 def main() -> None:
@@ -334,6 +352,9 @@ def main() -> None:
     parser.add_argument("--variants", default="chunkwise,naive_gather,fixed_throttle")
     parser.add_argument("--unlimited-requests", type=int, default=3000)
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument(
+        "--no-postgres", action="store_true", help="skip the scenario sharing the limit through PostgreSQL"
+    )
     args = parser.parse_args()
 
     items, labels = load_items(args.items)
@@ -365,19 +386,27 @@ def main() -> None:
                 row = measure(sim, variant, processes, items, labels, tps)
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+        if not args.no_postgres:
+            with PostgresServer(fast=False) as postgres:
+                url = postgres.create_database("bench_ratelimit")
+                row = measure(sim, "chunkwise", 4, items, labels, tps, homes=2, state_url=url)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         sim.stop()
     unlimited = measure_unlimited(args.unlimited_requests)
 
     header = (
-        f"{'variant':<24}{'procs':>6}{'utilization':>13}{'429 frac':>10}{'lost':>7}{'wall s':>8}{'req/s':>8}"
+        f"{'variant':<28}{'procs':>6}{'utilization':>13}{'429 frac':>10}{'lost':>7}{'wall s':>8}{'req/s':>8}"
     )
     lines = [header, "-" * len(header)]
     payload: dict[str, Any] = {}
     for r in rows:
-        name = r["variant"] if r["processes"] == 1 else f"{r['variant']}_shared"
+        name = (
+            r["variant"] if r["processes"] == 1 or "_postgres_" in r["variant"] else f"{r['variant']}_shared"
+        )
         lines.append(
-            f"{name:<24}{r['processes']:>6}{r['utilization']:>13.3f}{r['rate_limited_fraction']:>10.4f}"
+            f"{name:<28}{r['processes']:>6}{r['utilization']:>13.3f}{r['rate_limited_fraction']:>10.4f}"
             f"{r['items_lost']:>7}{r['wall_s']:>8.1f}{r['requests_per_s']:>8.1f}"
         )
         payload[name] = {

@@ -34,6 +34,8 @@ from llm_assets.report import NOT_PROCESSED_WHY, CompletionReport, build_complet
 from llm_assets.settings import PipelineSettings
 from llm_assets.stages import checkpoint_root
 from resources.checkpoints import ChunkCheckpoint
+from resources.checkpoints_pg import remove_checkpoints
+from resources.state_url import state_url
 from resources.dead_letters import DeadLetterStore
 from resources.llm.prices import ModelPrice
 
@@ -408,7 +410,8 @@ def write_completion(done: DatasetCompletion, home: Path) -> Path:
 def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus]) -> tuple[int, int]:
     """Remove the checkpoints and output temp files of succeeded chunks; keep failed ones'.
 
-    Returns (checkpoint folders removed, checkpoint folders kept)."""
+    Returns (checkpoints removed, checkpoints kept): folders, and with the shared backend its (chunk, stage)
+    checkpoints too."""
     root = checkpoint_root(home)
     removed = kept = 0
     succeeded = {key for key, status in states.items() if status.state == ChunkState.SUCCEEDED}
@@ -426,6 +429,10 @@ def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus])
             removed += 1
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+    url = state_url()
+    if url is not None:  # the shared backend's checkpoints (resources/checkpoints_pg.py)
+        done, left = remove_checkpoints(url, dataset_id, succeeded)
+        removed, kept = removed + done, kept + left
     return removed, kept
 
 

@@ -37,6 +37,7 @@ import pandas as pd
 from llm_assets.materializations import seconds, usd, usd_per_item
 from llm_assets.prompts import StagePrompt
 from resources.checkpoints import CheckpointCorrupted, ChunkCheckpoint
+from resources.checkpoints_pg import PostgresChunkCheckpoint, open_checkpoint
 from resources.dead_letters import DeadLetter
 from resources.llm import (
     BatchHandle,
@@ -164,7 +165,7 @@ def run_stage(
     partition_key = context.partition_key
     stage = prompt.stage
     checkpoint = (
-        ChunkCheckpoint(
+        open_checkpoint(
             checkpoint_root(home), dataset_id, partition_key, stage, compact_every=checkpoint_every
         )
         if checkpointing
@@ -214,7 +215,7 @@ def _team(row: Any) -> str:
 
 
 def _load_checkpoint(
-    checkpoint: ChunkCheckpoint | _InMemoryResults, stage: str, partition_key: str
+    checkpoint: ChunkCheckpoint | PostgresChunkCheckpoint | _InMemoryResults, stage: str, partition_key: str
 ) -> dict[str, dict]:
     try:
         return checkpoint.load()
@@ -245,7 +246,7 @@ def _assemble(
     dataset_id: str,
     summary: UsageSummary | None,
     skipped: int,
-    checkpoint: ChunkCheckpoint | _InMemoryResults,
+    checkpoint: ChunkCheckpoint | PostgresChunkCheckpoint | _InMemoryResults,
 ) -> StageOutcome:
     rows: list[dict] = []
     dead: list[DeadLetter] = []

@@ -4,6 +4,8 @@
 `sim` is a simulator with the default config (models and prices of llm_sim.config, key `sk-sim-local`,
 no latency, no faults, no rate limits).
 `s3_env` is a real S3 API on localhost (moto's server mode) with the environment a deployment sets to use it.
+`postgres_server` is a real PostgreSQL server (scripts/postgres_server.py: Debian's package, a throwaway cluster
+per test worker, started on first use); `postgres_dsn` is a fresh empty database on it for one test.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 
 from io_managers.s3_config import S3_ENDPOINT_ENV
 from llm_sim.launcher import SimHandle, launch_sim
+from scripts.postgres_server import PostgresServer
 
 
 @pytest.fixture
@@ -52,3 +55,22 @@ def s3_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for this test worker, stopped (and its folder removed) when the session ends."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A new empty database for this test (named after it), as a libpq URL."""
+    import hashlib
+
+    name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    return postgres_server.create_database(name)

@@ -24,7 +24,8 @@ from resources.llm.providers.dialects import Dialect
 from resources.llm.ratelimit import AdmissionController, limit_spec
 from resources.llm.runner import EngineSettings, PromptRun
 from resources.llm.spend_ledger import SPEND_LEDGER_FILE, SpendLedger
-from resources.llm.state_store import SQLiteStateStore
+from resources.llm.spend_ledger_pg import open_spend_ledger
+from resources.llm.state_store import LimitStateStore, StateStoreUnavailableError, open_state_store
 from resources.llm.types import BudgetScope, CallOutcome, ItemResult, LLMRequest
 
 STATE_FILE = "llm_state.sqlite"
@@ -40,9 +41,10 @@ def default_state_dir(instance_storage_dir: str | None = None) -> Path:
 
 
 def spend_ledger_for(instance_storage_dir: str | None, state_dir: str | None = None) -> SpendLedger:
-    """The spend ledger LLM resources with this `state_dir` (default: beside the instance's storage) write."""
+    """The spend ledger LLM resources with this `state_dir` (default: beside the instance's storage) write; the
+    shared one when CHUNKWISE_STATE_URL names it (spend_ledger_pg.open_spend_ledger)."""
     base = Path(state_dir) if state_dir else default_state_dir(instance_storage_dir)
-    return SpendLedger(base / SPEND_LEDGER_FILE)
+    return open_spend_ledger(base / SPEND_LEDGER_FILE)
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -130,7 +132,7 @@ class LLMResource(dg.ConfigurableResource):
     )
 
     _price: ModelPrice | None = PrivateAttr(default=None)
-    _store: SQLiteStateStore | None = PrivateAttr(default=None)
+    _store: LimitStateStore | None = PrivateAttr(default=None)
     _ledger: SpendLedger | None = PrivateAttr(default=None)
     _instance_storage: str | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -192,11 +194,20 @@ class LLMResource(dg.ConfigurableResource):
     def stated_limits(self) -> dict[str, float]:
         """Per-minute limits by kind the provider stated in its rate-limit headers, as the shared limit store
         recorded them (resources/llm/state_store.py); {} when the store has none."""
-        if not self.state_path().exists():
+        return self._read_store(lambda store: store.stated_limits(self.limit_key()))
+
+    def bucket_levels(self) -> dict[str, tuple[float, float, float]]:
+        """kind -> (rate per second, capacity, level now) of this resource's buckets in the shared limit store
+        (`SharedStateStore.bucket_levels`); {} when the store has none."""
+        return self._read_store(lambda store: store.bucket_levels(self.limit_key()))
+
+    def _read_store(self, read: Callable[[LimitStateStore], dict]) -> dict:
+        """`read` on a store opened for it and closed after; {} when there is no store yet (nothing is created)."""
+        store = open_state_store(self.state_path(), must_exist=True)
+        if store is None:
             return {}
-        store = SQLiteStateStore(self.state_path())
         try:
-            return store.stated_limits(self.limit_key())
+            return read(store)
         finally:
             store.close()
 
@@ -212,7 +223,10 @@ class LLMResource(dg.ConfigurableResource):
         """The append-only spend ledger and the job halts this resource writes and honours."""
         with self._lock:
             if self._ledger is None:
-                self._ledger = SpendLedger(self.spend_ledger_path())
+                try:
+                    self._ledger = open_spend_ledger(self.spend_ledger_path())
+                except StateStoreUnavailableError as exc:  # the shared ledger's database: the job stops
+                    raise JobFatalError("state_store", str(exc)) from None
             return self._ledger
 
     def run_prompts(
@@ -417,10 +431,15 @@ class LLMResource(dg.ConfigurableResource):
         except UnknownModelPriceError as exc:
             raise JobFatalError("config", f"configuration error: {exc}") from exc
 
-    def _shared_store(self) -> SQLiteStateStore:
+    def _shared_store(self) -> LimitStateStore:
+        """The store CHUNKWISE_STATE_URL selects (state_store.open_state_store); unreachable, the job stops."""
         with self._lock:
             if self._store is None:
-                self._store = SQLiteStateStore(self.state_path())
+                try:
+                    self._store = open_state_store(self.state_path())
+                except StateStoreUnavailableError as exc:
+                    raise JobFatalError("state_store", str(exc)) from None
+            assert self._store is not None
             return self._store
 
 

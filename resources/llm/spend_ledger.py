@@ -20,6 +20,9 @@ The same SQLite file holds *halts*: a job-fatal answer (bad key, no quota, unkno
 every process checks it before each request, so after the first such answer only the requests already in
 flight are sent, across every chunk run on the machine. A person clears it (`python -m sensors.backfill clear
 <provider>`, or by running `make demo` again).
+
+With `CHUNKWISE_STATE_URL` set, the same tables live in PostgreSQL instead (spend_ledger_pg.py,
+`open_spend_ledger`), so every machine's attempts are in one ledger and a halt stops every machine.
 """
 
 from __future__ import annotations
@@ -136,9 +139,21 @@ def model_scope(provider: str, base_url: str, model: str) -> str:
     return f"{provider}|{base_url.rstrip('/')}|model:{model}"
 
 
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (attempt_id, event, at, idempotency_key, attempt, dataset_id, partition_key, stage, "
+    "team, provider, model, mode, run_id, outcome, provider_request_id, dedupe_key, input_tokens, "
+    "cached_input_tokens, cache_write_tokens, output_tokens, cost_usd, cache_savings_usd, worst_case_usd) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+)  # ON CONFLICT: a dedupe_key recorded already (SQLite and PostgreSQL both speak it)
+
+
 class SpendLedger:
     """The append-only spend ledger and the halts, in one SQLite file (WAL) shared by every process that
-    uses the same state folder. Thread-safe. Writes return once the row is in the OS (survives kill -9)."""
+    uses the same state folder. Thread-safe. Writes return once the row is in the OS (survives kill -9).
+
+    The ledger's statements and logic are written once here, over two storage calls (`_write`, `_read`) and
+    qmark (`?`) SQL; `PostgresSpendLedger` (spend_ledger_pg.py) keeps the same tables in PostgreSQL, shared
+    across machines, by replacing those two calls and the connection."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -148,6 +163,16 @@ class SpendLedger:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    # -- storage: what a backend replaces --------------------------------------------------------------------
+    def _write(self, sql: str, params: tuple) -> int:
+        """Run one autocommitted statement; the number of rows it changed."""
+        with self._lock:
+            return self._conn.execute(sql, params).rowcount
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
 
     # -- writing -------------------------------------------------------------------------------------------
     @staticmethod
@@ -201,20 +226,13 @@ class SpendLedger:
         dedupe_key: str | None = None,
     ) -> bool:
         u = usage or Billed()
-        with self._lock:
-            cur = self._conn.execute(
-                "INSERT OR IGNORE INTO attempts (attempt_id, event, at, idempotency_key, attempt, dataset_id, "
-                "partition_key, stage, team, provider, model, mode, run_id, outcome, provider_request_id, "
-                "dedupe_key, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, cost_usd, "
-                "cache_savings_usd, worst_case_usd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    attempt_id, event, time.time(), ctx.idempotency_key, attempt, ctx.dataset_id,
-                    ctx.partition_key, ctx.stage, ctx.team, ctx.provider, ctx.model, ctx.mode, ctx.run_id,
-                    outcome, request_id, dedupe_key, u.input_tokens, u.cached_input_tokens, u.cache_write_tokens,
-                    u.output_tokens, u.cost_usd, u.cache_savings_usd, worst_case_usd,
-                ),
-            )  # fmt: skip
-            return cur.rowcount == 1
+        params = (
+            attempt_id, event, time.time(), ctx.idempotency_key, attempt, ctx.dataset_id, ctx.partition_key,
+            ctx.stage, ctx.team, ctx.provider, ctx.model, ctx.mode, ctx.run_id, outcome, request_id, dedupe_key,
+            u.input_tokens, u.cached_input_tokens, u.cache_write_tokens, u.output_tokens, u.cost_usd,
+            u.cache_savings_usd, worst_case_usd,
+        )  # fmt: skip
+        return self._write(_INSERT_ATTEMPT, params) == 1
 
     # -- reading -------------------------------------------------------------------------------------------
     def rows(self, dataset_id: str | None = None) -> pd.DataFrame:
@@ -224,8 +242,7 @@ class SpendLedger:
         if dataset_id is not None:
             sql += " WHERE dataset_id = ?"
             params = (dataset_id,)
-        with self._lock:
-            records = self._conn.execute(sql + " ORDER BY seq", params).fetchall()
+        records = self._read(sql + " ORDER BY seq", params)
         return pd.DataFrame.from_records(records, columns=COLUMNS)
 
     def billed_usd(self, dataset_id: str | None = None) -> float:
@@ -234,41 +251,36 @@ class SpendLedger:
         if dataset_id is not None:
             sql += " AND dataset_id = ?"
             params += (dataset_id,)
-        with self._lock:
-            return float(self._conn.execute(sql, params).fetchone()[0])
+        return float(self._read(sql, params)[0][0])
 
     # -- halts ---------------------------------------------------------------------------------------------
     def halt(self, scope: str, reason: str, message: str, run_id: str = "") -> None:
         """Stop every request in `scope` until a person clears it; the first halt's message is kept."""
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO halts (scope, since, reason, message, run_id) VALUES (?,?,?,?,?)",
-                (scope, time.time(), reason, message, run_id),
-            )
+        self._write(
+            "INSERT INTO halts (scope, since, reason, message, run_id) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (scope, time.time(), reason, message, run_id),
+        )
 
     def halted(self, scopes: tuple[str, ...]) -> Halt | None:
         """The halt on any of `scopes`, if there is one."""
+        if not scopes:
+            return None
         marks = ",".join("?" * len(scopes))
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT scope, since, reason, message, run_id FROM halts WHERE scope IN ({marks}) LIMIT 1",
-                scopes,
-            ).fetchone()
-        return Halt(*row) if row else None
+        rows = self._read(
+            f"SELECT scope, since, reason, message, run_id FROM halts WHERE scope IN ({marks}) LIMIT 1",
+            tuple(scopes),
+        )
+        return Halt(*rows[0]) if rows else None
 
     def halts(self) -> list[Halt]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT scope, since, reason, message, run_id FROM halts ORDER BY since"
-            ).fetchall()
+        rows = self._read("SELECT scope, since, reason, message, run_id FROM halts ORDER BY since")
         return [Halt(*row) for row in rows]
 
     def clear_halts(self, provider: str | None = None) -> list[Halt]:
         """Lift the halts (of one provider); returns what was lifted."""
         lifted = [h for h in self.halts() if provider is None or h.scope.split("|", 1)[0] == provider]
-        with self._lock:
-            for h in lifted:
-                self._conn.execute("DELETE FROM halts WHERE scope = ?", (h.scope,))
+        for h in lifted:
+            self._write("DELETE FROM halts WHERE scope = ?", (h.scope,))
         return lifted
 
 

@@ -22,7 +22,35 @@ CONCURRENCY = 8
 CLASSIFY_MODEL = "gpt-6-luna"
 
 
-def test_kill_mid_chunk_repays_at_most_the_requests_in_flight(start_sim, tmp_path, monkeypatch):
+@pytest.fixture(params=["files", "postgres"])
+def checkpoint_backend(request, monkeypatch):
+    """The embedded backend (CRC-framed files under the home) or the shared one (CHUNKWISE_STATE_URL: a table in
+    a real PostgreSQL, resources/checkpoints_pg.py); the child inherits the variable. Yields the URL or None."""
+    if request.param == "files":
+        monkeypatch.delenv("CHUNKWISE_STATE_URL", raising=False)
+        yield None
+        return
+    url = request.getfixturevalue("postgres_dsn")
+    monkeypatch.setenv("CHUNKWISE_STATE_URL", url)
+    yield url
+
+
+def checkpointed_items(url: str | None, home: Path) -> int:
+    """Items the killed child recorded, read from the backend itself."""
+    if url is None:
+        return sum(
+            1 for _ in (home / "checkpoints").rglob("*.json*")
+        )  # files exist: the file backend was used
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM chunkwise_checkpoints")
+        return int(cur.fetchone()[0])
+
+
+def test_kill_mid_chunk_repays_at_most_the_requests_in_flight(
+    start_sim, tmp_path, monkeypatch, checkpoint_backend
+):
     sim = start_sim({"seed": 5, "latency": {"base_ms": 20, "jitter_ms": 20}})
     point_at(sim, monkeypatch)  # the child inherits the variables
     write_dataset(tmp_path / "tiny.csv", 250)
@@ -49,6 +77,10 @@ def test_kill_mid_chunk_repays_at_most_the_requests_in_flight(start_sim, tmp_pat
     time.sleep(0.5)  # requests the child had in flight still finish (and bill) at the provider
     paid_before_resume = sim.stats()["requests_billed"]
     assert paid_before_resume < 250, "the kill came too late to test anything"
+    recorded = checkpointed_items(checkpoint_backend, home)
+    assert recorded > 0, "the killed child recorded nothing in the backend under test"
+    if checkpoint_backend is not None:
+        assert not (home / "checkpoints").exists(), "the shared backend wrote checkpoint files"
 
     defs = spec_defs(spec, home)
     with dg.DagsterInstance.local_temp(tempdir=str(instance_dir)) as instance:

@@ -11,7 +11,6 @@ import pytest
 
 from llm_sim.tokens import count_tokens as sim_count_tokens
 from resources.llm import LLMResource, UnknownModelPriceError
-from resources.llm.budget import exhausted_message
 from resources.llm.errors import FailureLevel, ProviderError, classify_provider_error
 from resources.llm.prices import PriceTable
 from resources.llm.state_store import BudgetCap, BudgetNeed, LimitSpec, Permit, Settlement, SQLiteStateStore
@@ -163,26 +162,6 @@ def test_classifier_maps_each_provider_error(status, etype, code, message, retry
 
 def _store(tmp_path) -> SQLiteStateStore:
     return SQLiteStateStore(tmp_path / "state.sqlite")
-
-
-def test_budget_reservations_never_exceed_the_cap_and_release_on_settle(tmp_path):
-    store = _store(tmp_path)
-    caps = {"run:r": BudgetCap(usd=1.0, tokens=None)}
-    need = BudgetNeed(("run:r",), usd=0.3, tokens=10)
-    got = store.transact(None, [], [Permit({}, need)] * 5, caps)
-    assert len(got.grants) == 3 and got.wait_s is not None  # the 4th fits only once others settle
-    store.transact(None, [Settlement(g.reservation_id, usd=0.1, tokens=5) for g in got.grants], [], caps)
-    assert store.spend("run:r") == pytest.approx((0.3, 0.0, 15))
-    got = store.transact(None, [], [Permit({}, need)] * 5, caps)
-    assert len(got.grants) == 2  # 0.3 spent + 2 x 0.3 reserved fills 0.9 of the 1.0 cap
-    store.transact(None, [Settlement(g.reservation_id, usd=0.3, tokens=5) for g in got.grants], [], caps)
-    got = store.transact(None, [], [Permit({}, need)], caps)
-    assert got.grants == [] and got.exhausted is not None
-    msg = exhausted_message(got.exhausted)
-    assert (
-        msg.startswith("budget for run r exhausted at $0.90 of $1.00")
-        and "raise `budgets.run_usd` in the pipeline spec" in msg
-    )
 
 
 def _reserve_and_die(path: str) -> None:

@@ -26,20 +26,36 @@
    cold start (the first wave of concurrent requests before the shared prefix is cached); the run is assumed
    to pay that cold start once (a cold cache at launch) and the rest at the warm items' means. Cost online and
    in batch mode comes from the one price lookup (`ModelPrice.cost_usd`, `batch=True` for the batch price).
-5. **Wall time**, the floor per stage: tokens / TPM, requests / RPM (and Anthropic's input / output TPM), or
-   requests x measured latency / (concurrency x `parallel_runs`), whichever binds. Limits are the provider
-   profile's configured ones (`requests_per_minute`, `tokens_per_minute`, Anthropic's input / output TPM), and
-   those the provider states in its rate-limit headers, as the shared limit store recorded them. The store keeps
-   them only for resources with a configured limit, so when a profile configures none (the demo's), the first
-   sample item of each stage is sent through a copy of the stage's resource with a nominal request limit
-   (PROBE_RPM, never binding): one request, whose headers the store records. (Sending the whole sample that way
-   paced it through the store: 62 s instead of 7 s for 400 items on a loaded machine.) Side effect: the store
-   keeps a `requests` bucket at that nominal rate for the provider and model; it matters only if the profile
-   later configures a token limit but no request limit. Stages add up (a chunk runs them in order). Orchestration overhead is
-   `overhead_per_chunk_s` per chunk run, divided over `parallel_runs`: measured on the pipeline's own last
-   successful chunk runs on the instance (run duration minus the stages' `duration_s`, median of up to 10;
-   `measured_overhead_per_chunk`), else 1.64 s, the in-process fixed cost per partition run measured by
-   bench/pipeline_overhead.py (docs/benchmarks.md).
+5. **Wall time**, the floor: the larger of two bounds (`total_floor`).
+   - Throughput: each stage's requests at the pace its sample kept outside rate-limit waits (the sample runs
+     at the stage's own concurrency through the same client: prompt building, validation, retries and their
+     backoff), at least requests x latency / concurrency; divided over `parallel_runs`. Stages add up (a chunk
+     runs them in order). The pace is timed after the probe's item (below).
+   - Rate limits: every bucket refills the whole run long, so each bounds the run on its own (stages that
+     share a bucket, the same provider and model, add up). What a request takes from a bucket is the adapter's
+     own accounting (`bucket_actuals`: both wire formats count `max_output_tokens`, not the reply's length).
+     When the profile configures a limit, Chunkwise's own admission governs: the need is
+     max(0, amount - the bucket's level now) / its rate, read from the shared limit store
+     (`LLMResource.bucket_levels`: the level the sample left, as a launch right after the estimate finds it;
+     a bucket idle for longer holds up to its capacity, so a later launch can take up to capacity / rate
+     less). The sample's own wait on those buckets (its amounts minus the level before it, over the rate) is
+     what the throughput bound leaves out. When the profile configures none, the provider's enforcement
+     governs: its limits as stated in its rate-limit headers, as the store recorded them, a bucket holding a
+     minute's worth assumed full at launch: 60 x max(0, amount - limit) / limit. The store keeps stated limits
+     only for resources with a configured limit, so then the first sample item of each stage is sent through a
+     copy of the stage's resource with a nominal request limit (PROBE_RPM, never binding): one request, whose
+     headers the store records. (Sending the whole sample that way paced it through the store: 62 s instead of
+     7 s for 400 items on a loaded machine.) Side effect: the store keeps a `requests` bucket at that nominal
+     rate for the provider and model; it matters only if the profile later configures a token limit but no
+     request limit.
+   Orchestration overhead is `overhead_per_chunk_s` per chunk run, divided over `parallel_runs` but at most
+   the machine's cores (`usable_cores`: it is mostly CPU, process start and imports included): measured on
+   the pipeline's own last successful chunk runs on the instance (run duration from its launch minus the
+   stages' `duration_s`, median of up to 10; `measured_overhead_per_chunk`), else a measured default for a
+   run in process (OVERHEAD_PER_CHUNK_S) or, with `launched_runs` (the estimate job, `make estimate`: the
+   sensors launch each chunk run in a process of its own), for a run in a fresh process
+   (OVERHEAD_PER_LAUNCHED_CHUNK_S). Measured against real runs by bench/estimate_accuracy.py
+   (docs/benchmarks.md, "Estimate vs the run").
 6. **Budget verdict**: the projected cost (in each stage's mode) against `budgets.dataset_usd`, and the
    largest chunk's projected cost against `budgets.run_usd` (each chunk is one run). `within_budget` false
    means the new-dataset sensor holds the chunks (sensors/new_datasets.py) when the spec's
@@ -67,7 +83,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -81,6 +97,8 @@ from llm_assets.stages import idempotency_key
 from llm_assets.validation import validate_chunk
 from resources.llm import BudgetScope, LLMRequest, LLMResource
 from resources.llm.errors import JobFatalError
+from resources.llm.providers import adapter_for
+from resources.llm.state_store import CAPACITY_SAFETY
 from resources.llm.tokens import conservative_input_tokens, count_tokens, estimate_prompt_tokens
 from resources.llm.types import ItemResult, TokenUsage
 
@@ -89,9 +107,14 @@ DEFAULT_SAMPLE_SIZE = 400
 """Items sent for real when no size is given, capped at a quarter of the dataset (`default_sample_size`): the
 route rate's sampling error sets the accuracy (BANKING77: 200 items gave -7% on the billed cost, 400 -2%)."""
 DEFAULT_SEED = 0
-OVERHEAD_PER_CHUNK_S = 1.64
-"""Seconds of fixed cost per in-process chunk run: docs/benchmarks.md, "Per-partition fixed cost"
-(bench/pipeline_overhead.py, inside the run)."""
+OVERHEAD_PER_CHUNK_S = 1.0
+"""Seconds of orchestration per chunk run executed in process, before the instance has any of the pipeline's own
+to measure, as `measured_overhead_per_chunk` measures it: bench/estimate_accuracy.py found medians of 0.84 s on a
+quiet machine and 1.1-1.6 s beside other jobs (docs/benchmarks.md, "Estimate vs the run")."""
+OVERHEAD_PER_LAUNCHED_CHUNK_S = 5.22
+"""The same for a chunk run a launcher starts in a process of its own (the daemon's, `make demo`'s, a deployment's):
+the fixed cost of a fresh-process partition run, docs/benchmarks.md "Per-partition fixed cost"
+(bench/pipeline_overhead.py, `fresh_process_ckpt_on`)."""
 
 
 class EstimateError(ValueError):
@@ -124,9 +147,18 @@ class StageEstimate(BaseModel):
     cost_usd: float = Field(description="online price")
     cost_usd_batch: float = Field(description="batch price (the price table's batch multiplier)")
     cost_usd_in_mode: float = Field(description="the price of the stage's configured mode")
-    floor_s: float
+    floor_s: float = Field(description="the larger of the stage's own rate and concurrency floors")
     binding_limit: str
     limits: dict[str, float] = Field(description="per minute, by kind; `concurrency`: requests in flight")
+    throughput_floor_s: float = Field(
+        description="requests x the sample's seconds per request outside rate-limit waits / parallel runs (at "
+        "least requests x latency / (concurrency x parallel runs))"
+    )
+    rate_floors_s: dict[str, float] = Field(
+        default_factory=dict,
+        description='seconds a rate limit needs for this stage\'s requests, by "provider|model|kind": stages that '
+        "share one (the same model) add up",
+    )
 
 
 class BudgetVerdict(BaseModel):
@@ -172,6 +204,10 @@ class Estimate(BaseModel):
     overhead_source: str = Field(description="where the per-chunk overhead comes from")
     wall_clock_s: float
     parallel_runs: int
+    cores: int = Field(
+        default=1,
+        description="CPUs the chunk runs share (`usable_cores`): CPU work divides over at most these",
+    )
     budget: BudgetVerdict
     path: str = ""
 
@@ -282,6 +318,7 @@ def estimate_dataset(
     s3: Any = None,
     parallel_runs: int = 1,
     overhead_per_chunk_s: float | None = None,
+    launched_runs: bool = False,
     force: bool = False,
     log: Any = None,
 ) -> Estimate:
@@ -321,7 +358,7 @@ def estimate_dataset(
     overhead, overhead_source = (
         (overhead_per_chunk_s, "given")
         if overhead_per_chunk_s is not None
-        else measured_overhead_per_chunk(spec, instance)
+        else measured_overhead_per_chunk(spec, instance, launched_runs=launched_runs)
     )
     resources: dict[str, LLMResource] = {}
     for stage in spec.stages:
@@ -371,13 +408,18 @@ def _estimate(
             )
             for row in to_send.itertuples(index=False)
         ]
+        levels_before = llm.bucket_levels() if _configures_limits(llm) else {}
         t0 = time.monotonic()
         results: list[ItemResult] = []
-        # The first item through the probe (when the profile configures no limit), the rest as a run sends them.
+        # The first item through the probe (when the profile configures no limit), the rest as a run sends them;
+        # the throughput is timed on the rest (a run sends no item alone).
         probe = llms.get(f"{stage.name}{PROBE}")
+        timed = (t0, 0, time.process_time())
         for resource, batch in ((probe, requests[:1]), (llm, requests[1:])) if probe else ((llm, requests),):
             if not batch:
                 continue
+            if resource is llm:
+                timed = (time.monotonic(), len(results), time.process_time())
             outcome = resource.run_prompts(
                 batch,
                 system_prompt=prompt.system_prompt,
@@ -401,6 +443,9 @@ def _estimate(
                 scan.total_items,
                 dataset_text_mean - sample_text_mean,
                 parallel_runs,
+                _SampleTiming(
+                    time.monotonic() - timed[0], time.process_time() - timed[2], timed[1], levels_before
+                ),
             )
         )
         key_to_item = {r.key: r.key.split("|")[1] for r in requests}
@@ -413,10 +458,14 @@ def _estimate(
                    overhead)  # fmt: skip
 
 
-def measured_overhead_per_chunk(spec: PipelineSpec, instance: dg.DagsterInstance) -> tuple[float, str]:
+def measured_overhead_per_chunk(
+    spec: PipelineSpec, instance: dg.DagsterInstance, *, launched_runs: bool = False
+) -> tuple[float, str]:
     """Seconds of orchestration per chunk run, and where the number comes from: the median, over the pipeline's
-    last 10 successful chunk runs on this instance, of the run's duration minus its stages' `duration_s` (the
-    time spent sending requests); OVERHEAD_PER_CHUNK_S (bench/pipeline_overhead.py) when there are none."""
+    last 10 successful chunk runs on this instance, of the run's duration (from its launch, RUN_STARTING, when
+    a launcher started it in a process of its own) minus its stages' `duration_s` (the time spent sending
+    requests). When there are none: OVERHEAD_PER_LAUNCHED_CHUNK_S if the chunk runs will be `launched_runs`
+    (each in a process of its own), else OVERHEAD_PER_CHUNK_S."""
     from llm_assets.pipeline_assets import PIPELINE_TAG, chunk_job_name
 
     records = instance.get_run_records(
@@ -432,19 +481,28 @@ def measured_overhead_per_chunk(spec: PipelineSpec, instance: dg.DagsterInstance
     for record in records:
         if record.start_time is None or record.end_time is None:
             continue
+        run_id = record.dagster_run.run_id
         sending = 0.0
-        for entry in instance.all_logs(
-            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-        ):
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
             materialization = entry.asset_materialization
             if materialization is not None and materialization.asset_key in stage_keys:
                 value = materialization.metadata.get("duration_s")
                 sending += float(value.value) if value is not None else 0.0
-        overheads.append(max(0.0, record.end_time - record.start_time - sending))
+        # A launched run (the daemon's) starts when the launcher starts its worker process, before RUN_START:
+        # the interpreter start and the code location's imports are the run's cost too.
+        launched = [e.timestamp for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_STARTING)]
+        started = min([record.start_time, *launched])
+        overheads.append(max(0.0, record.end_time - started - sending))
     if not overheads:
+        if launched_runs:
+            return (
+                OVERHEAD_PER_LAUNCHED_CHUNK_S,
+                "bench/pipeline_overhead.py, a run in a process of its own (no chunk run of this pipeline on the "
+                "instance yet)",
+            )
         return (
             OVERHEAD_PER_CHUNK_S,
-            "bench/pipeline_overhead.py (no chunk run of this pipeline on the instance yet)",
+            "bench/estimate_accuracy.py, a run in process (no chunk run of this pipeline on the instance yet)",
         )
     overheads.sort()
     return overheads[len(overheads) // 2], f"median of the pipeline's last {len(overheads)} chunk runs"
@@ -502,6 +560,16 @@ def _check_sample_budget(spec: PipelineSpec, llms: dict[str, LLMResource], sampl
             )
 
 
+class _SampleTiming(NamedTuple):
+    """How long a stage's sample took (from after the probe's item), and the limit store's buckets before it
+    (empty: the provider governs)."""
+
+    elapsed_s: float
+    cpu_s: float  # this process's CPU time over the same span (the simulator or provider is elsewhere)
+    skipped: int  # the first results, sent before the timing started (the probe's item)
+    levels_before: dict[str, tuple[float, float, float]]
+
+
 def _project(
     stage: StageSpec,
     llm: LLMResource,
@@ -510,6 +578,7 @@ def _project(
     total_items: int,
     text_delta: float,
     parallel_runs: int,
+    timing: _SampleTiming,
 ) -> StageEstimate:
     price = llm.price()
     items = round(total_items * len(results) / sample_n) if sample_n else 0
@@ -531,7 +600,8 @@ def _project(
     output = total("output_tokens")
     usage = TokenUsage(round(input_tokens), round(cached), round(written), round(output))
     cost, cost_batch = price.cost_usd(usage), price.cost_usd(usage, batch=True)
-    floor_s, binding, limits = _floor(llm, attempts, usage, results, parallel_runs)
+    floors, limits = _floors(llm, attempts, usage, results, parallel_runs, timing)
+    binding = max(floors, key=lambda k: floors[k])
     return StageEstimate(
         stage=stage.name,
         model=stage.model,
@@ -554,9 +624,15 @@ def _project(
         cost_usd=cost,
         cost_usd_batch=cost_batch,
         cost_usd_in_mode=cost_batch if stage.mode == "batch" else cost,
-        floor_s=floor_s,
+        floor_s=floors[binding],
         binding_limit=binding,
         limits=limits,
+        throughput_floor_s=floors["throughput"],
+        rate_floors_s={
+            f"{llm.provider}|{llm.model}|{kind.removesuffix('_per_minute')}": v
+            for kind, v in floors.items()
+            if kind != "throughput"
+        },
     )
 
 
@@ -565,34 +641,94 @@ def _stderr(hits: int, n: int) -> float:
     return (p * (1 - p) / n) ** 0.5 if n else 0.0
 
 
-def _floor(
-    llm: LLMResource, requests: float, usage: TokenUsage, results: list[ItemResult], parallel_runs: int
-) -> tuple[float, str, dict[str, float]]:
-    """Seconds the stage needs at least, and which limit binds (module docstring, 5)."""
-    limits = llm.stated_limits()
-    configured = {
-        "requests": llm.requests_per_minute,  # the stage's own resource: never the probe's nominal limit
-        "tokens": llm.tokens_per_minute,
-        "input_tokens": llm.input_tokens_per_minute,
-        "output_tokens": llm.output_tokens_per_minute,
-    }
-    for kind, value in configured.items():
-        if value is not None:
-            limits[kind] = min(value, limits.get(kind, value))
-    amounts = {
-        "requests": requests,
-        "tokens": usage.input_tokens + usage.output_tokens,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-    }
-    floors = {f"{k}_per_minute": 60.0 * amounts[k] / v for k, v in limits.items() if k in amounts and v > 0}
+def _floors(
+    llm: LLMResource,
+    requests: float,
+    usage: TokenUsage,
+    results: list[ItemResult],
+    parallel_runs: int,
+    timing: _SampleTiming,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds the stage needs at least under each rate limit ("<kind>_per_minute") and at the throughput the
+    sample showed ("throughput"), and the limits (module docstring, 5)."""
+    adapter = adapter_for(llm.provider, llm.dialect)
+
+    def bucket_amounts(n: float, tokens: TokenUsage) -> dict[str, float]:
+        """What n requests of `tokens` in all take from each bucket, by the adapter's own accounting (both wire
+        formats count max_output_tokens, not the reply's length), on the mean request."""
+        if not n:
+            return {}
+        per = TokenUsage(*(round(getattr(tokens, f) / n) for f in _TOKEN_FIELDS))
+        actual = adapter.bucket_actuals(per, max(llm.max_output_tokens, per.output_tokens))
+        return {kind: amount * n for kind, amount in actual.items()}
+
+    amounts = bucket_amounts(requests, usage)
+    floors: dict[str, float] = {}
+    limits_out: dict[str, float] = {}
+    sample_wait_s = 0.0
+    if _configures_limits(llm):
+        # Chunkwise's own admission governs (resources/llm/state_store.py): each bucket refills at its rate and
+        # holds what it holds now (the sample just drew on it); the run needs what it does not hold.
+        sent = sum(r.usage.attempts for r in results)
+        sample_amounts = bucket_amounts(sent, _sum_usage(results))
+        for kind, (rate, capacity, level) in llm.bucket_levels().items():
+            if kind in amounts and 0 < rate < PROBE_RPM / 60.0:
+                floors[f"{kind}_per_minute"] = max(0.0, amounts[kind] - level) / rate
+                limits_out[f"{kind}_per_minute"] = rate * 60.0
+                limits_out[f"{kind}_bucket"] = capacity
+                # A bucket the store did not have yet started full at its first capacity.
+                fresh = rate * llm.rate_limit_burst_s * CAPACITY_SAFETY
+                before = timing.levels_before.get(kind, (rate, fresh, fresh))[2]
+                wait = max(0.0, sample_amounts.get(kind, 0.0) - before) / rate
+                sample_wait_s = max(sample_wait_s, wait)
+    else:
+        # The provider's enforcement governs: its limits as stated in its headers. Its bucket holds a minute's
+        # worth (a token bucket, as Anthropic documents and the simulator does), assumed full at launch.
+        for kind, limit in llm.stated_limits().items():
+            if kind in amounts and limit > 0:
+                floors[f"{kind}_per_minute"] = 60.0 * max(0.0, amounts[kind] - limit) / limit
+                limits_out[f"{kind}_per_minute"] = limit
     sent = sum(r.usage.attempts for r in results)
     latency = sum(r.usage.latency_s for r in results) / sent if sent else 0.0
     concurrency = llm.effective_max_concurrency()
-    limits_out = {f"{k}_per_minute": v for k, v in limits.items()} | {"concurrency": float(concurrency)}
-    floors["concurrency"] = requests * latency / (concurrency * max(1, parallel_runs))
-    binding = max(floors, key=lambda k: floors[k])
-    return floors[binding], binding, limits_out
+    limits_out["concurrency"] = float(concurrency)
+    # The sample ran at the stage's own concurrency, through the same client (prompt building, validation,
+    # retries and their backoff): its pace outside rate-limit waits, scaled to the run's requests.
+    # Parallel runs divide the waiting, but the client's CPU work only over the cores there are.
+    timed = sum(r.usage.attempts for r in results[timing.skipped :])
+    pace = max(0.0, timing.elapsed_s - sample_wait_s) / timed if timed else 0.0
+    cpu_pace = timing.cpu_s / timed if timed else 0.0
+    runs = max(1, parallel_runs)
+    floors["throughput"] = requests * max(
+        pace / runs, cpu_pace / min(runs, usable_cores()), latency / (concurrency * runs)
+    )
+    return floors, limits_out
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on: what concurrent chunk runs on this machine share."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _sum_usage(results: list[ItemResult]) -> TokenUsage:
+    return TokenUsage(*(sum(getattr(r.usage, f) for r in results) for f in _TOKEN_FIELDS))
+
+
+_TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens")
+
+
+def total_floor(stages: list[StageEstimate]) -> float:
+    """The run's floor: the stages' throughput floors add up (a chunk runs its stages in order), while every
+    rate-limit bucket refills the whole time, so the slowest bucket's need (its stages' needs added) bounds it
+    on its own; the larger of the two."""
+    by_bucket: dict[str, float] = {}
+    for stage in stages:
+        for bucket, seconds in stage.rate_floors_s.items():
+            by_bucket[bucket] = by_bucket.get(bucket, 0.0) + seconds
+    return max(sum(s.throughput_floor_s for s in stages), max(by_bucket.values(), default=0.0))
 
 
 def _finish(
@@ -610,8 +746,9 @@ def _finish(
 ) -> Estimate:
     overhead_per_chunk_s, overhead_source = overhead
     chunks = dataset.n_chunks
-    floor_s = sum(s.floor_s for s in stages)
-    overhead_s = chunks * overhead_per_chunk_s / max(1, parallel_runs)
+    floor_s = total_floor(stages)
+    # Mostly CPU (process start, imports, events, Parquet): parallel runs share the cores.
+    overhead_s = chunks * overhead_per_chunk_s / min(max(1, parallel_runs), usable_cores())
     in_mode = sum(s.cost_usd_in_mode for s in stages)
     largest = max(scan.chunk_items) if scan.chunk_items else 0
     largest_chunk = in_mode * largest / scan.total_items
@@ -646,6 +783,7 @@ def _finish(
         overhead_per_chunk_s=overhead_per_chunk_s,
         overhead_source=overhead_source,
         wall_clock_s=floor_s + overhead_s,
+        cores=usable_cores(),
         parallel_runs=parallel_runs,
         budget=budget_verdict(spec, in_mode, largest_chunk),
         path=str(path),
@@ -773,6 +911,8 @@ class EstimateConfig(dg.Config):
     """The sample's seed; -1: the spec's `estimate.seed`."""
     force: bool = False
     """Estimate again (and pay the sample again) even if `estimate.json` exists for the same spec and sample."""
+    parallel_runs: int = 4
+    """Chunk runs at once: the run queue's limit per provider in deploy/dagster.yaml and the demo's daemon."""
 
 
 def estimate_job_name(pipeline: str) -> str:
@@ -823,6 +963,8 @@ def build_estimate_job(spec: PipelineSpec) -> dg.JobDefinition:
                 sample_size=config.sample_size or spec.estimate.sample_size,
                 seed=spec.estimate.seed if config.seed < 0 else config.seed,
                 s3=context.resources.s3,
+                parallel_runs=max(1, config.parallel_runs),
+                launched_runs=True,  # the sensors' chunk runs, each launched in a process of its own
                 force=config.force,
                 log=context.log,
             )

@@ -138,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
             s3=s3_for(str(data), specs=[spec]),
             force=args.force,
             parallel_runs=max(1, args.parallel_runs),
+            launched_runs=True,  # `make demo`'s daemon launches each chunk run in a process of its own
         )
     except (DatasetError, EstimateError, JobFatalError) as exc:
         print(f"chunkwise: {clear_error(exc)}", file=sys.stderr)
@@ -153,9 +154,10 @@ def _run(args: argparse.Namespace) -> int:
         f"(${estimate.total_cost_usd_in_mode:.4f} in the spec's modes)"
     )
     print(
-        f"wall clock: ~{estimate.wall_clock_s:.1f}s = {estimate.floor_s:.1f}s rate-limit floor + "
+        f"wall clock: ~{estimate.wall_clock_s:.1f}s = {estimate.floor_s:.1f}s floor (throughput or rate limits) + "
         f"{estimate.overhead_s:.1f}s orchestration ({estimate.chunks} chunk runs x "
-        f"{estimate.overhead_per_chunk_s:.2f}s / {estimate.parallel_runs} at a time: {estimate.overhead_source})"
+        f"{estimate.overhead_per_chunk_s:.2f}s, {estimate.parallel_runs} at a time on {estimate.cores} cores: "
+        f"{estimate.overhead_source})"
     )
     verdict = (
         "within budget" if estimate.budget.within_budget else "OVER BUDGET: chunks would not be launched"

@@ -85,7 +85,7 @@ def test_estimate_records_every_field_and_its_sample_is_billed_once_in_both_ledg
         again = estimate_dataset(spec, dataset, instance, tmp_path, sample_size=20, seed=3)
         assert again.reused and again.total_cost_usd == estimate.total_cost_usd
         assert billed(spec_sim) == (requests, sim_usd)
-        assert estimate.overhead_source.startswith("bench/pipeline_overhead.py")
+        assert estimate.overhead_source.startswith("bench/estimate_accuracy.py, a run in process")
 
         # Once the pipeline has run chunks on the instance, their own orchestration time is the overhead.
         run_chunk(spec_defs(spec, tmp_path), spec, instance, dataset.partition_keys[0])

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from llm_assets.estimate import estimate_dataset, estimate_table, measured_overhead_per_chunk
-from llm_assets.pipeline_assets import register
+from llm_assets.pipeline_assets import build_llm_resource, register
 from llm_assets.spec import load_pipeline
 from scripts.demo import demo_sim_config
 from tests.spec_pipelines import (
@@ -41,6 +41,8 @@ def test_the_estimate_is_within_10_percent_of_the_billed_cost(spec_path, start_s
         estimate_s = time.monotonic() - started
         sample_billed = sim.stats()["billed_usd"]
         assert sample_billed == pytest.approx(estimate.sample_cost_usd, abs=1e-9)
+        if spec.name == "reviews":
+            assert_the_floor_follows_the_profiles_own_output_token_limit(spec, estimate, instance, tmp_path)
 
         defs = spec_defs(spec, tmp_path)
         started = time.monotonic()
@@ -75,3 +77,20 @@ def test_the_estimate_is_within_10_percent_of_the_billed_cost(spec_path, start_s
     assert saved["estimate_sample_cost_usd"] == pytest.approx(sample_billed, abs=1e-9)
     markdown = (tmp_path / "reports" / dataset.dataset_id / "completion_report.md").read_text()
     assert "Estimate vs actual: cost" in markdown
+
+
+def assert_the_floor_follows_the_profiles_own_output_token_limit(spec, estimate, instance, home):
+    """reviews' `aspects` profile configures output tokens per minute: Chunkwise's own admission reserves
+    `max_output_tokens` per request (not the reply's length), and the run has what the bucket holds now. So the
+    floor is (requests x max_output_tokens - level) / rate, the level read from the limit store after the estimate
+    (it only grows, at the rate, so the estimate's own reading was at most a few seconds' refill lower)."""
+    stage = spec.stage("aspects")
+    aspects = next(s for s in estimate.stages if s.stage == "aspects")
+    assert aspects.binding_limit == "output_tokens_per_minute"
+    with dg.build_resources({"llm": build_llm_resource(spec, stage, home)}, instance=instance) as resources:
+        llm = resources.llm
+        rate, _, level = llm.bucket_levels()["output_tokens"]
+        reserved = aspects.requests * llm.max_output_tokens
+    need = max(0.0, reserved - level) / rate
+    assert need <= aspects.floor_s <= need + 5.0, (aspects.floor_s, need)
+    assert aspects.output_tokens < reserved / 2  # the replies are far shorter than what admission reserves

@@ -87,6 +87,16 @@ def write_parquet_atomic(df: pd.DataFrame, uri: str, s3: Any = None) -> str:
     return uri
 
 
+def write_object(uri: str, data: bytes, s3: Any = None) -> str:
+    """Write `data` at `uri` whole (an S3 put is atomic; a local file is replaced atomically). Returns `uri`."""
+    if is_s3_uri(uri):
+        loc = parse_s3_uri(uri)
+        s3_client(s3, uri).put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        return uri
+    write_atomic(uri, lambda f: f.write(data))
+    return uri
+
+
 def read_parquet(uri: str, s3: Any = None) -> pd.DataFrame:
     """Read one Parquet file (local or s3://) into a DataFrame. FileNotFoundError if it does not exist."""
     if is_s3_uri(uri):

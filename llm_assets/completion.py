@@ -24,6 +24,7 @@ import dagster as dg
 import pandas as pd
 
 from io_managers.atomic_files import write_bytes_atomic
+from io_managers.parquet_files import join_uri, write_object
 from llm_assets.chunk_status import ChunkState, ChunkStatus, chunk_states
 from llm_assets.cost_ledger import rollup
 from llm_assets.datasets import RegisteredDataset, load_dataset
@@ -35,9 +36,9 @@ from llm_assets.settings import PipelineSettings
 from llm_assets.stages import checkpoint_root
 from resources.checkpoints import ChunkCheckpoint
 from resources.checkpoints_pg import remove_checkpoints
-from resources.state_url import state_url
 from resources.dead_letters import DeadLetterStore
 from resources.llm.prices import ModelPrice
+from resources.state_url import state_url
 
 TOP_ITEMS_LISTED = 50
 
@@ -150,6 +151,7 @@ def build_dataset_completion(
     ledger_rows: pd.DataFrame,
     layout: PipelineLayout,
     prices: dict[str, ModelPrice] | None = None,
+    dead_letters_uri: str | None = None,
 ) -> DatasetCompletion:
     """The report of a dataset whose chunks (`states`, from chunk_states) are all terminal; dg.Failure (no
     retry) if some are not. `ledger`: the cost_ledger asset's rows; `ledger_rows`: the dataset's spend-ledger
@@ -166,7 +168,7 @@ def build_dataset_completion(
             ),
             allow_retries=False,
         )
-    store = DeadLetterStore(str(home / "dead_letters"))
+    store = DeadLetterStore(dead_letters_uri or str(home / "dead_letters"), s3=s3)
     report = build_completion_report(
         instance,
         dataset,
@@ -397,14 +399,25 @@ def render_markdown(done: DatasetCompletion) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_completion(done: DatasetCompletion, home: Path) -> Path:
-    """Write `<home>/reports/<id>/completion_report.json` and `.md` atomically; returns the JSON path."""
+def write_completion(
+    done: DatasetCompletion, home: Path, shared_uri: str | None = None, s3: Any = None
+) -> Path | str:
+    """Write `<home>/reports/<id>/completion_report.json` and `.md` atomically; returns the JSON path. With
+    `shared_uri` (the shared payloads' `_reports` prefix on S3, PipelineSettings.reports_uri) the same two files
+    go there too, and that copy is the report's URI: every machine reads it."""
     folder = home / "reports" / done.report.dataset_id
     path = folder / "completion_report.json"
-    done.report_uri = str(path)
-    write_bytes_atomic(path, json.dumps(done.to_json(), indent=2, sort_keys=True, default=str).encode())
-    write_bytes_atomic(folder / "completion_report.md", render_markdown(done).encode())
-    return path
+    shared = join_uri(shared_uri, done.report.dataset_id) if shared_uri else None
+    done.report_uri = join_uri(shared, "completion_report.json") if shared else str(path)
+    report_json = json.dumps(done.to_json(), indent=2, sort_keys=True, default=str).encode()
+    markdown = render_markdown(done).encode()
+    write_bytes_atomic(path, report_json)
+    write_bytes_atomic(folder / "completion_report.md", markdown)
+    if shared is None:
+        return path
+    write_object(join_uri(shared, "completion_report.json"), report_json, s3)
+    write_object(join_uri(shared, "completion_report.md"), markdown, s3)
+    return done.report_uri
 
 
 def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus]) -> tuple[int, int]:
@@ -436,7 +449,7 @@ def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus])
     return removed, kept
 
 
-def report_metadata(done: DatasetCompletion, path: Path, removed: int, kept: int) -> dict[str, Any]:
+def report_metadata(done: DatasetCompletion, path: Path | str, removed: int, kept: int) -> dict[str, Any]:
     """The completion report's materialization metadata: the Markdown, the webhook summary, the numbers (USD to
     6 decimals, per item 8, seconds 2; the JSON file keeps every digit)."""
     r = done.report
@@ -536,8 +549,9 @@ def completion_asset(
             ledger_rows=events,
             layout=layout,
             prices=stage_prices(context.resources, layout),
+            dead_letters_uri=settings.dead_letters_uri(),
         )
-        path = write_completion(done, home)
+        path = write_completion(done, home, settings.reports_uri(), context.resources.s3)
         removed, kept = clean_up_chunks(home, dataset.dataset_id, states)
         context.log.info(f"{dataset.dataset_id} complete: {done.report.headline()}; report {path}")
         return dg.MaterializeResult(metadata=report_metadata(done, path, removed, kept))

@@ -140,7 +140,7 @@ def cost_ledger_asset(
         llm: LLMResource = getattr(context.resources, llm_key)
         home = settings.home_path()
         dataset = load_dataset(context.partition_key, home)
-        store = DeadLetterStore(str(home / "dead_letters"))
+        store = DeadLetterStore(settings.dead_letters_uri(), s3=context.resources.s3)
         buckets = item_buckets(context.instance, dataset, store, s3=context.resources.s3, layout=layout)
         events = llm.spend_ledger().rows(dataset.dataset_id)
         ledger = build_ledger(events, dataset.dataset_id, buckets.kept_keys)

@@ -73,6 +73,8 @@ from llm_assets.partitions import (
     check_partition_room,
     dataset_partition_keys,
 )
+from resources.shared_docs import SharedDocuments
+from resources.state_url import STATE_URL_ENV, state_url
 
 TEXT, ID, TEAM, LABEL = "text", "id", "team", "label"
 ROW_NUMBER, READ_ERROR = "_row_number", "_read_error"
@@ -227,9 +229,7 @@ def register_dataset(
     name = spec.name or _file_stem(spec.uri)
     dataset_id = f"{_slug(name)}-{sha[:8]}"
     keys = dataset_partition_keys(dataset_id, n_chunks)
-    manifest_path = manifest_path_for(home, dataset_id)
-
-    if manifest_path.exists():
+    if _manifest_exists(home, dataset_id):
         existing = load_dataset(dataset_id, home)
         _check_same_registration(existing, spec, sha)
         if add_partitions:
@@ -267,7 +267,7 @@ def register_dataset(
         ds = replace(ds, duplicate_rows=duplicates, ids_not_text=not_text)
     if not add_partitions:
         check_partition_room(instance, keys, partitions_name)
-    write_bytes_atomic(manifest_path, json.dumps(asdict(ds), indent=1).encode())
+    ds = _save_manifest(home, ds)
     if add_partitions:
         add_chunk_partitions(instance, keys, partitions_name=partitions_name)
     return ds
@@ -306,8 +306,44 @@ def manifest_path_for(home: Path, dataset_id: str) -> Path:
     return Path(home) / "datasets" / dataset_id / "manifest.json"
 
 
+# Manifests live in one of two places (resources/state_url.py): files under the home (the embedded backend), or,
+# with CHUNKWISE_STATE_URL set, rows of the shared database every machine reads (resources/shared_docs.py).
+MANIFEST_KIND = "manifest"
+
+
+def _shared_manifests() -> SharedDocuments | None:
+    url = state_url()
+    return SharedDocuments(url, MANIFEST_KIND) if url else None
+
+
+def _manifest_exists(home: Path, dataset_id: str) -> bool:
+    shared = _shared_manifests()
+    return shared.get(dataset_id) is not None if shared else manifest_path_for(home, dataset_id).exists()
+
+
+def _save_manifest(home: Path, ds: RegisteredDataset) -> RegisteredDataset:
+    """Write `ds`'s manifest; with the shared backend, the manifest already there wins (a concurrent registration
+    of the same file on another machine), and is what is returned."""
+    shared = _shared_manifests()
+    if shared is None:
+        write_bytes_atomic(manifest_path_for(home, ds.dataset_id), json.dumps(asdict(ds), indent=1).encode())
+        return ds
+    return _from_manifest(shared.put_new(ds.dataset_id, json.loads(json.dumps(asdict(ds)))))
+
+
 def load_dataset(dataset_id: str, home: Path) -> RegisteredDataset:
-    """The registered dataset from its manifest; DatasetError if it was never registered under ``home``."""
+    """The registered dataset from its manifest; DatasetError if it was never registered (under ``home``, or in
+    the shared database)."""
+    shared = _shared_manifests()
+    if shared is not None:
+        raw = shared.get(dataset_id)
+        if raw is None:
+            raise DatasetError(
+                f"dataset {dataset_id} is not registered in the shared database ({STATE_URL_ENV}); register it "
+                "first (register_dataset / the new-dataset sensor), and check that every machine sets the same "
+                f"{STATE_URL_ENV}"
+            )
+        return _from_manifest(raw)
     path = manifest_path_for(home, dataset_id)
     try:
         raw = json.loads(path.read_text())
@@ -316,13 +352,21 @@ def load_dataset(dataset_id: str, home: Path) -> RegisteredDataset:
             f"dataset {dataset_id} is not registered under {home} (no {path}); register it first "
             "(register_dataset / the new-dataset sensor), and check CHUNKWISE_HOME"
         ) from None
+    return _from_manifest(raw)
+
+
+def _from_manifest(raw: dict) -> RegisteredDataset:
+    raw = dict(raw)
     raw["spec"] = DatasetSpec(**{**raw["spec"], "text_columns": tuple(raw["spec"].get("text_columns", ()))})
     raw["chunks"] = [ChunkLocator(**c) for c in raw["chunks"]]
     return RegisteredDataset(**raw)
 
 
 def list_datasets(home: Path) -> list[str]:
-    """Ids of every dataset registered under ``home``, sorted."""
+    """Ids of every dataset registered (under ``home``, or in the shared database), sorted."""
+    shared = _shared_manifests()
+    if shared is not None:
+        return shared.keys()
     root = Path(home) / "datasets"
     return sorted(p.parent.name for p in root.glob("*/manifest.json"))
 

@@ -101,8 +101,12 @@ from resources.llm.providers import adapter_for
 from resources.llm.state_store import CAPACITY_SAFETY
 from resources.llm.tokens import conservative_input_tokens, count_tokens, estimate_prompt_tokens
 from resources.llm.types import ItemResult, TokenUsage
+from resources.shared_docs import SharedDocuments
+from resources.state_url import state_url
 
 ESTIMATE_FILE = "estimate.json"
+ESTIMATE_KIND = "estimate"
+"""The shared backend's document kind for estimates (resources/shared_docs.py), keyed `<pipeline>/<dataset id>`."""
 DEFAULT_SAMPLE_SIZE = 400
 """Items sent for real when no size is given, capped at a quarter of the dataset (`default_sample_size`): the
 route rate's sampling error sets the accuracy (BANKING77: 200 items gave -7% on the billed cost, 400 -2%)."""
@@ -218,7 +222,15 @@ def estimate_path(home: Path, pipeline: str, dataset_id: str) -> Path:
 
 
 def load_estimate(home: Path, pipeline: str, dataset_id: str) -> Estimate | None:
-    """The dataset's recorded estimate, None when there is none (or it cannot be read)."""
+    """The dataset's recorded estimate, None when there is none (or it cannot be read). With the shared backend
+    (CHUNKWISE_STATE_URL) the copy in its database, which every machine sees (`write_estimate`)."""
+    url = state_url()
+    if url is not None:
+        doc = SharedDocuments(url, ESTIMATE_KIND).get(f"{pipeline}/{dataset_id}")
+        try:
+            return Estimate.model_validate(doc) if doc is not None else None
+        except ValueError:
+            return None
     path = estimate_path(home, pipeline, dataset_id)
     try:
         return Estimate.model_validate_json(path.read_text())
@@ -829,11 +841,16 @@ def verdict_for(
 
 
 def write_estimate(estimate: Estimate, path: Path) -> None:
-    """Atomically (temp file + rename)."""
+    """Atomically (temp file + rename); with the shared backend also into its database, where the new-dataset
+    sensor and the completion report on any machine read it (`load_estimate`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(estimate.model_dump_json(indent=2))
     os.replace(tmp, path)
+    url = state_url()
+    if url is not None:
+        key = f"{estimate.pipeline}/{estimate.dataset_id}"
+        SharedDocuments(url, ESTIMATE_KIND).put(key, estimate.model_dump(mode="json"))
 
 
 # ------------------------------------------------------------------------------------------------ reading

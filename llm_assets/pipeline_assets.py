@@ -49,7 +49,7 @@ from llm_assets.materializations import (
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.prompts import StagePrompt
 from llm_assets.run_liveness import mark_run_worker
-from llm_assets.settings import PipelineSettings
+from llm_assets.settings import PipelineSettings, payloads_uri_for
 from llm_assets.spec import PipelineSpec, StageSpec
 from llm_assets.spec_template import render
 from llm_assets.stages import KEY_COLUMNS, USAGE_COLUMNS, BatchWait, StageOutcome, run_batch_stage, run_stage
@@ -319,7 +319,7 @@ def _items_asset(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition)
                 f"{spec.length_policy.action} above {spec.length_policy.max_input_tokens} tokens"
             ),
             **write_dead_letters(
-                context, settings, dataset_id, "items", items_dead_letters(context, dataset_id, checked)
+                context, settings, dataset_id, "items", items_dead_letters(context, dataset_id, checked), s3
             ),
         }
         return dg.MaterializeResult(
@@ -335,10 +335,12 @@ def write_dead_letters(
     dataset_id: str,
     stage: str,
     rows: list[DeadLetter],
+    s3: Any,
 ) -> dict[str, Any]:
-    """Store the chunk's dead letters of `stage` (replacing an earlier run's); as metadata their count and, when
-    there are any, a preview table and the file (llm_assets/materializations.py `dead_letters_metadata`)."""
-    store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
+    """Store the chunk's dead letters of `stage` (replacing an earlier run's) where `settings` says (the home, or
+    the shared payloads on S3 through `s3`); as metadata their count and, when there are any, a preview table and
+    the file (llm_assets/materializations.py `dead_letters_metadata`)."""
+    store = DeadLetterStore(settings.dead_letters_uri(), s3=s3)
     uri = store.write_partition(dataset_id, context.partition_key, stage, rows)
     return dead_letters_metadata(rows, uri)
 
@@ -437,7 +439,7 @@ def _stage_asset(
         code_version=stage.version(),
         automation_condition=refresh_stale_condition(),  # inert until `<pipeline>__refresh_stale` is turned on
         retry_policy=spec.retry.retry_policy(),
-        required_resource_keys={llm_key, "settings"},
+        required_resource_keys={llm_key, "settings", "s3"},
         output_required=False,  # batch mode: a run that only submits a provider batch materializes nothing
         metadata={
             "model": stage.model,
@@ -489,7 +491,9 @@ def _stage_asset(
         frame = _carry_through(stage, dataset_id, reached, outcome.rows, routed_ids)
         metadata = {
             **outcome.metadata,
-            **write_dead_letters(context, settings, dataset_id, stage.name, outcome.dead_letters),
+            **write_dead_letters(
+                context, settings, dataset_id, stage.name, outcome.dead_letters, context.resources.s3
+            ),
             "items_routed": dg.MetadataValue.int(len(to_send)),
             "route": dg.MetadataValue.text(stage.route),
         }
@@ -719,7 +723,7 @@ def pipeline_definitions(
         "dataset id). The completion sensor requests it once per dataset.",
     )
     resources: dict[str, Any] = {
-        "settings": PipelineSettings(home=str(home)),
+        "settings": PipelineSettings(home=str(home), payloads_uri=payloads_uri_for(outputs)),
         "io_manager": ChunkParquetIOManager(base_uri=outputs, s3=s3),
         "s3": s3 if s3 is not None else dg.ResourceDefinition.none_resource("no S3: local files only"),
         **{llm_resource_key(spec, stage): build_llm_resource(spec, stage, home) for stage in spec.stages},

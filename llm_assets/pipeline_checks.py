@@ -337,7 +337,7 @@ def _dead_letters(
     context: dg.AssetCheckExecutionContext, chunk: _StageChunk
 ) -> tuple[DeadLetterStore, pd.DataFrame]:
     settings: PipelineSettings = context.resources.settings
-    store = DeadLetterStore(str(settings.home_path() / "dead_letters"))
+    store = DeadLetterStore(settings.dead_letters_uri(), s3=context.resources.s3)
     return store, store.query(chunk.dataset_id, chunk.partition)
 
 

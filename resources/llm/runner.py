@@ -204,6 +204,7 @@ class PromptRun:
         self._fatal: tuple[str, str] | None = None  # (reason, description)
         self._breaker: str | None = None
         self._callback_error: BaseException | None = None
+        self._store_error: str | None = None  # the limit/budget store failed mid-run: retryable
         self._cached_prefix_tokens = 0  # Anthropic: recent cache-read size, so ITPM reservations skip it
         self._started = time.monotonic()
         self._total = 0
@@ -269,6 +270,13 @@ class PromptRun:
             raise JobFatalError(reason, f"{description}. {counts}; completed work is kept.", outcome)
         if self._callback_error is not None:
             raise self._callback_error
+        if self._store_error is not None:
+            raise ChunkRetryableError(
+                f"stage {self.stage}: the shared limit/budget store failed ({self._store_error}): no request was "
+                f"sent after it. {counts}; retry the partition once the store is back (finished items are not "
+                "sent again).",
+                outcome,
+            )
         if self._signal is not None:
             raise JobFatalError(
                 "stopped",
@@ -443,10 +451,15 @@ class PromptRun:
             except BudgetExhaustedError as exc:
                 self._stop_fatal("budget", exhausted_message(str(exc)))
                 return None
-            except Exception as exc:
-                self._stop_fatal(
-                    "state_store", f"the shared limit/budget store failed ({type(exc).__name__}: {exc})"
-                )
+            except Exception as exc:  # an outage of the store (a lost database): stop, retry the chunk later
+                if self._store_error is None:
+                    self._store_error = redact(f"{type(exc).__name__}: {exc}", self.s.api_key)
+                    self.log.error(
+                        "llm %s: stopping, the shared limit/budget store failed (%s)",
+                        self.stage,
+                        self._store_error,
+                    )
+                self._stop.set()
                 return None
             if self._stop.is_set() or self._check_halt():
                 self.admission.release(permit, grant)

@@ -73,6 +73,7 @@ GRACE_S = 0.25
 # socket), and until the next process sends its first request (`Kill.arrivals_until`).
 ARRIVAL_S = 1.0
 _CHUNK_LINE = re.compile(r"^\[(\d+)/(\d+)\] ")
+_DATASET_LINE = re.compile(r"^pipeline \S+: dataset ")
 
 
 def write_dataset(path: Path, rows: int) -> Path:
@@ -413,8 +414,12 @@ def _demo(data: Path, chunk_size: int, env: dict[str, str], log: Path) -> subpro
     )
 
 
-def _wait_for_trigger(proc: subprocess.Popen, log: Path, offset: int, trigger: str, delay_s: float) -> bool:
-    """Wait until the trigger's line shows in this run's output (or the timer runs out); True if still running."""
+def _wait_for_trigger(
+    proc: subprocess.Popen, log: Path, offset: int, trigger: str, delay_s: float, chunks_done: bool = False
+) -> bool:
+    """Wait until the trigger's line shows in this run's output (or the timer runs out); True if still running.
+    `chunks_done`: an earlier start finished the last chunk, so this one goes straight to the completion step,
+    whose trigger is then the demo's dataset line."""
     started = time.monotonic()
     deadline = started + (delay_s if trigger == "timer" else 120.0)
     while time.monotonic() < deadline:
@@ -423,11 +428,12 @@ def _wait_for_trigger(proc: subprocess.Popen, log: Path, offset: int, trigger: s
         if trigger != "timer":
             lines = log.read_bytes()[offset:].decode(errors="replace").splitlines()
             marks = [m for m in (_CHUNK_LINE.match(x) for x in lines) if m]
-            hit = (
-                bool(marks)
-                if trigger == "between_chunks"
-                else any(m.group(1) == m.group(2) for m in marks)  # completion: the last chunk's line
-            )
+            if trigger == "between_chunks":
+                hit = bool(marks)
+            elif chunks_done:  # completion, nothing left to run: right after the dataset line
+                hit = any(_DATASET_LINE.match(x) for x in lines)
+            else:  # completion: the last chunk's line
+                hit = any(m.group(1) == m.group(2) for m in marks)
             if hit:
                 time.sleep(delay_s)
                 return proc.poll() is None
@@ -461,14 +467,20 @@ def run_chaos(
         triggers = ["timer"] * (kills - 2) + ["between_chunks"]
         rng.shuffle(triggers)
         triggers.append("completion")
+        chunks_done = False  # an earlier start printed the last chunk's line: the next goes to the completion
         while len(done) < kills:
+            if chunks_done and triggers[len(done)] != "completion":
+                # Every chunk is done: the timers left would only land in the completion step too; the
+                # completion trigger's kill goes next (and last), so each run has one.
+                triggers[len(done) :] = ["completion"]
+                kills = len(done) + 1
             trigger = triggers[len(done)]
             delay = rng.uniform(*timer_s) if trigger == "timer" else rng.uniform(0.0, 1.0)
             offset = log.stat().st_size if log.exists() else 0
             launched = time.time()
             proc = _demo(data, chunk_size, env, log)
             restarts += 1
-            alive = _wait_for_trigger(proc, log, offset, trigger, delay)
+            alive = _wait_for_trigger(proc, log, offset, trigger, delay, chunks_done)
             if not alive:
                 proc.wait()
                 if proc.returncode == 0:
@@ -479,6 +491,8 @@ def run_chaos(
             proc.wait()
             printed = log.read_bytes()[offset:].decode(errors="replace").strip().splitlines()
             last = printed[-1] if printed else ""
+            marks = [m for m in (_CHUNK_LINE.match(x) for x in printed) if m]
+            chunks_done = chunks_done or any(m.group(1) == m.group(2) for m in marks)
             done.append(
                 Kill(at=at, trigger=trigger, delay_s=delay, start=restarts, last_line=last, started=launched)
             )

@@ -33,11 +33,13 @@ from llm_assets.layout import PipelineLayout
 from llm_assets.materializations import seconds, usd, usd_per_item
 from llm_assets.report import NOT_PROCESSED_WHY, CompletionReport, build_completion_report
 from llm_assets.settings import PipelineSettings
-from llm_assets.stages import checkpoint_root
+from llm_assets.stages import CANCEL_KIND, checkpoint_root
 from resources.checkpoints import ChunkCheckpoint
 from resources.checkpoints_pg import remove_checkpoints
 from resources.dead_letters import DeadLetterStore
+from resources.llm.batch_journal import SharedBatchJournal
 from resources.llm.prices import ModelPrice
+from resources.shared_docs import SharedDocuments
 from resources.state_url import state_url
 
 TOP_ITEMS_LISTED = 50
@@ -443,9 +445,17 @@ def clean_up_chunks(home: Path, dataset_id: str, states: dict[str, ChunkStatus])
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
     url = state_url()
-    if url is not None:  # the shared backend's checkpoints (resources/checkpoints_pg.py)
+    if (
+        url is not None
+    ):  # the shared backend's checkpoints (resources/checkpoints_pg.py), batch journals and marks
         done, left = remove_checkpoints(url, dataset_id, succeeded)
         removed, kept = removed + done, kept + left
+        for kind in (SharedBatchJournal.KIND, CANCEL_KIND):
+            docs = SharedDocuments(url, kind)
+            for key in docs.list_keys():
+                owner, partition, _ = key.split("/", 2)
+                if owner == dataset_id and partition in succeeded:
+                    docs.delete(key)
     return removed, kept
 
 

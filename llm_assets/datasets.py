@@ -366,7 +366,7 @@ def list_datasets(home: Path) -> list[str]:
     """Ids of every dataset registered (under ``home``, or in the shared database), sorted."""
     shared = _shared_manifests()
     if shared is not None:
-        return shared.keys()
+        return shared.list_keys()
     root = Path(home) / "datasets"
     return sorted(p.parent.name for p in root.glob("*/manifest.json"))
 

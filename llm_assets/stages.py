@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +50,9 @@ from resources.llm import (
     LLMResource,
     UsageSummary,
 )
-from resources.llm.batch_journal import SUBMITTING
+from resources.llm.batch_journal import SUBMITTING, SharedBatchJournal
+from resources.shared_docs import SharedDocuments
+from resources.state_url import state_url
 
 KEY_COLUMNS = ("idempotency_key", "dataset_id", "item_id", "stage", "prompt_version", "model", "team")
 USAGE_COLUMNS = (
@@ -384,6 +387,39 @@ def cancel_marker_path(checkpoint_dir: Path) -> Path:
     return checkpoint_dir / CANCEL_MARKER_FILE
 
 
+# A batch stage's journal and cancel mark: files beside the file checkpoint, or, with the shared backend
+# (CHUNKWISE_STATE_URL), rows of its database that the batch sensor and a re-run on any machine read.
+CANCEL_KIND = "batch_cancel"
+
+
+def _stage_folder(home: Path, dataset_id: str, partition_key: str, stage: str) -> Path:
+    return ChunkCheckpoint(checkpoint_root(home), dataset_id, partition_key, stage).path
+
+
+def stage_batch_journal(home: Path, dataset_id: str, partition_key: str, stage: str) -> BatchJournal:
+    url = state_url()
+    if url is not None:
+        return SharedBatchJournal(url, dataset_id, partition_key, stage)
+    return BatchJournal(batch_journal_path(_stage_folder(home, dataset_id, partition_key, stage)))
+
+
+def stage_cancelled(home: Path, dataset_id: str, partition_key: str, stage: str) -> bool:
+    url = state_url()
+    if url is not None:
+        return SharedDocuments(url, CANCEL_KIND).get(f"{dataset_id}/{partition_key}/{stage}") is not None
+    return cancel_marker_path(_stage_folder(home, dataset_id, partition_key, stage)).exists()
+
+
+def mark_stage_cancelled(home: Path, dataset_id: str, partition_key: str, stage: str, mark: dict) -> None:
+    url = state_url()
+    if url is not None:
+        SharedDocuments(url, CANCEL_KIND).put(f"{dataset_id}/{partition_key}/{stage}", mark)
+        return
+    path = cancel_marker_path(_stage_folder(home, dataset_id, partition_key, stage))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(mark))
+
+
 def run_batch_stage(
     context: dg.AssetExecutionContext,
     *,
@@ -399,12 +435,12 @@ def run_batch_stage(
     online, costs at batch prices; metadata adds `mode`, `batches`, `batch_rounds`)."""
     partition_key = context.partition_key
     stage = prompt.stage
-    checkpoint = ChunkCheckpoint(
+    checkpoint = open_checkpoint(
         checkpoint_root(home), dataset_id, partition_key, stage, compact_every=checkpoint_every
     )
     by_key = _items_by_key(items, dataset_id, prompt, llm)
-    journal = BatchJournal(batch_journal_path(checkpoint.path))
-    cancelled = cancel_marker_path(checkpoint.path).exists()
+    journal = stage_batch_journal(home, dataset_id, partition_key, stage)
+    cancelled = stage_cancelled(home, dataset_id, partition_key, stage)
 
     def record(result: ItemResult) -> None:
         row = by_key.get(result.key)  # every journal key is an item of this chunk; "" would only re-send it

@@ -1,5 +1,6 @@
 """Small JSON documents every machine must see alike, in the shared backend's database (issue #14): dataset
-manifests today (llm_assets/datasets.py), keyed by kind and key. With the embedded backend the same documents are
+manifests (llm_assets/datasets.py), estimates (llm_assets/estimate.py), provider batch journals and their cancel
+marks (resources/llm/batch_journal.py `SharedBatchJournal`, llm_assets/stages.py), keyed by kind and key. With the embedded backend the same documents are
 files under the home, written by their own modules; this is only the shared side.
 
     chunkwise_documents(kind, key, doc jsonb, updated_at)   primary key (kind, key)
@@ -51,7 +52,7 @@ class SharedDocuments:
         )
         return rows[0][0] if rows else None
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         rows = self._query("SELECT key FROM chunkwise_documents WHERE kind = %s ORDER BY key", (self.kind,))
         return [row[0] for row in rows]
 
@@ -74,6 +75,9 @@ class SharedDocuments:
             "DO UPDATE SET doc = EXCLUDED.doc, updated_at = clock_timestamp() RETURNING key",
             (self.kind, key, json.dumps(doc)),
         )
+
+    def delete(self, key: str) -> None:
+        self._query("DELETE FROM chunkwise_documents WHERE kind = %s AND key = %s", (self.kind, key))
 
     def _query(self, sql: str, params: tuple) -> list[tuple[Any, ...]]:
         conn = connect(self.url, f"the shared {self.kind} documents")

@@ -17,36 +17,30 @@ llm_assets/location.py does) and reads the chunk's batch journal under `$CHUNKWI
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from llm_assets.partitions import parse_chunk_key
-from llm_assets.stages import batch_journal_path, cancel_marker_path, checkpoint_root
-from resources.checkpoints import ChunkCheckpoint
-from resources.llm import BatchJournal, LLMResource
+from llm_assets.stages import mark_stage_cancelled, stage_batch_journal
+from resources.llm import LLMResource
 from resources.llm.batch_journal import SUBMITTING
 
 DEFAULT_PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "banking77.yaml"
 
 
-def stage_folder(home: Path, partition_key: str, stage: str) -> Path:
-    dataset_id, _ = parse_chunk_key(partition_key)
-    return ChunkCheckpoint(checkpoint_root(home), dataset_id, partition_key, stage).path
-
-
 def cancel_stage_batches(llm: LLMResource, home: Path, partition_key: str, stage: str) -> list[str]:
-    """Mark the stage cancelled and cancel its uncollected batches at the provider; returns one line per batch."""
-    folder = stage_folder(home, partition_key, stage)
-    journal = BatchJournal(batch_journal_path(folder))
+    """Mark the stage cancelled and cancel its uncollected batches at the provider; returns one line per batch.
+    The journal and the mark are where the stage keeps them (files under the home, or the shared database)."""
+    dataset_id, _ = parse_chunk_key(partition_key)
+    journal = stage_batch_journal(home, dataset_id, partition_key, stage)
     if not journal.exists:
         raise SystemExit(
             f"{partition_key} has no {stage} batches (no journal at {journal.path}); nothing to cancel. "
-            "Is the stage in batch mode, and is CHUNKWISE_HOME the pipeline's?"
+            "Is the stage in batch mode, and is CHUNKWISE_HOME (or CHUNKWISE_STATE_URL) the pipeline's?"
         )
-    marker = cancel_marker_path(folder)
-    marker.write_text(json.dumps({"cancelled_at": datetime.now(UTC).isoformat(), "stage": stage}))
+    mark = {"cancelled_at": datetime.now(UTC).isoformat(), "stage": stage}
+    mark_stage_cancelled(home, dataset_id, partition_key, stage, mark)
     lines = []
     for handle in journal.pending:
         if handle.status == SUBMITTING or handle.batch_id is None:

@@ -40,9 +40,10 @@ from llm_assets.datasets import DatasetError, load_dataset
 from llm_assets.layout import PipelineLayout, layout_named
 from llm_assets.partitions import parse_chunk_key
 from llm_assets.run_liveness import launcher_tags
-from llm_assets.stages import BATCH_JOURNAL_FILE, checkpoint_root
-from resources.llm import BatchHandle, BatchJournal, BatchStatus, LLMResource
-from resources.llm.batch_journal import SUBMITTING
+from llm_assets.stages import BATCH_JOURNAL_FILE, checkpoint_root, stage_batch_journal
+from resources.llm import BatchHandle, BatchStatus, LLMResource
+from resources.llm.batch_journal import SUBMITTING, SharedBatchJournal
+from resources.state_url import state_url
 from sensors.chunk_runs import LAUNCHED_BY_TAG, ExecutableJob, sensor_targets
 
 BATCH_STATUS_TAG = "chunkwise/batch_status"
@@ -81,28 +82,40 @@ def find_pending_batches(home: Path, layouts: list[PipelineLayout]) -> list[Chun
     served = list(layouts)
     pipelines: dict[str, PipelineLayout | None] = {}
     found: list[ChunkBatches] = []
-    for path in sorted(checkpoint_root(home).glob(f"*/*/*/{BATCH_JOURNAL_FILE}")):
-        stage_dir = path.parent
-        stage = unquote(stage_dir.name)
-        dataset_id = unquote(stage_dir.parent.parent.name)
+    for dataset_id, partition_key, stage in _journals(home):
         if dataset_id not in pipelines:
             pipelines[dataset_id] = _dataset_pipeline(dataset_id, home, served)
         layout = pipelines[dataset_id]
         if layout is None or stage not in layout.stages:
             continue
-        journal = BatchJournal(path)
+        journal = stage_batch_journal(home, dataset_id, partition_key, stage)
         pending = journal.pending
         if pending:
             found.append(
                 ChunkBatches(
                     dataset_id=dataset_id,
-                    partition_key=unquote(stage_dir.parent.name),
+                    partition_key=partition_key,
                     stage=stage,
-                    journal_path=path,
+                    journal_path=journal.path,
                     pending=pending,
                     layout=layout,
                 )
             )
+    return found
+
+
+def _journals(home: Path) -> list[tuple[str, str, str]]:
+    """(dataset, partition, stage) of every batch journal: the files under `<home>/checkpoints`, or the shared
+    database's rows (CHUNKWISE_STATE_URL), where workers on any machine record them."""
+    url = state_url()
+    if url is not None:
+        return sorted(SharedBatchJournal.keys(url))
+    found = []
+    for path in sorted(checkpoint_root(home).glob(f"*/*/*/{BATCH_JOURNAL_FILE}")):
+        stage_dir = path.parent
+        found.append(
+            (unquote(stage_dir.parent.parent.name), unquote(stage_dir.parent.name), unquote(stage_dir.name))
+        )
     return found
 
 

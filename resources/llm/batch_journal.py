@@ -116,9 +116,7 @@ class BatchJournal:
                 f"batch journal {self.path} is unreadable ({exc}); it records submitted provider batches, so "
                 "do not delete it blindly: check the provider's batch list, then remove or repair the file"
             ) from exc
-        self._handles = [self._bind(BatchHandle.from_json(h)) for h in raw.get("handles", [])]
-        self.repairs = {k: list(v) for k, v in (raw.get("repairs") or {}).items()}
-        self.carried = {k: CarriedUsage(**v) for k, v in (raw.get("carried") or {}).items()}
+        self._load_json(raw)
 
     @property
     def exists(self) -> bool:
@@ -156,15 +154,24 @@ class BatchJournal:
             self._handles.append(self._bind(handle))
         self.save()
 
-    def save(self) -> None:
-        """Write the whole journal atomically: temp file in the same folder, fsync, rename, fsync the folder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {
+    def to_json(self) -> dict[str, Any]:
+        """The journal as the file (or the shared database's row) holds it."""
+        return {
             "version": JOURNAL_VERSION,
             "handles": [h.to_json() for h in self._handles],
             "repairs": self.repairs,
             "carried": {k: dataclasses.asdict(v) for k, v in self.carried.items()},
         }
+
+    def _load_json(self, raw: dict[str, Any]) -> None:
+        self._handles = [self._bind(BatchHandle.from_json(h)) for h in raw.get("handles", [])]
+        self.repairs = {k: list(v) for k, v in (raw.get("repairs") or {}).items()}
+        self.carried = {k: CarriedUsage(**v) for k, v in (raw.get("carried") or {}).items()}
+
+    def save(self) -> None:
+        """Write the whole journal atomically: temp file in the same folder, fsync, rename, fsync the folder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.to_json()
         fd, tmp = tempfile.mkstemp(prefix=".batches-", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w") as f:
@@ -198,3 +205,47 @@ class BatchJournal:
 def journal_of(handle: BatchHandle) -> BatchJournal | None:
     """The journal a handle was loaded from or recorded in (None for a free-standing handle)."""
     return getattr(handle, "_journal", None)
+
+
+class SharedBatchJournal(BatchJournal):
+    """The same journal as a row of the shared backend's database (CHUNKWISE_STATE_URL, resources/shared_docs.py,
+    kind "batch_journal", key `<dataset>/<partition>/<stage>`): every `record` replaces the row in one statement,
+    so a crash leaves the old journal or the new one, and the batch sensor and a re-run on any machine read it."""
+
+    KIND = "batch_journal"
+
+    def __init__(self, url: str, dataset_id: str, partition_key: str, stage: str) -> None:
+        from resources.shared_docs import SharedDocuments
+        from resources.state_url import redact
+
+        self.key = f"{dataset_id}/{partition_key}/{stage}"
+        self._docs = SharedDocuments(url, self.KIND)
+        self._exists = False
+        super().__init__(f"{redact(url)}#{self.KIND}/{self.key}")
+
+    def reload(self) -> None:
+        raw = self._docs.get(self.key)
+        self._exists = raw is not None
+        self._handles, self.repairs, self.carried = [], {}, {}
+        if raw is not None:
+            self._load_json(raw)
+
+    @property
+    def exists(self) -> bool:
+        return self._exists
+
+    def save(self) -> None:
+        self._docs.put(self.key, self.to_json())
+        self._exists = True
+
+    def remove(self) -> None:
+        self._docs.delete(self.key)
+        self._exists = False
+        self._handles, self.repairs, self.carried = [], {}, {}
+
+    @classmethod
+    def keys(cls, url: str) -> list[tuple[str, str, str]]:
+        """(dataset, partition, stage) of every journal in the database."""
+        from resources.shared_docs import SharedDocuments
+
+        return [tuple(key.split("/", 2)) for key in SharedDocuments(url, cls.KIND).list_keys()]  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""kill -9 the real demo at 12 seeded random points over a 2,000-row job, resume, and count from the provider.
+"""kill -9 the real demo at 12 seeded random points over a 3,000-row job, resume, and count from the provider.
 
 The simulator's request log is the witness: what it billed, for which text and model, and which replies it was
 still holding when each kill landed. Chunkwise's own counters are only compared against it. A failed check keeps
@@ -19,7 +19,7 @@ from bench.chaos import run_chaos
 
 pytestmark = pytest.mark.slow
 
-ROWS = 2_000
+ROWS = 3_000
 KILLS = 12
 SEED = int(os.environ.get("CHUNKWISE_CHAOS_SEED", "20261130"))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.partitions.context import partition_loading_context
@@ -67,9 +68,10 @@ def provider_spec(
     )
 
 
-def batch_defs(spec: PipelineSpec, home: Path) -> dg.Definitions:
-    """The pipeline as the code location builds it, with the batch poll sensor serving it (polling every second)."""
-    defs = spec_defs(spec, home)
+def batch_defs(spec: PipelineSpec, home: Path, **location: Any) -> dg.Definitions:
+    """The pipeline as the code location builds it (`location`: spec_defs's `s3`, `outputs_uri`), with the batch
+    poll sensor serving it (polling every second)."""
+    defs = spec_defs(spec, home, **location)
     # The sensor targets these very job objects: Dagster refuses two definitions of one job name.
     jobs = list(defs.jobs or [])
     sensor = build_batch_poll_sensor(layouts=[layout_of(spec)], jobs=jobs, minimum_interval_seconds=1)

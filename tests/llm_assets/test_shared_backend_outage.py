@@ -94,3 +94,97 @@ def test_a_database_lost_mid_chunk_fails_it_retryable_and_the_rerun_pays_only_wh
     assert killed[1] < 250, "every item was paid before the outage: nothing left to test"
     assert len(per_item) == 250
     assert repaid <= CONCURRENCY, f"{repaid} items were paid twice; at most {CONCURRENCY} were in flight"
+
+
+def test_s3_lost_mid_chunk_fails_the_step_retryable_and_the_retry_pays_nothing_again(
+    start_sim, monkeypatch, tmp_path
+):
+    """The S3 server (moto, in this process) stopped while the chunk's requests are in flight and started again on
+    the same port, with what it held, once a step has failed for it: the stage's output write fails (after
+    botocore's own retries), the step fails as retryable, the retry finds every item in the checkpoint (nothing is
+    sent again) and writes the output."""
+    import uuid
+
+    from moto.server import ThreadedMotoServer
+
+    from io_managers.s3_config import S3_ENDPOINT_ENV, s3_from_env
+    from llm_assets.location import OUTPUTS_URI_ENV, defs_from_env
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {
+        S3_ENDPOINT_ENV: f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"outage-{uuid.uuid4().hex[:8]}"
+    s3_from_env().get_client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv(OUTPUTS_URI_ENV, f"s3://{bucket}/out")
+    sim = start_sim({"seed": 8, "latency": {"base_ms": 30, "jitter_ms": 30}})
+    point_at(sim, monkeypatch)
+    data = tmp_path / "tickets.csv"
+    with (
+        (ROOT / "data" / "banking77" / "test.csv").open(newline="") as src,
+        data.open("w", newline="") as dst,
+    ):
+        out = csv.writer(dst)
+        out.writerow(["id", "text", "team", "label"])
+        for i, row in zip(range(250), csv.DictReader(src), strict=False):
+            out.writerow([f"item-{i:03d}", row["text"], "cards", row["category"]])
+    spec = test_spec(
+        stages={"enriched": {"route": "none"}}, providers={"default": {"max_concurrency": CONCURRENCY}}
+    )
+    home = tmp_path / "home"
+    defs = defs_from_env(home, specs=[spec])
+    outage: list[float] = []
+    servers: list[ThreadedMotoServer] = []  # the restarted S3 server, stopped when the test ends
+
+    def cut_and_restore(done: threading.Event, instance: dg.DagsterInstance) -> None:
+        deadline = time.monotonic() + 120
+        while sim.stats()["requests_billed"] < 100 and time.monotonic() < deadline and not done.is_set():
+            time.sleep(0.01)
+        server.stop()
+        outage.append(sim.stats()["requests_billed"])
+        # Away until a step has failed for it (botocore's own retries of the write give up first).
+        failed = (dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_FAILURE)
+        while time.monotonic() < deadline and not done.is_set():
+            runs = instance.get_runs(limit=1)
+            if runs and any(instance.all_logs(runs[0].run_id, of_type=kind) for kind in failed):
+                break
+            time.sleep(0.2)
+        restarted = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        restarted.start()
+        servers.append(restarted)
+        outage.append(time.monotonic())
+
+    with dg.instance_for_test() as instance:
+        dataset = register_file(spec, data, instance, home, chunk_size=250)
+        key = dataset.partition_keys[0]
+        done = threading.Event()
+        helper = threading.Thread(target=cut_and_restore, args=(done, instance))
+        helper.start()
+        try:
+            result = run_chunk(defs, spec, instance, key, raise_on_error=False)
+        finally:
+            done.set()
+            helper.join()
+        assert len(outage) == 2 and outage[0] < 250, "S3 went away after the chunk's requests: nothing tested"
+        retried = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+        assert retried, "no step failed while S3 was away"
+        if not result.success:
+            assert run_failure_class(instance, result.run_id) == FailureClass.RETRYABLE
+            assert run_chunk(defs, spec, instance, key, attempt=2).success
+    billed = [
+        r for r in sim.requests() if r["model"] == MODEL and str(r["status"]) == "200" and r["billed_usd"] > 0
+    ]
+    per_item = collections.Counter(r["user_sha256"] for r in billed)
+    assert len(per_item) == 250 and max(per_item.values()) == 1, "an item was paid twice across the S3 outage"
+    try:
+        listed = s3_from_env().get_client().list_objects_v2(Bucket=bucket, Prefix="out/banking77/classified/")
+        assert [o["Key"] for o in listed.get("Contents", [])] == [f"out/banking77/classified/{key}.parquet"]
+    finally:
+        for restarted in servers:
+            restarted.stop()

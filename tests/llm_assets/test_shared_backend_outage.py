@@ -38,21 +38,26 @@ def terminate_other_sessions(url: str) -> int:
         return int(cur.fetchone()[0])
 
 
+def banking_rows(path, n: int):
+    """The first `n` BANKING77 rows as the tests' `id,text,team,label` CSV at `path`."""
+    with (
+        (ROOT / "data" / "banking77" / "test.csv").open(newline="") as src,
+        path.open("w", newline="") as dst,
+    ):
+        out = csv.writer(dst)
+        out.writerow(["id", "text", "team", "label"])
+        for i, row in zip(range(n), csv.DictReader(src), strict=False):
+            out.writerow([f"item-{i:03d}", row["text"], "cards", row["category"]])
+    return path
+
+
 def test_a_database_lost_mid_chunk_fails_it_retryable_and_the_rerun_pays_only_what_was_in_flight(
     postgres_dsn, start_sim, monkeypatch, tmp_path
 ):
     sim = start_sim({"seed": 4, "latency": {"base_ms": 30, "jitter_ms": 30}})
     point_at(sim, monkeypatch)
     monkeypatch.setenv("CHUNKWISE_STATE_URL", postgres_dsn)
-    data = tmp_path / "tickets.csv"
-    with (
-        (ROOT / "data" / "banking77" / "test.csv").open(newline="") as src,
-        data.open("w", newline="") as dst,
-    ):
-        out = csv.writer(dst)
-        out.writerow(["id", "text", "team", "label"])
-        for i, row in zip(range(250), csv.DictReader(src), strict=False):
-            out.writerow([f"item-{i:03d}", row["text"], "cards", row["category"]])
+    data = banking_rows(tmp_path / "tickets.csv", 250)
     spec = test_spec(
         stages={"enriched": {"route": "none"}},
         providers={"default": {"max_concurrency": CONCURRENCY, "tokens_per_minute": 50_000_000}},
@@ -125,15 +130,7 @@ def test_s3_lost_mid_chunk_fails_the_step_retryable_and_the_retry_pays_nothing_a
     monkeypatch.setenv(OUTPUTS_URI_ENV, f"s3://{bucket}/out")
     sim = start_sim({"seed": 8, "latency": {"base_ms": 30, "jitter_ms": 30}})
     point_at(sim, monkeypatch)
-    data = tmp_path / "tickets.csv"
-    with (
-        (ROOT / "data" / "banking77" / "test.csv").open(newline="") as src,
-        data.open("w", newline="") as dst,
-    ):
-        out = csv.writer(dst)
-        out.writerow(["id", "text", "team", "label"])
-        for i, row in zip(range(250), csv.DictReader(src), strict=False):
-            out.writerow([f"item-{i:03d}", row["text"], "cards", row["category"]])
+    data = banking_rows(tmp_path / "tickets.csv", 250)
     spec = test_spec(
         stages={"enriched": {"route": "none"}}, providers={"default": {"max_concurrency": CONCURRENCY}}
     )

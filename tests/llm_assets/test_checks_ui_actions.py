@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -360,6 +361,14 @@ def test_a_chunk_a_gate_blocked_stays_blocked_through_execute_all_until_a_person
     assert blocked_partitions(instance, [key], layout) == [key]  # neither cleared nor failed again
 
     # A person accepts the chunk's rows as they are: "Report evaluation" on the gate, for that partition.
+    # Dagster decides whether a report (which has no run) targets the latest materialization by comparing the
+    # materialization's timestamp with the check row's create_timestamp, which SQLite stores to the whole second. A
+    # report in the same second as the materialization would read as older than it; a person clicking in the UI is
+    # never that fast, so the test waits for the next second as they would.
+    (latest,) = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=sentiment, asset_partitions=[key]), limit=1
+    ).records
+    time.sleep(max(0.0, int(latest.timestamp) + 1.05 - time.time()))
     params = {
         "assetKey": {"path": sentiment.path},
         "checkName": "success_rate",

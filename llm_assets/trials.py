@@ -26,11 +26,15 @@ from answers already bought (no extra request), with the same accuracy, interval
 recommended threshold is the cheapest that meets the gate. This is how the later stage's `route:` threshold is
 chosen from measurements.
 
-Idempotent: every answer is kept in one SQLite table (`<home>/trials/answers.sqlite`) keyed by the candidate
-(profile name, wire format, model, structured-output mode, output cap), the stage's prompt version and the
-sha256 of the item's user message; judge verdicts likewise. A re-run with the same sample and models sends
-nothing. Runs of the same trial take a file lock, so two at once (two candidate partitions launched together in
-the UI) never pay twice for the same answer.
+Idempotent: every answer is kept in one table keyed by the candidate (profile name, wire format, model,
+structured-output mode, output cap), the stage's prompt version and the sha256 of the item's user message; judge
+verdicts likewise. A re-run with the same sample and models sends nothing. Runs of the same trial take a lock,
+so two at once (two candidate partitions launched together in the UI) never pay twice for the same answer. Where
+the table is follows `CHUNKWISE_STATE_URL` (resources/state_url.py, `open_trial_answers`): unset, a SQLite file
+per machine (`<home>/trials/answers.sqlite`) and a file lock in the trial's folder; a `postgresql://` URL, a
+table of the shared database (resources/trial_answers_pg.py) and an advisory lock there, so a trial run on one
+machine reuses the answers bought on any other, and the same trial launched on two machines at once runs one
+after the other. trial.json and trial.md are written under the home of the machine that ran the trial.
 
 Spend: every request goes through the candidate's (or the judge's) LLM resource, so the pipeline's run and day caps
 apply and every attempt is in the spend ledger, under the dataset id `<dataset_id>__trial` and stage
@@ -81,6 +85,8 @@ from resources.llm.prices import ModelPrice
 from resources.llm.runner import percentile
 from resources.llm.tokens import conservative_input_tokens, count_tokens, estimate_prompt_tokens
 from resources.local_sqlite import open_shared_sqlite
+from resources.state_url import StateUrlError, state_url
+from resources.trial_answers_pg import PostgresTrialAnswers
 
 TRIALS_DIR = "trials"
 TRIAL_SUFFIX = "__trial"
@@ -244,9 +250,11 @@ class TrialResult(BaseModel):
 
 
 class TrialAnswers:
-    """Every answer a trial bought, keyed by who answered what (`answer_key`): the idempotency of trials."""
+    """Every answer a trial bought, keyed by who answered what (`answer_key`): the idempotency of trials. The
+    embedded backend, one SQLite file per machine; `PostgresTrialAnswers` is the shared one (same methods)."""
 
     def __init__(self, home: Path) -> None:
+        self._home = home
         self._conn = open_shared_sqlite(home / TRIALS_DIR / ANSWERS_DB, _SCHEMA)
 
     def get(self, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -265,8 +273,32 @@ class TrialAnswers:
             (key, json.dumps(record, sort_keys=True), datetime.now(UTC).isoformat()),
         )
 
+    @contextlib.contextmanager
+    def exclusive(self, trial: str) -> Iterator[None]:
+        """One run of `trial` (`pipeline/stage/dataset_id`) at a time on this machine: the second waits, then
+        finds the first one's answers and buys nothing again. A file lock in the trial's folder."""
+        folder = self._home / TRIALS_DIR / trial
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def close(self) -> None:
         self._conn.close()
+
+
+def open_trial_answers(home: Path) -> TrialAnswers | PostgresTrialAnswers:
+    """The answers in the backend `CHUNKWISE_STATE_URL` selects: unset, `<home>/trials/answers.sqlite`; a
+    `postgresql://` URL, the shared table. TrialError (one line naming the setting, password masked) when the
+    setting is wrong or the database cannot be reached: nothing has been sent then."""
+    try:
+        url = state_url()
+        return TrialAnswers(home) if url is None else PostgresTrialAnswers(url)
+    except StateUrlError as error:
+        raise TrialError(str(error)) from None
 
 
 def answer_key(who: str, prompt_version: str, text: str) -> str:
@@ -366,7 +398,7 @@ def run_trial(
     if isinstance(dataset, str):
         try:
             dataset = load_dataset(dataset, home)
-        except DatasetError as exc:
+        except (DatasetError, StateUrlError) as exc:  # not registered; the shared manifests unreachable
             raise TrialError(str(exc)) from None
     labels = candidate_labels(stage)
     candidates = [
@@ -392,14 +424,14 @@ def run_trial(
     prompt = stage_prompt(stage)
     folder = trial_dir(home, spec.name, stage.name, dataset.dataset_id)
     folder.mkdir(parents=True, exist_ok=True)
-    answers = TrialAnswers(home)
+    answers = open_trial_answers(home)
     run = run_id or f"trial-{uuid.uuid4().hex[:12]}"
     # Its own ledger "dataset": the dataset's completion report counts its processing, not its trials.
     spend_id = f"{dataset.dataset_id}{TRIAL_SUFFIX}"
     scope = BudgetScope(run_id=run, dataset_id=spend_id, partition_key=f"trial:{stage.name}")
     spent, sent, judge_cost = 0.0, 0, 0.0
     try:
-        with _trial_lock(folder):
+        with answers.exclusive(f"{spec.name}/{stage.name}/{dataset.dataset_id}"):
             keys = {
                 c.label: {i: answer_key(c.who, prompt.version, texts[i]) for i in sample} for c in candidates
             }
@@ -563,7 +595,7 @@ def _buy_answers(
     scope: BudgetScope,
     texts: dict[str, str],
     keys: dict[str, str],
-    answers: TrialAnswers,
+    answers: TrialAnswers | PostgresTrialAnswers,
     log: Any,
 ) -> tuple[float, int]:
     """Send `texts` (item id -> message) to the candidate; each answer is stored the moment it arrives."""
@@ -603,7 +635,7 @@ class _JudgePlan:
         home: Path,
         values: pd.DataFrame,
         unlabelled: list[str],
-        answers: TrialAnswers,
+        answers: TrialAnswers | PostgresTrialAnswers,
     ) -> None:
         gate = stage.gates.sampled_quality
         assert gate is not None
@@ -648,18 +680,6 @@ class _JudgePlan:
     def verdicts(self) -> dict[str, str]:
         found = self.answers.get(list(self.keys.values()))
         return {i: str(found[k]["label"]) for i, k in self.keys.items() if k in found}
-
-
-@contextlib.contextmanager
-def _trial_lock(folder: Path) -> Iterator[None]:
-    """One run of a trial (pipeline, stage, dataset) at a time on this machine: the second waits, then finds
-    the first one's answers and buys nothing again."""
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _correct(record: dict[str, Any] | None, field: str, reference: str) -> bool:

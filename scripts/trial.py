@@ -116,6 +116,7 @@ def _run(args: argparse.Namespace, spec) -> int:
     from llm_assets.settings import chunkwise_home
     from llm_assets.trials import TrialError, run_trial
     from resources.llm.errors import ChunkRetryableError, JobFatalError
+    from resources.state_url import StateUrlError
 
     home = chunkwise_home()
     data = args.data or spec.input.demo_data
@@ -132,7 +133,7 @@ def _run(args: argparse.Namespace, spec) -> int:
             result = run_trial(
                 spec, args.stage, dataset, instance, home, args.sample, args.seed, budget_usd=args.budget
             )
-        except (TrialError, DatasetError) as exc:
+        except (TrialError, DatasetError, StateUrlError) as exc:  # the last: CHUNKWISE_STATE_URL's database
             print(f"chunkwise: {exc}", file=sys.stderr)
             return 2
         except JobFatalError as exc:

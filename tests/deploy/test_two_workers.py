@@ -5,7 +5,9 @@ data, outputs, dead letters and reports in one bucket of a local S3 server (moto
 simulator (its request log and ledger), not by Chunkwise:
 
 1. a chunk killed with kill -9 on one worker is finished by the other, which re-pays at most the requests that
-   were in flight;
+   were in flight; at three seeded points (early, middle, late in the chunk: KILL_SEEDS), each its own test so
+   only this phase is repeated, and the completion report (a third process) counts what the simulator billed but
+   the replies A never saw;
 2. both run chunks at once under one provider limit: the simulator refuses (429) at most 1% of their requests
    (each alone would send the whole limit, and about half would be refused);
 3. one budget caps both: with `budgets.dataset_usd` below the dataset's cost, what the simulator billed for it
@@ -44,7 +46,8 @@ LIMIT_PER_S = 20
 """The simulator's request limit for the classifying model, per second: the workers' profile asks for 95% of it."""
 MODEL = "gpt-6-luna"
 CHUNK = 50
-KILL_SEED = 14
+KILL_SEEDS = {"early": 14, "middle": 7, "late": 17}
+"""Seeds of the kill point: `kill_at` below draws 11, 25 and 38 paid items of 50 from them."""
 CHILD = Path(__file__).with_name("worker_child.py")
 POSTGRES_CONFIG = ROOT / "deploy" / "dagster-postgres.yaml"
 
@@ -103,6 +106,26 @@ def model_requests(sim, since_seq: int = 0) -> list[dict]:
     return [r for r in sim.requests() if r["model"] == MODEL and r["seq"] > since_seq]
 
 
+def kill_at(seed: int) -> int:
+    """The paid items after which A is killed: a seeded point, not a convenient one."""
+    return random.Random(seed).randint(5, CHUNK - 5)
+
+
+def completion_report(
+    bucket: str, spec, instance: dg.DagsterInstance, home: Path, dataset_id: str
+) -> tuple[dict, set[str]]:
+    """The dataset's completion report, run from a third process's view (its own home), read from the bucket;
+    and the bucket's keys under `out/`."""
+    defs = defs_from_env(home, specs=[spec])
+    assert run_completion(defs, spec, instance, dataset_id).success
+    client = s3_from_env().get_client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix="out/")
+    names = {obj["Key"] for obj in listed.get("Contents", [])}
+    report_key = f"out/_reports/{dataset_id}/completion_report.json"
+    assert report_key in names
+    return json.loads(client.get_object(Bucket=bucket, Key=report_key)["Body"].read()), names
+
+
 @pytest.fixture
 def shared(postgres_dsn, s3_env, start_sim, monkeypatch, tmp_path):
     """The shared services and the environment both workers inherit: the simulator, PostgreSQL for Dagster and
@@ -131,7 +154,64 @@ def shared(postgres_dsn, s3_env, start_sim, monkeypatch, tmp_path):
     return sim, bucket
 
 
-def test_two_workers_sharing_only_postgres_and_s3(shared, tmp_path):
+@pytest.mark.parametrize("kill_seed", list(KILL_SEEDS.values()), ids=list(KILL_SEEDS))
+def test_a_chunk_killed_on_one_worker_is_finished_by_the_other_repaying_at_most_what_was_in_flight(
+    shared, tmp_path, kill_seed
+):
+    sim, bucket = shared
+    a, b = Machine(tmp_path, "a"), Machine(tmp_path, "b")
+    spec = test_spec(**overrides())
+    with dg.DagsterInstance.from_config(str(a.dagster_home)) as instance:
+        # One chunk, registered on machine A: the manifest goes to the shared database, the partition to Dagster's.
+        dataset = register(spec, upload_rows(bucket, "in/killed.csv", 0, CHUNK), instance, a.home,
+                           s3=s3_from_env(), chunk_size=CHUNK)  # fmt: skip
+        assert not (a.home / "datasets").exists(), "the manifest was written under a home, not shared"
+        (key,) = dataset.partition_keys
+
+        # 1. Killed on A mid-chunk, finished on B.
+        killed = a.run([key])
+        deadline = time.monotonic() + 120
+        point = kill_at(kill_seed)
+        while (paid_at_kill := len([r for r in model_requests(sim) if str(r["status"]) == "200"])) < point:
+            assert killed.poll() is None, f"A ended before the kill: {killed.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "A made no progress"
+            time.sleep(0.02)
+        killed_at = time.time()  # the simulator's ledger times are this machine's wall clock
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        killed.stdout.close()
+        killed.stderr.close()
+        time.sleep(0.5)  # what A had in flight still finishes, and bills, at the provider
+        paid_by_a = {r["user_sha256"] for r in model_requests(sim) if str(r["status"]) == "200"}
+        assert 0 < len(paid_by_a) < CHUNK, "the kill did not land mid-chunk"
+        # Billed, and the reply still held by the simulator when A died: [t, t + latency_s] spans the kill.
+        held = [r for r in model_requests(sim) if str(r["status"]) == "200" and r["t"] <= killed_at < r["t"] + r["latency_s"]]  # fmt: skip
+        assert finished(b.run([key])) == [{"key": key, "success": True, "failure": None}]
+        billed = [r for r in model_requests(sim) if str(r["status"]) == "200" and r["billed_usd"] > 0]
+        per_item = collections.Counter(r["user_sha256"] for r in billed)
+        assert len(per_item) == CHUNK
+        repaid = sum(n - 1 for n in per_item.values())
+        print(
+            f"seed {kill_seed}: killed A at {paid_at_kill} billed items (kill point {point}), {len(held)} of their "
+            f"replies still at the simulator; {len(paid_by_a)} billed to A in all; B finished the chunk; {repaid} "
+            f"items paid twice (at most {CONCURRENCY} in flight)"
+        )
+        assert repaid <= CONCURRENCY, f"{repaid} items paid twice; at most {CONCURRENCY} were in flight on A"
+
+        # The completion report, from a third process's view, in the bucket.
+        billed_usd = sim.stats()["billed_usd"]
+        report, names = completion_report(
+            bucket, spec, instance, tmp_path / "c" / "chunkwise", dataset.dataset_id
+        )
+    assert f"out/banking77/classified/{key}.parquet" in names
+    assert report["total_items"] == report["succeeded"] == CHUNK
+    # The shared ledger has every attempt both workers recorded: all the simulator billed but the replies that
+    # came back to A after it was killed (at most what it had in flight).
+    largest = max(r["billed_usd"] for r in sim.requests())
+    assert billed_usd - CONCURRENCY * largest <= report["total_cost_usd"] <= billed_usd + 1e-9
+
+
+def test_two_workers_sharing_only_postgres_and_s3_split_one_limit_one_budget_and_one_bucket(shared, tmp_path):
     sim, bucket = shared
     a, b = Machine(tmp_path, "a"), Machine(tmp_path, "b")
     spec = test_spec(**overrides())
@@ -143,40 +223,15 @@ def test_two_workers_sharing_only_postgres_and_s3(shared, tmp_path):
         keys = first.partition_keys
         assert len(keys) == 6
 
-        # 1. Killed on A mid-chunk, finished on B.
-        killed = a.run([keys[0]])
-        deadline = time.monotonic() + 120
-        kill_at = random.Random(KILL_SEED).randint(5, CHUNK - 5)  # a seeded point, not a convenient one
-        while len([r for r in model_requests(sim) if str(r["status"]) == "200"]) < kill_at:
-            assert killed.poll() is None, f"A ended before the kill: {killed.stderr.read()[-3000:]}"
-            assert time.monotonic() < deadline, "A made no progress"
-            time.sleep(0.02)
-        os.kill(killed.pid, signal.SIGKILL)
-        killed.wait()
-        killed.stdout.close()
-        killed.stderr.close()
-        time.sleep(0.5)  # what A had in flight still finishes, and bills, at the provider
-        paid_by_a = {r["user_sha256"] for r in model_requests(sim) if str(r["status"]) == "200"}
-        assert 0 < len(paid_by_a) < CHUNK, "the kill did not land mid-chunk"
-        assert finished(b.run([keys[0]])) == [{"key": keys[0], "success": True, "failure": None}]
-        billed = [r for r in model_requests(sim) if str(r["status"]) == "200" and r["billed_usd"] > 0]
-        per_item = collections.Counter(r["user_sha256"] for r in billed)
-        assert len(per_item) == CHUNK
-        repaid = sum(n - 1 for n in per_item.values())
-        print(
-            f"killed A after {len(paid_by_a)} items were paid; B finished the chunk; {repaid} items paid twice"
-        )
-        assert repaid <= CONCURRENCY, f"{repaid} items paid twice; at most {CONCURRENCY} were in flight on A"
-        phase_start = max(r["seq"] for r in sim.requests())
-
-        # 2. Both at once, under the one limit they share through PostgreSQL.
-        on_a, on_b = a.run(keys[1::2]), b.run(keys[2::2])
+        # 2. Both at once, under the one limit they share through PostgreSQL (the kill phase, 1., is the test
+        # above).
+        on_a, on_b = a.run(keys[0::2]), b.run(keys[1::2])
         results = finished(on_a) + finished(on_b)
-        assert sorted(r["key"] for r in results) == sorted(keys[1:]) and all(r["success"] for r in results)
-        during = model_requests(sim, since_seq=phase_start)
+        assert sorted(r["key"] for r in results) == sorted(keys) and all(r["success"] for r in results)
+        during = model_requests(sim)
         refused = [r for r in during if str(r["status"]) == "429"]
         paid = [r for r in during if str(r["status"]) == "200"]
-        assert len(paid) >= 5 * CHUNK - 1  # the last chunk's empty row is never sent
+        assert len(paid) >= 6 * CHUNK - 1  # the last chunk's empty row is never sent
         print(f"both at once: {len(paid)} paid, {len(refused)} of {len(during)} requests refused (429)")
         assert len(refused) <= 0.01 * len(during), f"{len(refused)} of {len(during)} requests refused (429)"
         per_item_usd = sum(r["billed_usd"] for r in paid) / len(paid)
@@ -197,20 +252,13 @@ def test_two_workers_sharing_only_postgres_and_s3(shared, tmp_path):
         assert any(r["failure"] == "job_fatal" for r in results), "no chunk stopped at the budget"
 
         # The completion report of the first dataset, from a third process's view: in the bucket.
-        home_c = tmp_path / "c" / "chunkwise"
-        defs = defs_from_env(home_c, specs=[spec])
-        assert run_completion(defs, spec, instance, first.dataset_id).success
-    client = s3_from_env().get_client()
-    listed = client.list_objects_v2(Bucket=bucket, Prefix="out/")
-    names = {obj["Key"] for obj in listed.get("Contents", [])}
+        report, names = completion_report(
+            bucket, spec, instance, tmp_path / "c" / "chunkwise", first.dataset_id
+        )
     assert {f"out/banking77/classified/{k}.parquet" for k in keys} <= names
-    report_key = f"out/_reports/{first.dataset_id}/completion_report.json"
-    assert report_key in names
-    report = json.loads(client.get_object(Bucket=bucket, Key=report_key)["Body"].read())
     assert report["total_items"] == 6 * CHUNK and report["succeeded"] == 6 * CHUNK - 1
     assert report["failed_items_uri"].startswith(f"s3://{bucket}/out/_dead_letters/")
     assert f"out/_dead_letters/dataset={first.dataset_id}/stage=items/{keys[-1]}.parquet" in names
-    # The shared ledger has every attempt both workers recorded: all the simulator billed for the first dataset
-    # but the replies that came back to A after it was killed (at most what it had in flight).
+    # The shared ledger has every attempt both workers recorded: all the simulator billed for the first dataset.
     largest = max(r["billed_usd"] for r in sim.requests())
     assert billed_before - CONCURRENCY * largest <= report["total_cost_usd"] <= billed_before + 1e-9

@@ -22,6 +22,8 @@ from resources.local_sqlite import pid_alive
 
 HOST_TAG = "chunkwise/host"
 PID_TAG = "chunkwise/pid"
+WORKER_PID_TAG = "chunkwise/worker_pid"
+"""The pid of the run worker a launcher started for the run (llm_assets/run_launcher.py), tagged at launch."""
 LAUNCHER_PID_TAG = "chunkwise/launcher_pid"
 LAUNCHER_PID_ENV = "CHUNKWISE_LAUNCHER_PID"
 """Set by a process that owns the daemon and everything it starts (`make demo`): the sensors tag the runs they
@@ -58,8 +60,9 @@ def fail_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     failed: list[str] = []
     for record in records:
         run = record.dagster_run
-        # The worker's own pid once a step tagged it; before that, the launcher's (whose death took the daemon).
-        pid_text = run.tags.get(PID_TAG) or run.tags.get(LAUNCHER_PID_TAG, "")
+        # The worker's own pid once a step tagged it; before that, the one the run launcher started, else the
+        # launching process's (whose death took the daemon).
+        pid_text = run.tags.get(PID_TAG) or run.tags.get(WORKER_PID_TAG) or run.tags.get(LAUNCHER_PID_TAG, "")
         if not pid_text.isdigit() or pid_alive(int(pid_text)):
             continue
         instance.report_run_failed(

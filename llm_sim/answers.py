@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime
 import decimal
+import functools
 import hashlib
 import json
 import math
@@ -139,13 +140,19 @@ def terms(text: str) -> list[str]:
 
 def parse_examples(text: str) -> list[tuple[str, str]]:
     """Few-shot example lines `<example text> => <label>` (optional leading '- '), in order."""
+    return list(_parse_examples(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_examples(text: str) -> tuple[tuple[str, str], ...]:
+    """Memoized: a pipeline sends the same prompt, and so the same examples, with every request."""
     examples = []
     for match in _EXAMPLE_LINE.finditer(text):
         example = match.group("text").strip().strip("\"'")
         label = match.group("label").strip().strip("\"'`")
         if example and label:
             examples.append((example, label))
-    return examples
+    return tuple(examples)
 
 
 def strip_example_lines(text: str) -> str:
@@ -196,39 +203,65 @@ def rank_labels(text: str, labels: list[str], examples: list[tuple[str, str]]) -
     """Every label of `labels` with its score for `text`, best first (see `choose_label`)."""
     if not labels:
         raise ValueError("choose_label needs at least one label")
-    docs: list[tuple[str, Counter]] = [
-        (label, Counter(terms(ex))) for ex, label in examples if label in labels
-    ]
-    name_docs = [(label, Counter(terms(re.sub(r"[_\-./]", " ", label)))) for label in labels]
-    all_docs = [d for _, d in docs] + [d for _, d in name_docs]
-    n_docs = len(all_docs)
-    df: Counter = Counter()
-    for doc in all_docs:
-        df.update(doc.keys())
-
-    def vector(counts: Counter) -> dict[str, float]:
-        return {t: c * (math.log((1 + n_docs) / (1 + df[t])) + 1) for t, c in counts.items()}
-
-    def cosine(a: dict[str, float], b: dict[str, float]) -> float:
-        dot = sum(v * b.get(t, 0.0) for t, v in a.items())
-        norm = math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values()))
-        return dot / norm if norm else 0.0
-
-    query = vector(Counter(terms(text)))
+    index = _LabelIndex.of(tuple(labels), tuple(examples))
+    query = index.vector(Counter(terms(text)))
+    query_norm = math.sqrt(sum(v * v for v in query.values()))
     scores = dict.fromkeys(labels, 0.0)
-    shots = Counter(label for label, _ in docs)
-    for label, doc in docs:
-        scores[label] = max(scores[label], cosine(query, vector(doc)))
-    for label, doc in name_docs:
-        scores[label] = max(scores[label], 0.8 * cosine(query, vector(doc)))
+    # Only documents sharing a term with the query score above 0 (the others leave their label's score at 0).
+    for i in sorted({i for t in query for i in index.postings.get(t, ())}):
+        label, doc, norm, weight = index.docs[i]
+        scores[label] = max(scores[label], weight * _cosine(query, query_norm, doc, norm))
     # Deterministic "uncertainty" per (text, label): large for a label known only by its name, small for one
     # backed by examples, so prompts without examples classify poorly and good examples help, as with a model.
     for label in labels:
-        scores[label] += (NOISE_WITH_EXAMPLES if shots[label] else NOISE_NAME_ONLY) * uniform_from_text(
+        scores[label] += (NOISE_WITH_EXAMPLES if index.shots[label] else NOISE_NAME_ONLY) * uniform_from_text(
             text, label
         )
     ranked = sorted(scores, key=lambda lab: -scores[lab])
     return [(label, scores[label]) for label in ranked]
+
+
+def _cosine(a: dict[str, float], a_norm: float, b: dict[str, float], b_norm: float) -> float:
+    dot = sum(v * b.get(t, 0.0) for t, v in a.items())
+    norm = a_norm * b_norm
+    return dot / norm if norm else 0.0
+
+
+@dataclass(frozen=True)
+class _LabelIndex:
+    """The TF-IDF vectors of a prompt's examples and label names, with their norms: the same for every request
+    that carries the same labels and examples, so built once per prompt (`of` is memoized)."""
+
+    idf: dict[str, float]
+    default_idf: float
+    docs: list[tuple[str, dict[str, float], float, float]]
+    """(label, vector, norm, weight): the examples (weight 1), then the label names (weight 0.8)."""
+    postings: dict[str, list[int]]
+    """term -> the documents that contain it"""
+    shots: Counter
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def of(labels: tuple[str, ...], examples: tuple[tuple[str, str], ...]) -> _LabelIndex:
+        docs = [(label, Counter(terms(ex))) for ex, label in examples if label in labels]
+        name_docs = [(label, Counter(terms(re.sub(r"[_\-./]", " ", label)))) for label in labels]
+        all_docs = [d for _, d in docs] + [d for _, d in name_docs]
+        n_docs = len(all_docs)
+        df: Counter = Counter()
+        for doc in all_docs:
+            df.update(doc.keys())
+        idf = {t: math.log((1 + n_docs) / (1 + count)) + 1 for t, count in df.items()}
+        index = _LabelIndex(idf, math.log(1 + n_docs) + 1, [], {}, Counter(label for label, _ in docs))
+        for weight, source in ((1.0, docs), (0.8, name_docs)):
+            for label, counts in source:
+                vector = index.vector(counts)
+                for t in vector:
+                    index.postings.setdefault(t, []).append(len(index.docs))
+                index.docs.append((label, vector, math.sqrt(sum(v * v for v in vector.values())), weight))
+        return index
+
+    def vector(self, counts: Counter) -> dict[str, float]:
+        return {t: c * self.idf.get(t, self.default_idf) for t, c in counts.items()}
 
 
 def _choice_at(ranked: list[tuple[str, float]], position: int) -> LabelChoice:

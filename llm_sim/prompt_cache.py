@@ -7,6 +7,8 @@ is a cache read, the rest up to the last breakpoint a cache write. Entries live 
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -52,6 +54,9 @@ class PromptCache:
                 del self._expires[key]
 
     def _plan_openai(self, prompt: Prompt, now: float) -> CachePlan:
+        """A checkpoint every OPENAI_CACHE_STEP_TOKENS tokens of the prompt (from `min_tokens` on): the digest of
+        the prompt up to the token piece that crosses the step. The digest covers each piece followed by \\x01;
+        SHA-256 is streamed, so hashing the pieces between two crossings at once gives the same digest."""
         digest = hashlib.sha256(f"openai\x00{prompt.model}".encode())
         total = 0
         step = 0
@@ -60,13 +65,20 @@ class PromptCache:
             if seg.message_start:
                 digest.update(b"\x02" + seg.role.encode() + b"\x02")
                 total += MESSAGE_OVERHEAD_TOKENS
-            for piece in TOKEN_PATTERN.findall(seg.text):
-                digest.update(piece.encode() + b"\x01")
-                total += (len(piece) + 3) // 4
-                if total // OPENAI_CACHE_STEP_TOKENS > step:
-                    step = total // OPENAI_CACHE_STEP_TOKENS
-                    if step * OPENAI_CACHE_STEP_TOKENS >= self.min_tokens:
-                        checkpoints.append((digest.copy().hexdigest(), step * OPENAI_CACHE_STEP_TOKENS))
+            joined, ends, cumulative = _pieces(seg.text)
+            hashed = 0
+            while True:
+                # the first piece after which the running total reaches the next step
+                i = bisect.bisect_left(cumulative, (step + 1) * OPENAI_CACHE_STEP_TOKENS - total)
+                if i == len(cumulative):
+                    break
+                digest.update(joined[hashed : ends[i]])
+                hashed = ends[i]
+                step = (total + cumulative[i]) // OPENAI_CACHE_STEP_TOKENS
+                if step * OPENAI_CACHE_STEP_TOKENS >= self.min_tokens:
+                    checkpoints.append((digest.copy().hexdigest(), step * OPENAI_CACHE_STEP_TOKENS))
+            digest.update(joined[hashed:])
+            total += cumulative[-1] if cumulative else 0
         read = max((tokens for key, tokens in checkpoints if self._alive(key, now)), default=0)
         longest = checkpoints[-1][1] if checkpoints else 0
         return CachePlan(
@@ -99,3 +111,21 @@ class PromptCache:
             write_ttl_s=last_ttl,
             keys=[(key, ttl) for key, _, ttl in breakpoints],
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _pieces(text: str) -> tuple[bytes, list[int], list[int]]:
+    """`text`'s token pieces each followed by \\x01, joined; each piece's end offset in those bytes; the tokens
+    counted up to and including each piece. Memoized: the system prompt is the same in every request."""
+    parts: list[bytes] = []
+    ends: list[int] = []
+    cumulative: list[int] = []
+    offset = tokens = 0
+    for piece in TOKEN_PATTERN.findall(text):
+        encoded = piece.encode() + b"\x01"
+        parts.append(encoded)
+        offset += len(encoded)
+        tokens += (len(piece) + 3) // 4
+        ends.append(offset)
+        cumulative.append(tokens)
+    return b"".join(parts), ends, cumulative

@@ -49,7 +49,8 @@ import dagster as dg
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MAX_RUNS = 4
-"""Runs at once. Each is a process of its own (~3 s to start); 4 keeps a 2-core machine busy without thrashing."""
+"""Runs at once. Each is a process of its own, forked from a warm one (llm_assets/run_launcher.py); 4 keeps a
+2-core machine busy without thrashing."""
 SENSOR_INTERVAL_S = 1
 POLL_S = 0.5
 WIND_DOWN_S = 600.0
@@ -59,7 +60,7 @@ INSTANCE_CONFIG = f"""\
 run_queue:
   max_concurrent_runs: {DEMO_MAX_RUNS}
   dequeue_interval_seconds: 1
-# A run a kill left STARTING (its worker never began) is failed after 60 s, then re-run by the backfill sensor.
+{{run_launcher}}# A run a kill left STARTING (its worker never began) is failed after 60 s, then re-run by the backfill sensor.
 run_monitoring:
   enabled: true
   start_timeout_seconds: 60
@@ -73,9 +74,25 @@ telemetry:
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
+RUN_LAUNCHER_ENV = "CHUNKWISE_RUN_LAUNCHER"
+RUN_LAUNCHERS = {
+    "warm": "# Each run in its own process, forked from one that has the code location loaded "
+    "(llm_assets/run_launcher.py).\nrun_launcher:\n  module: llm_assets.run_launcher\n  class: WarmRunLauncher\n",
+    "default": "# Dagster's default run launcher: each run in a fresh Python process.\n",
+}
+"""`$CHUNKWISE_RUN_LAUNCHER`: `warm` (the default) or `default` (Dagster's own, for comparison: bench/overhead.py)."""
+
+
 def write_instance_config(dagster_home: Path) -> None:
+    launcher = os.environ.get(RUN_LAUNCHER_ENV) or "warm"
+    if launcher not in RUN_LAUNCHERS:
+        raise SystemExit(
+            f"chunkwise: {RUN_LAUNCHER_ENV} must be one of {sorted(RUN_LAUNCHERS)}, got {launcher!r}"
+        )
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(INSTANCE_CONFIG)
+    (dagster_home / "dagster.yaml").write_text(
+        INSTANCE_CONFIG.replace("{run_launcher}", RUN_LAUNCHERS[launcher])
+    )
 
 
 def drop_in_inbox(data: str, inbox: Path, s3: Any = None) -> Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -48,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.banking77 import banking77_data, simulator_env  # noqa: E402
 from bench.docs import replace_section  # noqa: E402
 from scripts.demo import start_simulator  # noqa: E402
+from scripts.postgres_server import ROLE, PostgresServer  # noqa: E402
 
 RPM = 1_000_000
 TPM = 2_000_000_000
@@ -130,8 +132,17 @@ def _process_cpu_s(pid: int) -> float:
 
 
 def run_variant(
-    variant: str, data: Path, rows: int, chunk_size: int, bodies: list[dict], tmp: Path
+    variant: str,
+    data: Path,
+    rows: int,
+    chunk_size: int,
+    bodies: list[dict],
+    tmp: Path,
+    pg_env: dict[str, str],
 ) -> Result:
+    """`variant` is `<launcher>` or `<launcher>+postgres` (Dagster's storage in `pg_env`'s server)."""
+    launcher, _, storage = variant.partition("+")
+    storage_env = {"CHUNKWISE_DEMO_STORAGE": "postgres", **pg_env} if storage == "postgres" else {}
     home = tmp / variant
     home.mkdir(parents=True)
     sim, root = start_simulator(config=sim_config(home))
@@ -139,8 +150,9 @@ def run_variant(
         **os.environ,
         **simulator_env(root),
         "CHUNKWISE_HOME": str(home),
-        "CHUNKWISE_RUN_LAUNCHER": variant,
+        "CHUNKWISE_RUN_LAUNCHER": launcher,
         "DAGSTER_HOME": str(home / "dagster"),
+        **storage_env,
     }
     try:
         busy0, sim0, tree0, t0 = _busy_cpu_s(), _process_cpu_s(sim.pid), _children_cpu_s(), time.monotonic()
@@ -163,7 +175,7 @@ def run_variant(
     finally:
         sim.terminate()
         sim.wait(timeout=30)
-    runs = _run_durations(home / "dagster")
+    runs = _run_durations(home / "dagster", storage_env)
     per_model = {model: row["requests_total"] for model, row in stats["by_model"].items()}
     return Result(
         variant=variant,
@@ -264,7 +276,7 @@ def _floor_s(stats: dict) -> float:
     return max(floors, default=0.0)
 
 
-def _run_durations(dagster_home: Path) -> list[float]:
+def _run_durations(dagster_home: Path, storage_env: dict[str, str]) -> list[float]:
     """Start-to-end seconds of every chunk run the instance recorded."""
     code = (
         "import dagster as dg, json\n"
@@ -272,7 +284,7 @@ def _run_durations(dagster_home: Path) -> list[float]:
         "rs = i.get_run_records(dg.RunsFilter(job_name='banking77__chunk_job'))\n"
         "print(json.dumps([r.end_time - r.start_time for r in rs if r.start_time and r.end_time]))\n"
     )
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    env = {**os.environ, **storage_env, "DAGSTER_HOME": str(dagster_home)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -298,12 +310,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     results = []
-    with tempfile.TemporaryDirectory(prefix="chunkwise-overhead-") as folder:
+    variants = args.variants.split(",")
+    with tempfile.TemporaryDirectory(prefix="chunkwise-overhead-") as folder, contextlib.ExitStack() as stack:
         tmp = Path(folder)
+        server = None
+        if any(v.endswith("+postgres") for v in variants):
+            server = stack.enter_context(PostgresServer(fast=False))  # durable, as a deployment runs it
         data = write_dataset(args.rows, tmp / "synthetic.csv")
         bodies = capture_bodies(data, tmp)
-        for variant in args.variants.split(","):
-            result = run_variant(variant, data, args.rows, args.chunk_size, bodies, tmp)
+        for i, variant in enumerate(variants):
+            pg_env = {}
+            if server is not None:
+                pg_env = {
+                    "CHUNKWISE_PG_HOST": "127.0.0.1",
+                    "CHUNKWISE_PG_PORT": str(server.port),
+                    "CHUNKWISE_PG_USER": ROLE,
+                    "CHUNKWISE_PG_PASSWORD": "",
+                    "CHUNKWISE_PG_DB": f"bench{i}",
+                }
+                server.create_database(f"bench{i}")
+            result = run_variant(variant, data, args.rows, args.chunk_size, bodies, tmp, pg_env)
             print(table([result]).splitlines()[-1], flush=True)
             results.append(result)
     print(table(results))

@@ -307,11 +307,20 @@ def _serve(key: str) -> None:
 
 
 def _reap_children(_signum: int, _frame: Any) -> None:
-    """Collect every finished run worker (waiting, rather than letting the kernel discard them, keeps their CPU
-    time in this process's accounting and so in the daemon's: bench/overhead.py reads it)."""
+    """Collect every finished run worker and log its exit code and CPU time to the daemon's log (waiting, rather
+    than letting the kernel discard them, also keeps their CPU time in the daemon's accounting: bench/overhead.py
+    reads it)."""
     with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+        while True:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            print(
+                f"chunkwise warm parent: run worker {pid} exited ({os.waitstatus_to_exitcode(status)}) after "
+                f"{usage.ru_utime + usage.ru_stime:.2f} s of CPU",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _run_child(run_id: str, instance_ref: str) -> None:

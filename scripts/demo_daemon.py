@@ -94,16 +94,28 @@ RUN_LAUNCHERS = {
 """`$CHUNKWISE_RUN_LAUNCHER`: `warm` (the default) or `default` (Dagster's own, for comparison: bench/overhead.py)."""
 
 
+STORAGE_ENV = "CHUNKWISE_DEMO_STORAGE"
+"""`$CHUNKWISE_DEMO_STORAGE`: `sqlite` (the default, under `$DAGSTER_HOME`) or `postgres`: Dagster's storage in
+the PostgreSQL server the `CHUNKWISE_PG_*` variables name, as deploy/dagster-postgres.yaml configures it."""
+
+
 def write_instance_config(dagster_home: Path) -> None:
+    import yaml
+
     launcher = os.environ.get(RUN_LAUNCHER_ENV) or "warm"
     if launcher not in RUN_LAUNCHERS:
         raise SystemExit(
             f"chunkwise: {RUN_LAUNCHER_ENV} must be one of {sorted(RUN_LAUNCHERS)}, got {launcher!r}"
         )
+    storage = os.environ.get(STORAGE_ENV) or "sqlite"
+    if storage not in ("sqlite", "postgres"):
+        raise SystemExit(f"chunkwise: {STORAGE_ENV} must be sqlite or postgres, got {storage!r}")
+    config = INSTANCE_CONFIG.replace("{run_launcher}", RUN_LAUNCHERS[launcher])
+    if storage == "postgres":
+        shipped = yaml.safe_load((ROOT / "deploy" / "dagster-postgres.yaml").read_text())
+        config += yaml.safe_dump({"storage": shipped["storage"]}, sort_keys=False)
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(
-        INSTANCE_CONFIG.replace("{run_launcher}", RUN_LAUNCHERS[launcher])
-    )
+    (dagster_home / "dagster.yaml").write_text(config)
 
 
 def drop_in_inbox(data: str, inbox: Path, s3: Any = None) -> Path:

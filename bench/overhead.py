@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import random
+import re
 import resource
 import statistics
 import subprocess
@@ -72,8 +73,12 @@ class Result:
     bare_s: float
     """a naive asyncio.gather client sending the same requests (`bare_loop_s`)"""
     median_run_s: float
+    run_overhead_s: float
+    """orchestration per chunk run as the estimate measures it (run time from its launch minus LLM sending)"""
     tree_cpu_s: float
     """CPU of the demo and every process under it (daemon, code server, warm parent, run workers)"""
+    workers_cpu_s: float | None
+    """of which the run workers' (the warm parent logs each one's; None for the default launcher)"""
     busy_cpu_s: float
     """the whole machine's busy CPU during the run, the simulator's included"""
     cores: int
@@ -86,11 +91,14 @@ class Result:
         return seconds / self.rows * 1000
 
     def row(self) -> str:
+        workers = "-" if self.workers_cpu_s is None else f"{self.ms_per_item(self.workers_cpu_s):.2f}"
         return (
             f"| {self.variant} | {self.rows:,} | {self.runs} | {self.requests:,} | {self.wall_s:.1f} | "
             f"{self.limits_floor_s:.1f} | {self.sim_cpu_s:.1f} | **{self.ms_per_item(self.wall_s - self.floor_s):.2f}** | "
             f"{self.bare_s:.1f} | {self.ms_per_item(self.wall_s - self.bare_s):.2f} | {self.median_run_s:.2f} | "
-            f"{self.ms_per_item(self.tree_cpu_s):.2f} | {self.ms_per_item(self.busy_cpu_s - self.sim_cpu_s):.2f} |"
+            f"{self.run_overhead_s:.2f} | "
+            f"{self.ms_per_item(self.tree_cpu_s):.2f} | {workers} | "
+            f"{self.ms_per_item(self.busy_cpu_s - self.sim_cpu_s):.2f} |"
         )
 
 
@@ -175,7 +183,7 @@ def run_variant(
     finally:
         sim.terminate()
         sim.wait(timeout=30)
-    runs = _run_durations(home / "dagster", storage_env)
+    runs, run_overhead = _run_durations(home / "dagster", storage_env)
     per_model = {model: row["requests_total"] for model, row in stats["by_model"].items()}
     return Result(
         variant=variant,
@@ -188,7 +196,9 @@ def run_variant(
         sim_cpu_s=round(sim_cpu, 2),
         bare_s=round(bare_loop_s(bodies, per_model, home), 2),
         median_run_s=round(statistics.median(runs), 3),
+        run_overhead_s=round(run_overhead, 3),
         tree_cpu_s=round(tree, 2),
+        workers_cpu_s=_workers_cpu_s(home / "demo" / "daemon.log") if launcher == "warm" else None,
         busy_cpu_s=round(busy, 2),
         cores=os.cpu_count() or 1,
     )
@@ -267,6 +277,12 @@ def bare_loop_s(bodies: list[dict], per_model: dict[str, int], tmp: Path) -> flo
         sim.wait(timeout=30)
 
 
+def _workers_cpu_s(daemon_log: Path) -> float:
+    """The run workers' CPU seconds, from the warm parent's lines in the daemon's log."""
+    found = re.findall(r"run worker \d+ exited \(-?\d+\) after ([\d.]+) s of CPU", daemon_log.read_text())
+    return round(sum(float(x) for x in found), 2)
+
+
 def _floor_s(stats: dict) -> float:
     """The provider's own floor: for each model, requests / RPM and tokens / TPM; the slowest model's binds."""
     floors = []
@@ -276,25 +292,34 @@ def _floor_s(stats: dict) -> float:
     return max(floors, default=0.0)
 
 
-def _run_durations(dagster_home: Path, storage_env: dict[str, str]) -> list[float]:
-    """Start-to-end seconds of every chunk run the instance recorded."""
+def _run_durations(dagster_home: Path, storage_env: dict[str, str]) -> tuple[list[float], float]:
+    """Start-to-end seconds of every chunk run the instance recorded, and the orchestration seconds per chunk run
+    the estimate would measure on this instance (llm_assets/estimate.py `measured_overhead_per_chunk`)."""
     code = (
         "import dagster as dg, json\n"
+        "from llm_assets.estimate import measured_overhead_per_chunk\n"
+        "from llm_assets.spec import load_pipeline\n"
         "i = dg.DagsterInstance.get()\n"
         "rs = i.get_run_records(dg.RunsFilter(job_name='banking77__chunk_job'))\n"
-        "print(json.dumps([r.end_time - r.start_time for r in rs if r.start_time and r.end_time]))\n"
+        "spec = load_pipeline('pipelines/banking77.yaml', require_secrets=False)\n"
+        "overhead = measured_overhead_per_chunk(spec, i, launched_runs=True)[0]\n"
+        "print(json.dumps([[r.end_time - r.start_time for r in rs if r.start_time and r.end_time], overhead]))\n"
     )
     env = {**os.environ, **storage_env, "DAGSTER_HOME": str(dagster_home)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    durations, overhead = json.loads(done.stdout.strip().splitlines()[-1])
+    return durations, overhead
 
 
 def table(results: list[Result]) -> str:
     lines = [
         "| launcher | items | chunk runs | requests | wall s | limits floor s | simulator CPU s | "
         "(wall - provider floor) ms/item | bare loop s | (wall - bare loop) ms/item | median run s | "
-        "Chunkwise + Dagster CPU ms/item | machine CPU ms/item (simulator excluded) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "orchestration per run s | "
+        "Chunkwise + Dagster CPU ms/item | of which run workers | machine CPU ms/item (simulator excluded) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [r.row() for r in results]
     return "\n".join(lines)

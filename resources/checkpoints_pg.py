@@ -20,7 +20,7 @@ folder of CRC-framed logs, so a chunk killed on one machine resumes on another f
 
 `open_checkpoint` picks the backend: `CHUNKWISE_STATE_URL` set to a `postgresql://` URL (the shared backend,
 README "Beyond one machine") -> this table; unset -> the files under `<home>/checkpoints`. The batch path's
-journal and cancel marker stay files beside the file backend's folder (not shared yet).
+journal and cancel marker are shared documents then (resources/shared_docs.py, llm_assets/stages.py).
 
 Errors name the setting and never the password (`redact`).
 """

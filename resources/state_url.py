@@ -3,9 +3,10 @@
 `CHUNKWISE_STATE_URL` unset or empty: the embedded backend (SQLite files and local folders under each machine's
 home: `make demo` as ever). A `postgresql://user:password@host:port/db` URL: the shared backend, one PostgreSQL
 database every process and machine with the same URL shares: the limit and budget store
-(resources/llm/postgres_state_store.py), the spend ledger and halts (resources/llm/spend_ledger_pg.py) and the
-item checkpoints (resources/checkpoints_pg.py). The URL may carry a password: messages, logs and metadata show it
-only through `redact`.
+(resources/llm/postgres_state_store.py), the spend ledger and halts (resources/llm/spend_ledger_pg.py), the
+item checkpoints (resources/checkpoints_pg.py), the dataset manifests, estimates, batch journals and cancel marks
+(resources/shared_docs.py) and the model trials' answers (resources/trial_answers_pg.py). The URL may carry a
+password: messages, logs and metadata show it only through `redact`.
 """
 
 from __future__ import annotations

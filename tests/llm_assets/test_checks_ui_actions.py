@@ -115,18 +115,25 @@ def _no_invariant_error(instance: dg.DagsterInstance, run_id: str) -> None:
     ]
 
 
-def test_checks_run_alone_without_a_chunk_are_skipped_and_every_chunk_keeps_its_last_result(sim, tmp_path):
+# One scenario (one registered dataset, one chunk run of the three stages) for two facts: checks run alone
+# without a chunk are skipped and leave every chunk's results alone; run alone for a chunk they re-evaluate it,
+# and for a chunk never materialized they are skipped.
+def test_checks_run_alone_without_a_chunk_are_skipped_and_for_a_chunk_re_evaluate_it_or_skip_one_never_made(
+    sim, tmp_path
+):
     spec = load_pipeline(REVIEWS)
     home = tmp_path / "home"
     defs = pipeline_definitions(spec, home=home)
     gates = _gate_keys(defs)
     assert len(gates) == 11  # 5 gates on sentiment, 3 on aspects, 3 on reply_draft
     with dg.instance_for_test() as instance:
-        key = register(spec, spec.input.demo_data, instance, home).partition_keys[0]
+        done, not_yet = register(spec, spec.input.demo_data, instance, home).partition_keys[:2]
+        key = done
         chunk_run = defs.resolve_job_def(JOB).execute_in_process(instance=instance, partition_key=key)
         real = {check: _latest_for(instance, check, key) for check in gates}
         assert {record.run_id for record in real.values()} == {chunk_run.run_id}
 
+        # Without a chunk: skipped, and every chunk keeps its last result.
         alone = _checks_alone(defs, instance, partition=None)
 
         assert alone.success, [
@@ -146,15 +153,7 @@ def test_checks_run_alone_without_a_chunk_are_skipped_and_every_chunk_keeps_its_
             assert latest.run_id == alone.run_id and latest.partition is None
             assert _resolved(instance, latest) == AssetCheckExecutionResolvedStatus.SKIPPED
 
-
-def test_checks_run_alone_for_a_chunk_re_evaluate_that_chunk_and_skip_one_never_materialized(sim, tmp_path):
-    spec = load_pipeline(REVIEWS)
-    home = tmp_path / "home"
-    defs = pipeline_definitions(spec, home=home)
-    with dg.instance_for_test() as instance:
-        done, not_yet = register(spec, spec.input.demo_data, instance, home).partition_keys[:2]
-        chunk_run = defs.resolve_job_def(JOB).execute_in_process(instance=instance, partition_key=done)
-
+        # For a chunk: re-evaluated; for a chunk never materialized: skipped.
         again = _checks_alone(defs, instance, partition=done)
         too_early = _checks_alone(defs, instance, partition=not_yet)
 

@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-size", type=int, default=500)
     parser.add_argument("--variants", default="warm,default")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--section", default="overhead", help="the docs/benchmarks.md section to write (one per kind of run)"
+    )
     args = parser.parse_args(argv)
     results = []
     variants = args.variants.split(",")
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         a, b = results
         print(f"{b.variant} / {a.variant}: wall {b.wall_s / a.wall_s:.2f}x")
     if not args.no_write:
-        replace_section(ROOT / "docs" / "benchmarks.md", "overhead", _section(results))
+        replace_section(ROOT / "docs" / "benchmarks.md", args.section, _section(results))
     print(
         json.dumps(
             [

@@ -53,7 +53,7 @@
    the pipeline's own last successful chunk runs on the instance (run duration from its launch minus the
    stages' `duration_s`, median of up to 10; `measured_overhead_per_chunk`), else a measured default for a
    run in process (OVERHEAD_PER_CHUNK_S) or, with `launched_runs` (the estimate job, `make estimate`: the
-   sensors launch each chunk run in a process of its own), for a run in a fresh process
+   sensors launch each chunk run in a process of its own), for a run a launcher started
    (OVERHEAD_PER_LAUNCHED_CHUNK_S). Measured against real runs by bench/estimate_accuracy.py
    (docs/benchmarks.md, "Estimate vs the run").
 6. **Budget verdict**: the projected cost (in each stage's mode) against `budgets.dataset_usd`, and the
@@ -115,10 +115,12 @@ OVERHEAD_PER_CHUNK_S = 1.0
 """Seconds of orchestration per chunk run executed in process, before the instance has any of the pipeline's own
 to measure, as `measured_overhead_per_chunk` measures it: bench/estimate_accuracy.py found medians of 0.84 s on a
 quiet machine and 1.1-1.6 s beside other jobs (docs/benchmarks.md, "Estimate vs the run")."""
-OVERHEAD_PER_LAUNCHED_CHUNK_S = 5.22
-"""The same for a chunk run a launcher starts in a process of its own (the daemon's, `make demo`'s, a deployment's):
-the fixed cost of a fresh-process partition run, docs/benchmarks.md "Per-partition fixed cost"
-(bench/pipeline_overhead.py, `fresh_process_ckpt_on`)."""
+OVERHEAD_PER_LAUNCHED_CHUNK_S = 2.0
+"""The same for a chunk run a launcher starts in a process of its own (the daemon's, `make demo`'s, a deployment's),
+as `measured_overhead_per_chunk` measures it: 2.02 s median for 250-item BANKING77 chunks forked by the warm run
+launcher (llm_assets/run_launcher.py), 4 runs at once on 2 cores as `make demo` runs them (bench/overhead.py
+--chunk-size 250). Dagster's default launcher (a fresh process per run) costs more: 5.22 s run alone
+(docs/benchmarks.md "Per-partition fixed cost"), 6.44 s at 4 at once for 500-item chunks (bench/overhead.py)."""
 
 
 class EstimateError(ValueError):
@@ -509,7 +511,7 @@ def measured_overhead_per_chunk(
         if launched_runs:
             return (
                 OVERHEAD_PER_LAUNCHED_CHUNK_S,
-                "bench/pipeline_overhead.py, a run in a process of its own (no chunk run of this pipeline on the "
+                "bench/overhead.py, a run the warm run launcher started (no chunk run of this pipeline on the "
                 "instance yet)",
             )
         return (

@@ -160,7 +160,9 @@ def test_each_run_is_a_process_forked_from_one_warm_parent_and_a_changed_spec_re
     assert "gpt-6-luna" in _models_since(sim, 0)  # the spec's classifier
 
     # A person edits the profile while the daemon runs: the next run uses the edit, as a fresh process would.
-    time.sleep(0.01)  # a distinct modification time even on coarse clocks
+    time.sleep(
+        0.01
+    )  # a later modification time; the new profile is also longer, so its size differs either way
     d.profile.write_text(
         yaml.safe_dump({"input": {"chunk_size": 100}, "stages": {"classified": {"model": "gpt-6.2-sol"}}})
     )

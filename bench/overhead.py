@@ -240,8 +240,8 @@ def capture_bodies(data: Path, tmp: Path) -> list[dict]:
 
 
 def bare_loop_s(bodies: list[dict], per_model: dict[str, int], tmp: Path) -> float:
-    """Wall seconds for a naive client (asyncio.gather over httpx, 64 in flight in 8 pools, as Chunkwise's
-    stages use) to send the same number of requests per model, cycling through Chunkwise's own bodies, to a fresh
+    """Wall seconds for a naive client (asyncio.gather over httpx, 64 in flight in 8 pools: what Chunkwise's
+    stages used before resources/llm/transport.py) to send the same number of requests per model, cycling through Chunkwise's own bodies, to a fresh
     simulator with the same config: what the provider and an HTTP client need on this machine, with no
     orchestration at all."""
     by_model: dict[str, list[dict]] = {}

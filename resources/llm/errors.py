@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import httpx
 
+from resources.llm.transport import TransportError
+
 if TYPE_CHECKING:
     from resources.llm.types import CallOutcome
 
@@ -195,10 +197,15 @@ def _config_error(err: ProviderError, lowered: str) -> Classified | None:
 
 
 def classify_transport_error(exc: BaseException) -> Classified:
-    """Timeouts and dropped connections are retryable. The message never includes the request (URL/headers)."""
-    if isinstance(exc, httpx.TimeoutException):
-        return Classified(FailureLevel.RETRYABLE, "timeout", f"request timed out ({type(exc).__name__})")
-    return Classified(FailureLevel.RETRYABLE, "connection", f"connection failed ({type(exc).__name__})")
+    """Timeouts and dropped connections are retryable. The message never includes the request (URL/headers):
+    only the library's exception type (TransportError from the online client, httpx's from the batch calls)."""
+    if isinstance(exc, TransportError):
+        timed_out, name = exc.timed_out, exc.cause_name
+    else:
+        timed_out, name = isinstance(exc, httpx.TimeoutException), type(exc).__name__
+    if timed_out:
+        return Classified(FailureLevel.RETRYABLE, "timeout", f"request timed out ({name})")
+    return Classified(FailureLevel.RETRYABLE, "connection", f"connection failed ({name})")
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -1,4 +1,4 @@
-"""The online engine behind LLMResource.run_prompts: bounded concurrency over one keep-alive httpx client,
+"""The online engine behind LLMResource.run_prompts: bounded concurrency over one keep-alive HTTP pool (transport.py),
 admission (rate limits + budget + server slots) before every request, reconciliation after, retries with
 full-jitter backoff, one repair attempt for output that fails its schema, the failure taxonomy, and progress logging.
 
@@ -24,7 +24,6 @@ import datetime as dt
 import functools
 import json
 import logging
-import math
 import random
 import re
 import signal
@@ -66,6 +65,7 @@ from resources.llm.spend_ledger import (
 from resources.llm.state_store import BudgetNeed, Permit, Settlement
 from resources.llm.structured import parse_json_object, validate
 from resources.llm.tokens import conservative_input_tokens, count_tokens, estimate_prompt_tokens
+from resources.llm.transport import OnlineClient, TransportError
 from resources.llm.types import (
     BudgetScope,
     CallOutcome,
@@ -77,7 +77,6 @@ from resources.llm.types import (
     clip_reply,
 )
 
-CONNECTIONS_PER_CLIENT = 8
 # Per-request deadline = slowest recent reply + TIMEOUT_SAFETY x (output cap / measured output tokens per second).
 TIMEOUT_SAFETY = 2.0
 SPEED_SAMPLES = 50
@@ -223,30 +222,19 @@ class PromptRun:
         self._total = len(requests)
         queue = collections.deque(requests)
         workers_n = min(self.s.max_concurrency, max(1, len(requests)))
-        # Several small keep-alive pools instead of one big one: httpcore 1.0 scans every connection of a pool
-        # on each request event, so one 64-connection pool tops out near 120 requests/s on this kind of machine
-        # while 8 pools of 8 reach about 1,000 (bench/ratelimit.py). In-flight requests stay bounded by workers_n.
-        n_clients = max(1, math.ceil(workers_n / CONNECTIONS_PER_CLIENT))
-        per_client = math.ceil(workers_n / n_clients)
-        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         self.admission.start()
         progress = asyncio.get_running_loop().create_task(self._progress())
         try:
             async with contextlib.AsyncExitStack() as stack:
-                clients = [
-                    await stack.enter_async_context(
-                        httpx.AsyncClient(
-                            timeout=httpx.Timeout(self.s.timeout_s),
-                            limits=limits,
-                            headers=self.s.adapter.headers(self.s.api_key),
-                            verify=tls_context(),
-                        )
+                client = await stack.enter_async_context(
+                    OnlineClient(
+                        headers=self.s.adapter.headers(self.s.api_key),
+                        connections=workers_n,
+                        timeout_s=self.s.timeout_s,
+                        tls=tls_context(),
                     )
-                    for _ in range(n_clients)
-                ]
-                self._workers = [
-                    asyncio.create_task(self._worker(clients[i % n_clients], queue)) for i in range(workers_n)
-                ]
+                )
+                self._workers = [asyncio.create_task(self._worker(client, queue)) for _ in range(workers_n)]
                 with self._signals_handled():
                     done = await asyncio.gather(*self._workers, return_exceptions=True)
                 for outcome_or_error in done:
@@ -336,7 +324,7 @@ class PromptRun:
             task.cancel()
 
     # -- workers -----------------------------------------------------------------------------------------
-    async def _worker(self, client: httpx.AsyncClient, queue: collections.deque[LLMRequest]) -> None:
+    async def _worker(self, client: OnlineClient, queue: collections.deque[LLMRequest]) -> None:
         while queue and not self._stop.is_set():
             request = queue.popleft()
             result = await self._process(client, request)
@@ -407,7 +395,7 @@ class PromptRun:
         # Full jitter: uniform over [0, min(cap, base * 2^(attempt-1))].
         return self._rng.uniform(0, min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** (attempt - 1)))
 
-    async def _process(self, client: httpx.AsyncClient, request: LLMRequest) -> ItemResult | None:
+    async def _process(self, client: OnlineClient, request: LLMRequest) -> ItemResult | None:
         """Run one item to its end; None means it did not finish (the run stopped or attempts ran out)."""
         st = _ItemState(
             request,
@@ -498,24 +486,26 @@ class PromptRun:
             try:
                 async with asyncio.timeout(deadline_s):
                     response = await client.post(
-                        self.s.adapter.url(self.s.base_url), content=json.dumps(wire.body)
+                        self.s.adapter.url(self.s.base_url), json.dumps(wire.body).encode()
                     )
-                    payload = response.json() if response.status_code == 200 else None
-            except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError, TimeoutError) as exc:
+                payload = response.json() if response.status_code == 200 else None
+            except (TransportError, json.JSONDecodeError, UnicodeDecodeError, TimeoutError) as exc:
                 latency = time.monotonic() - t0
                 st.usage.latency_s += latency
                 # Outcome unknown: the provider may have billed it, so the budget counts the worst case.
                 if budget is not None:
                     settlement.usd, settlement.tokens = budget.usd, budget.tokens
                 self.admission.settle(settlement)
-                timed_out = isinstance(exc, TimeoutError | httpx.ReadTimeout)
+                timed_out = isinstance(exc, TimeoutError) or (
+                    isinstance(exc, TransportError) and exc.timed_out
+                )
                 if isinstance(exc, TimeoutError):
                     classified = Classified(
                         FailureLevel.RETRYABLE,
                         "timeout",
                         f"no reply within the {deadline_s:.1f}s request deadline; the request was cancelled",
                     )
-                elif isinstance(exc, httpx.HTTPError):
+                elif isinstance(exc, TransportError):
                     classified = classify_transport_error(exc)
                 else:
                     classified = Classified(

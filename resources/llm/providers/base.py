@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -11,7 +12,11 @@ import httpx
 
 from resources.llm.errors import ProviderError
 from resources.llm.state_store import HeaderLimit
+from resources.llm.transport import WireResponse
 from resources.llm.types import TokenUsage
+
+Reply = httpx.Response | WireResponse
+"""A provider's HTTP reply: the online client's (transport.py) or httpx's (the batch APIs' calls)."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,9 @@ class ProviderAdapter(Protocol):
 
     def parse_reply(self, payload: dict[str, Any]) -> ParsedReply: ...
 
-    def parse_error(self, response: httpx.Response) -> ProviderError: ...
+    def parse_error(self, response: Reply) -> ProviderError: ...
 
-    def rate_headers(self, headers: httpx.Headers) -> dict[str, HeaderLimit]: ...
+    def rate_headers(self, headers: Mapping[str, str]) -> dict[str, HeaderLimit]: ...
 
     def bucket_amounts(
         self, prompt_tokens: int, max_output_tokens: int, cached_guess: int
@@ -68,7 +73,7 @@ class ProviderAdapter(Protocol):
     def bucket_actuals(self, usage: TokenUsage, max_output_tokens: int) -> dict[str, float]: ...
 
 
-def retry_after_s(headers: httpx.Headers) -> float | None:
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """Seconds the provider asks us to wait: retry-after-ms (OpenAI) first, then retry-after (seconds or HTTP date)."""
     ms = headers.get("retry-after-ms")
     if ms:
@@ -89,7 +94,7 @@ def retry_after_s(headers: httpx.Headers) -> float | None:
         return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def error_body(response: httpx.Response) -> tuple[str | None, str | None, str]:
+def error_body(response: Reply) -> tuple[str | None, str | None, str]:
     """(type, code, message) from either provider's error JSON; falls back to the raw text."""
     try:
         data = response.json()

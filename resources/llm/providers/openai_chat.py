@@ -3,13 +3,13 @@ how each differs)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
-
-import httpx
 
 from resources.llm.errors import ProviderError
 from resources.llm.providers.base import (
     ParsedReply,
+    Reply,
     WireRequest,
     error_body,
     repair_instruction,
@@ -93,11 +93,11 @@ class OpenAIChat:
             usage_reported="completion_tokens" in usage,
         )
 
-    def parse_error(self, response: httpx.Response) -> ProviderError:
+    def parse_error(self, response: Reply) -> ProviderError:
         etype, code, message = error_body(response)
         return ProviderError(response.status_code, etype, code, message, retry_after_s(response.headers))
 
-    def rate_headers(self, headers: httpx.Headers) -> dict[str, HeaderLimit]:
+    def rate_headers(self, headers: Mapping[str, str]) -> dict[str, HeaderLimit]:
         out: dict[str, HeaderLimit] = {}
         for kind in self.header_kinds:
             limit = headers.get(f"x-ratelimit-limit-{kind}")

@@ -460,9 +460,9 @@ def _stage_asset(
         routed_ids = set(values.index[chosen.to_numpy(dtype=bool)]) if len(values) else set()
         to_send = reached[reached["item_id"].astype(str).isin(routed_ids)].copy()
         if len(to_send):
+            rows = values.to_dict("index")  # once, not a `.loc` lookup per item (2% of a run's CPU)
             to_send["text"] = [
-                render(stage.user_template, values.loc[str(item_id)].to_dict())
-                for item_id in to_send["item_id"]
+                render(stage.user_template, rows[str(item_id)]) for item_id in to_send["item_id"]
             ]
         common = {
             "llm": llm,

@@ -327,14 +327,17 @@ def _serve(key: str) -> None:
 
 
 def _warm_up() -> None:
-    """Import what runs import late, build the LLM client's TLS context, and freeze the objects loaded so far out
+    """Import what runs import late, build the LLM client's TLS context, parse Dagster's migration scripts
+    (llm_assets/schema_check_cache.py), and freeze the objects loaded so far out
     of the garbage collector's reach: a collection in a child would otherwise write to (and so copy) every page
     of them (the Python docs' advice for fork servers, `gc.freeze`)."""
+    from llm_assets import schema_check_cache
     from resources.llm.runner import tls_context
 
     for name in PRELOAD_MODULES:
         importlib.import_module(name)
     tls_context()
+    schema_check_cache.preload()
     if threading.active_count() != 1:
         print(
             f"chunkwise warm parent: {threading.active_count()} threads after loading the code location; forking "

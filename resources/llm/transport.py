@@ -15,7 +15,9 @@ What a caller sees does not depend on the library:
 
 aiohttp never re-sends a POST on its own (it retries only idempotent methods on a dropped keep-alive
 connection), so every attempt the provider sees is one the runner counted and reserved for. Proxies from the
-environment (HTTPS_PROXY, NO_PROXY) apply, as they did with httpx (`trust_env`)."""
+environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) apply, as they did with httpx: looked up once per provider origin,
+not per request (aiohttp's `trust_env` looks them up, and reads ~/.netrc, in a thread on every request: 5% of a
+run worker's CPU). Credentials come from the provider profile's headers, never from ~/.netrc."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +73,13 @@ class OnlineClient:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
         self._tls = tls
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[str, tuple[URL | None, aiohttp.BasicAuth | None]] = {}
+        """per request URL (a stage posts to one)"""
 
     async def __aenter__(self) -> OnlineClient:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ssl=self._tls)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeout, trust_env=True
+            connector=connector, headers=self._headers, timeout=self._timeout, trust_env=False
         )
         return self
 
@@ -85,11 +91,23 @@ class OnlineClient:
     async def post(self, url: str, body: bytes) -> WireResponse:
         if self._session is None:
             raise RuntimeError("OnlineClient.post outside `async with`")
+        proxy, proxy_auth = self._proxy_for(url)
         try:
-            async with self._session.post(url, data=body) as response:
+            async with self._session.post(url, data=body, proxy=proxy, proxy_auth=proxy_auth) as response:
                 content = await response.read()
                 return WireResponse(response.status, response.headers, content)
         except aiohttp.ServerTimeoutError as exc:  # connect or read timeout (its subclasses)
             raise TransportError("timeout", exc) from None
         except aiohttp.ClientError as exc:
             raise TransportError("connection", exc) from None
+
+    def _proxy_for(self, url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """The environment's proxy for this URL (HTTP_PROXY / HTTPS_PROXY, unless NO_PROXY covers the host)."""
+        found = self._proxies.get(url)
+        if found is None:
+            try:
+                found = get_env_proxy_for_url(URL(url))
+            except LookupError:  # no proxy for this scheme, or NO_PROXY covers the host
+                found = (None, None)
+            self._proxies[url] = found
+        return found

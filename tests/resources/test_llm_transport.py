@@ -54,6 +54,8 @@ class RawServer:
     def __init__(self) -> None:
         self.requests = 0
         self.closed_unanswered = 0
+        self.targets: list[str] = []
+        """each request line's target (absolute-form when the client sent it through this server as a proxy)"""
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -70,6 +72,7 @@ class RawServer:
 
     async def _read_request(self, reader: asyncio.StreamReader) -> bool:
         head = await reader.readuntil(b"\r\n\r\n")
+        self.targets.append(head.decode("latin-1").split(" ", 2)[1])
         length = 0
         for line in head.decode("latin-1").split("\r\n"):
             name, _, value = line.partition(":")
@@ -184,3 +187,35 @@ def test_a_server_that_never_answers_is_a_chunk_retry_not_a_hang(tmp_path):
             _run(resource, [LLMRequest(f"k{i}", t) for i, t in enumerate(texts(3))])
     summary = info.value.outcome.summary
     assert summary.timeouts == summary.requests > 0 and summary.items_succeeded == 0
+
+
+def test_proxies_come_from_the_environment_and_no_proxy_is_honoured(raw_server, tmp_path, monkeypatch):
+    proxy = f"http://127.0.0.1:{raw_server.port}"
+
+    class _Provider:  # a host that does not resolve: only a proxy can reach it
+        base_url = "http://llm-provider.invalid:9"
+        api_key = "sk-behind-a-proxy-0123456789"
+
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    resource = make_resource(_Provider(), state_dir=str(tmp_path / "a"), max_concurrency=1, max_attempts=4)
+    outcome = _run(resource, [LLMRequest(f"k{i}", t) for i, t in enumerate(texts(3))])
+    assert outcome.summary.items_succeeded == 3
+    assert raw_server.targets and all(
+        t == "http://llm-provider.invalid:9/v1/chat/completions" for t in raw_server.targets
+    )
+
+    class _Direct:
+        base_url = f"http://127.0.0.1:{raw_server.port}"
+        api_key = _Provider.api_key
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    seen = len(raw_server.targets)
+    outcome = _run(
+        make_resource(_Direct(), state_dir=str(tmp_path / "b"), max_concurrency=1, max_attempts=4),
+        [LLMRequest(f"k{i}", t) for i, t in enumerate(texts(3))],
+    )
+    assert outcome.summary.items_succeeded == 3
+    assert raw_server.targets[seen:] and all(t == "/v1/chat/completions" for t in raw_server.targets[seen:])

@@ -3,7 +3,7 @@
 Why aiohttp and not httpx here: a stage run sends one POST per item attempt, hundreds per chunk, and on the
 2-core machines this runs on the client's own CPU was the run worker's largest cost (28% of it, py-spy). Measured
 against the simulator, 64 requests in flight, the same bodies: httpx's AsyncClient (as 8 pools of 8, its fastest
-arrangement here) spends 2.3x the CPU per request of aiohttp's ClientSession (bench/http_client.py,
+arrangement here) spends 1.9-2.3x the CPU per request of aiohttp's ClientSession (bench/http_client.py,
 docs/benchmarks.md "HTTP client CPU per request"); a 20,000-item job's run workers spent 13% less CPU. Everything
 else (batch APIs, webhooks, the simulator's tests) stays on httpx: a few requests per chunk at most.
 

@@ -21,7 +21,7 @@ When a check fails, `ChaosResult.keep_evidence` writes what it needs to explain 
 reconciliation of the two ledgers) and returns a message naming the folder: tests use it as their assertion
 message, which Python builds only when the assertion fails.
 
-`tests/chaos/` runs it on 2,000 rows with 12 kills; `python bench/chaos.py` is the soak (10,000 rows, 20 kills)
+`tests/chaos/` runs it on 3,000 rows with 12 kills; `python bench/chaos.py` is the soak (10,000 rows, 20 kills)
 and writes its numbers to docs/benchmarks.md; `python bench/chaos.py --seeds 1-20 --rows 2000 --kills 12` runs
 the test's checks over many seeds (to hunt a flake), keeps each failing seed's evidence and writes nothing else.
 """
@@ -415,30 +415,46 @@ def _demo(data: Path, chunk_size: int, env: dict[str, str], log: Path) -> subpro
 
 
 def _wait_for_trigger(
-    proc: subprocess.Popen, log: Path, offset: int, trigger: str, delay_s: float, chunks_done: bool = False
-) -> bool:
-    """Wait until the trigger's line shows in this run's output (or the timer runs out); True if still running.
+    proc: subprocess.Popen,
+    log: Path,
+    offset: int,
+    trigger: str,
+    delay_s: float,
+    chunks_done: bool = False,
+    end_delay_s: float | None = None,
+) -> tuple[bool, str]:
+    """Wait until the trigger's line shows in this run's output (or the timer runs out); returns (still running,
+    the trigger that fired).
     `chunks_done`: an earlier start finished the last chunk, so this one goes straight to the completion step,
-    whose trigger is then the demo's dataset line."""
+    whose trigger is then the demo's dataset line.
+    `end_delay_s`: while a timer runs, the last chunk's line turns the kill into the completion step's, that many
+    seconds after the line (a fast machine can finish every chunk before a timer of several seconds runs out, and
+    the job would then end with no kill in its completion step)."""
     started = time.monotonic()
     deadline = started + (delay_s if trigger == "timer" else 120.0)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            return False
-        if trigger != "timer":
+            return False, trigger
+        if trigger != "timer" or end_delay_s is not None:
             lines = log.read_bytes()[offset:].decode(errors="replace").splitlines()
             marks = [m for m in (_CHUNK_LINE.match(x) for x in lines) if m]
-            if trigger == "between_chunks":
-                hit = bool(marks)
-            elif chunks_done:  # completion, nothing left to run: right after the dataset line
-                hit = any(_DATASET_LINE.match(x) for x in lines)
-            else:  # completion: the last chunk's line
-                hit = any(m.group(1) == m.group(2) for m in marks)
-            if hit:
-                time.sleep(delay_s)
-                return proc.poll() is None
+            last_chunk = any(m.group(1) == m.group(2) for m in marks)
+            if trigger == "timer":
+                if last_chunk:
+                    time.sleep(end_delay_s or 0.0)
+                    return proc.poll() is None, "completion"
+            else:
+                if trigger == "between_chunks":
+                    hit = bool(marks)
+                elif chunks_done:  # completion, nothing left to run: right after the dataset line
+                    hit = any(_DATASET_LINE.match(x) for x in lines)
+                else:  # completion: the last chunk's line
+                    hit = last_chunk
+                if hit:
+                    time.sleep(delay_s)
+                    return proc.poll() is None, trigger
         time.sleep(0.02)
-    return proc.poll() is None
+    return proc.poll() is None, trigger
 
 
 def run_chaos(
@@ -466,7 +482,13 @@ def run_chaos(
         # ~4 s), one just after a chunk's line (the next chunk's first steps), the last in the completion step.
         triggers = ["timer"] * (kills - 2) + ["between_chunks"]
         rng.shuffle(triggers)
+        # In the first half, so that it lands even when a fast machine finishes the chunks early (below).
+        position = triggers.index("between_chunks")
+        triggers.insert(min(position, (kills - 2) // 2), triggers.pop(position))
         triggers.append("completion")
+        end_rng = random.Random(
+            f"{seed}-completion"
+        )  # its own stream: the other kill points stay as they were
         chunks_done = False  # an earlier start printed the last chunk's line: the next goes to the completion
         while len(done) < kills:
             if chunks_done and triggers[len(done)] != "completion":
@@ -480,12 +502,17 @@ def run_chaos(
             launched = time.time()
             proc = _demo(data, chunk_size, env, log)
             restarts += 1
-            alive = _wait_for_trigger(proc, log, offset, trigger, delay, chunks_done)
+            end_delay = end_rng.uniform(0.0, 1.0) if "between_chunks" not in triggers[len(done) :] else None
+            alive, fired = _wait_for_trigger(proc, log, offset, trigger, delay, chunks_done, end_delay)
             if not alive:
                 proc.wait()
                 if proc.returncode == 0:
                     break  # finished before this kill: the job is done
                 continue
+            if (
+                fired != trigger
+            ):  # every chunk finished under a timer: this kill is the completion step's, the last
+                trigger, delay, kills = fired, end_delay or 0.0, len(done) + 1
             at = time.time()
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -572,7 +599,7 @@ def hunt(seeds: list[int], rows: int, kills: int, workdir: Path) -> int:
             failed += 1
             line["evidence"] = result.keep_evidence("; ".join(problems))
         else:
-            # Passing seeds keep only their numbers: the Dagster home of a 2,000-row run is ~100 MB.
+            # Passing seeds keep only their numbers: the Dagster home of a 3,000-row run is ~100 MB.
             shutil.rmtree(result.home, ignore_errors=True)
         print(json.dumps(line), flush=True)
     print(f"{failed} of {len(seeds)} seeds failed", flush=True)

@@ -222,6 +222,7 @@ def build_llm_resource(spec: PipelineSpec, stage: StageSpec, home: Path) -> LLMR
         output_tokens_per_minute=profile.output_tokens_per_minute,
         rate_limit_burst_s=profile.rate_limit_burst_s,
         circuit_breaker_failures=profile.circuit_breaker_failures,
+        circuit_breaker_rate_limited_s=profile.circuit_breaker_rate_limited_s,
         budget_run_usd=budgets.run_usd,
         budget_dataset_usd=budgets.dataset_usd,
         budget_day_usd=budgets.day_usd,

@@ -211,6 +211,13 @@ class ProviderProfile(SpecModel):
         ge=1,
         description="Consecutive retryable failures (no success between) that fail the chunk.",
     )
+    circuit_breaker_rate_limited_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds of rate-limit refusals (429) without a single reply that fail the chunk. A 429 "
+        "does not count toward `circuit_breaker_failures` or an item's `max_attempts`: the run sends fewer "
+        "requests at once and waits as the provider asks.",
+    )
     prices: list[PriceRow] = Field(
         default=[],
         description="Price rows for this profile's models, over `price_file` and the shipped table.",

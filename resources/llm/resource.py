@@ -130,6 +130,11 @@ class LLMResource(dg.ConfigurableResource):
     circuit_breaker_failures: int = Field(
         default=25, description="Consecutive retryable failures (no success between) that fail the chunk."
     )
+    circuit_breaker_rate_limited_s: float = Field(
+        default=300.0,
+        description="Seconds of 429s without a reply that fail the chunk (a 429 counts toward neither "
+        "`circuit_breaker_failures` nor `max_attempts`).",
+    )
 
     _price: ModelPrice | None = PrivateAttr(default=None)
     _store: LimitStateStore | None = PrivateAttr(default=None)
@@ -271,6 +276,7 @@ class LLMResource(dg.ConfigurableResource):
             structured_output=self.effective_structured_output(),
             progress_interval_s=self.progress_interval_s,
             breaker_consecutive_failures=self.circuit_breaker_failures,
+            breaker_rate_limited_s=self.circuit_breaker_rate_limited_s,
             dialect=dialect,
             min_timeout_s=self.min_timeout_s,
             max_timeouts_per_item=self.max_timeouts_per_item,

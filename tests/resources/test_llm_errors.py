@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from llm_support import SCHEMA, SHORT_SYSTEM, make_resource, texts
@@ -154,3 +155,34 @@ def test_budget_exhausted_is_job_fatal_with_what_to_raise(start_sim, tmp_path):
     assert "budget for dataset tickets exhausted" in info.value.description
     assert "raise `budgets.dataset_usd` in the pipeline spec" in info.value.description
     assert sim.stats()["billed_usd"] <= 0.0002
+
+
+def test_a_provider_at_its_limit_slows_the_run_down_instead_of_failing_it(start_sim, tmp_path):
+    """No limit in the profile, and a provider whose token bucket holds about 10 requests and refills 10 a
+    second: the run's first wave of 32 empties it and most of the wave gets 429. That used to open the circuit
+    breaker (25 refusals in a row, in a tenth of a second) and fail the chunk. Now a 429 halves the send window,
+    a storm of them holds every send until the retry-after and spaces the sends that follow (SendWindow): every
+    item finishes, and the provider refused fewer than two requests per answer (counted in its own request
+    log)."""
+    sim = start_sim({"limits": {"tpm": 3000, "per": "second"}, "seed": 5})
+    resource = make_resource(sim, state_dir=str(tmp_path), max_concurrency=32)
+    outcome = _run(resource, [LLMRequest(f"k{i}", t) for i, t in enumerate(texts(100))])
+    statuses = [str(r["status"]) for r in sim.requests()]
+    assert outcome.summary.items_succeeded == 100 == statuses.count("200")
+    refused = statuses.count("429")
+    # About one refusal per answer at this bucket (102-107 for 100, 3 runs on one machine; under 100 on
+    # another): the window probes upwards after every reply, and the bucket refuses each probe's extra send.
+    assert 0 < refused == outcome.summary.rate_limited < 2 * 100
+
+
+def test_refusals_that_never_end_open_the_breaker_after_its_time(start_sim, tmp_path):
+    """Every request refused with 429: no item gives up on its attempts (a 429 is no attempt), and the run stops
+    once `circuit_breaker_rate_limited_s` passed without a reply, as a retryable chunk failure."""
+    sim = start_sim({"faults": {"rate_limit": 1.0}, "seed": 5})
+    resource = make_resource(sim, state_dir=str(tmp_path), max_attempts=2, circuit_breaker_rate_limited_s=3.0)
+    with pytest.raises(ChunkRetryableError) as info:
+        _run(resource, [LLMRequest(f"k{i}", t) for i, t in enumerate(texts(10))])
+    stopped = re.search(r"rate limited \(429\) for (\d+)s without a reply", str(info.value))
+    assert stopped and int(stopped.group(1)) >= 3, str(info.value)
+    assert info.value.outcome.summary.items_failed == 0  # nothing dead-lettered: the chunk is retried whole
+    assert sim.stats()["requests_total"] > 2 * 10 // 8  # more than max_attempts for the items in flight

@@ -156,13 +156,15 @@ SPEC = LimitSpec("openai|race|m", {"tokens": RATE}, burst_s=1.0)  # capacity 150
 CAP_USD = 0.6
 
 
-def _race(target: str, seed: int, start_at: float, seconds: float, out) -> None:
-    """Hammer one bucket and one budget until `seconds` after `start_at`; report what was granted and charged."""
+def _race(target: str, seed: int, ready, seconds: float, out) -> None:
+    """Hammer one bucket and one budget for `seconds` from the moment every racer has imported and connected
+    (`ready`, a barrier: a slow start on a loaded machine must not shorten the race); report what was granted
+    and charged."""
     rng = random.Random(seed)
     store = _open(target)
     caps = {"dataset:race": BudgetCap(CAP_USD, None)}
-    time.sleep(max(0.0, start_at - time.time()))
-    first = time.time()
+    ready.wait(timeout=120)
+    first = start_at = time.time()
     tokens = charged = 0.0
     exhausted = False
     held: list[int] = []
@@ -190,8 +192,8 @@ def test_processes_racing_for_one_bucket_and_budget_never_overdraw_either(target
     _open(target).close()  # the tables exist before the race
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + 4.0  # every child has imported and connected before the race
-    procs = [ctx.Process(target=_race, args=(target, seed, start_at, 3.0, out)) for seed in range(4)]
+    ready = ctx.Barrier(4)
+    procs = [ctx.Process(target=_race, args=(target, seed, ready, 3.0, out)) for seed in range(4)]
     for p in procs:
         p.start()
     reports = [out.get(timeout=120) for _ in procs]

@@ -187,6 +187,9 @@ def build_dataset_completion(
     estimate = load_estimate(home, layout.name, dataset.dataset_id)
     if estimate is not None:
         report.estimated_cost_usd = estimate.total_cost_usd_in_mode
+        if estimate.total_cost_usd_high > 0:  # estimates written before the interval have none
+            report.estimated_cost_usd_low = estimate.total_cost_usd_low
+            report.estimated_cost_usd_high = estimate.total_cost_usd_high
         report.estimated_wall_clock_s = estimate.wall_clock_s
         report.estimate_sample_cost_usd = estimate.sample_cost_usd
     counts: dict[str, int] = {}
@@ -218,8 +221,13 @@ def _estimate_lines(r: CompletionReport) -> list[str]:
         return []
     cost_ratio = r.total_cost_usd / r.estimated_cost_usd if r.estimated_cost_usd else float("nan")
     line = (
-        f"- Estimate vs actual: cost {_money(r.estimated_cost_usd)} estimated, {_money(r.total_cost_usd)} billed "
-        f"(actual/estimate {cost_ratio:.2f})"
+        f"- Estimate vs actual: cost {_money(r.estimated_cost_usd)} estimated"
+        + (
+            f" (95%: {_money(r.estimated_cost_usd_low)}-{_money(r.estimated_cost_usd_high)})"
+            if r.estimated_cost_usd_low is not None and r.estimated_cost_usd_high is not None
+            else ""
+        )
+        + f", {_money(r.total_cost_usd)} billed (actual/estimate {cost_ratio:.2f})"
     )
     if r.estimated_wall_clock_s:
         line += (

@@ -19,18 +19,38 @@
    the day's); before anything is sent, the sample's worst case (every sample item at every stage, one attempt,
    max output tokens, the dearest input rate) is checked against `budgets.run_usd`, `budgets.dataset_usd` and
    `budgets.day_usd` and refused with one message when it does not fit.
-4. **Projection**, per stage: items = valid items x (sample items routed / sample size); per item, the mean
+   **The route sample.** A later stage's route rate is the estimate's main error (BANKING77's `enriched` sees 16%
+   of the items: measured on 400, +-11% at one standard error, and half the cost rides on it). A route that reads
+   only the first stage's answers (and input columns) needs only the first stage, the cheapest per item in the
+   shipped specs; so once the sample has gone through every stage, the first stage is also sent the next items
+   of the same seeded order, as many as bring the route rates' share of the cost's standard error down to
+   ROUTE_PRECISION (3.5%), at most ROUTE_POOL_FACTOR x the sample and within the budgets' room, and those routes
+   are measured on all of them (`_widen_route_sample`). Later stages are still sent only the sample's routed
+   items: their per-item tokens vary far less than a route rate (the measurements: "Sample size" below).
+4. **Projection**, per stage: items = valid items x (route sample items routed / route sample size); per item, the mean
    attempts (requests), input, cached, cache-write and output tokens measured on the sample (they include
    retries and repairs). Input tokens are corrected by the difference between the dataset's mean text tokens
    and the sample's, per request. Prompt caching: the sample's items that read nothing from the cache are the
    cold start (the first wave of concurrent requests before the shared prefix is cached); the run is assumed
    to pay that cold start once (a cold cache at launch) and the rest at the warm items' means. Cost online and
    in batch mode comes from the one price lookup (`ModelPrice.cost_usd`, `batch=True` for the batch price).
+   The total's 95% interval from sampling (`total_cost_usd_low`/`_high`, `cost_stderr`): each stage's route
+   error (cost x the rate's standard error / rate, with the finite-population correction), added up, and the
+   per-item cost spreads, in quadrature; it does not cover what sampling cannot see (a provider's price change,
+   retries the run meets and the sample did not).
 5. **Wall time**, the floor: the larger of two bounds (`total_floor`).
-   - Throughput: each stage's requests at the pace its sample kept outside rate-limit waits (the sample runs
-     at the stage's own concurrency through the same client: prompt building, validation, retries and their
-     backoff), at least requests x latency / concurrency; divided over `parallel_runs`. Stages add up (a chunk
-     runs them in order). The pace is timed after the probe's item (below).
+   - Throughput: each stage's chunks, each as long as its makespan (`chunk_makespan`): the chunk's items for
+     the stage over the stage's concurrency, each taking the time of a sample item of the stage answered at
+     its first attempt, plus, as often as the endpoint's sample items needed a retry, what a retry took there
+     (`retry_profiles`: first send to last, backoff and retry-after included, pooled over the stages that
+     share a provider and base URL: faults are the endpoint's, and a later stage's few dozen sample items hold
+     one retry or none). A chunk waits for its slowest item, so a retry's backoff is every chunk's tail. At
+     least requests x latency / concurrency and the client's CPU per request over the cores; at least half the
+     sample's own pace (its elapsed time outside rate-limit waits, scaled to the run: what the model of the
+     client leaves out, such as a send window 429s narrowed). Divided over `parallel_runs`; stages add up (a
+     chunk runs them in order). The sample's elapsed time, scaled, was the measure before: one retry's ~1 s
+     backoff in a 61-item later-stage sample or none moved that stage's floor between 2.6 s and 10.9 s for the
+     same file (BANKING77, five samples at three simulator seeds).
    - Rate limits: every bucket refills the whole run long, so each bounds the run on its own (stages that
      share a bucket, the same provider and model, add up). What a request takes from a bucket is the adapter's
      own accounting (`bucket_actuals`: both wire formats count `max_output_tokens`, not the reply's length).
@@ -51,11 +71,12 @@
    Orchestration overhead is `overhead_per_chunk_s` per chunk run, divided over `parallel_runs` but at most
    the machine's cores (`usable_cores`: it is mostly CPU, process start and imports included): measured on
    the pipeline's own last successful chunk runs on the instance (run duration from its launch minus the
-   stages' `duration_s`, median of up to 10; `measured_overhead_per_chunk`), else a measured default for a
-   run in process (OVERHEAD_PER_CHUNK_S) or, with `launched_runs` (the estimate job, `make estimate`: the
-   sensors launch each chunk run in a process of its own), for a run a launcher started
-   (OVERHEAD_PER_LAUNCHED_CHUNK_S). Measured against real runs by bench/estimate_accuracy.py
-   (docs/benchmarks.md, "Estimate vs the run").
+   stages' `duration_s`, median of up to 10; `measured_overhead_per_chunk`), else a measured default: per step
+   of a chunk run (OVERHEAD_PER_STEP_S x `chunk_run_steps`), plus, with `launched_runs` (the estimate job,
+   `make estimate`: the sensors launch each chunk run in a process of its own), LAUNCH_OVERHEAD_S; scaled by
+   this machine's speed against the machine it was measured on (llm_assets/machine_probe.py: BANKING77's
+   in-process chunk run took 0.58 s of orchestration on one 2-core machine and 2.2 s on another).
+   Measured against real runs by bench/estimate_accuracy.py (docs/benchmarks.md, "Estimate vs the run").
 6. **Budget verdict**: the projected cost (in each stage's mode) against `budgets.dataset_usd`, and the
    largest chunk's projected cost against `budgets.run_usd` (each chunk is one run). `within_budget` false
    means the new-dataset sensor holds the chunks (sensors/new_datasets.py) when the spec's
@@ -65,10 +86,13 @@ Idempotent: an `estimate.json` for the same dataset, the same stage versions (pr
 sample size, seed and `parallel_runs` is read back instead of paying again (`reused: true`); `force=True` pays
 again (so does another `parallel_runs`: the wall time's concurrency floor is measured with it).
 
-Sample size: the main error is the route rate measured on the sample (`sample_route_rate_stderr`); BANKING77's
-`enriched` (then 37% routed, 70% of the cost) was 7% low with 200 items and 2% low with 400, hence the default
-of 400; with the demo's answer key (16% routed, half the cost) 400 items estimate 5% low
-(at most a quarter of the dataset; reviews' 122 items: 30, 1.5% high).
+Sample size: the default is 400 items, at most a quarter of the dataset (reviews' 122 items: 30); the route
+sample (2, above) then measures the routes on up to 4x that. The spread, against one real run at 20 sample seeds
+each (bench/estimate_accuracy.py --sample-seeds 20, docs/benchmarks.md): BANKING77 0.961-1.069 of the bill and
+reviews 0.943-1.078, every bill inside the stated 95% interval; with the routes measured on the sample alone it
+was 0.904-1.063 (12 seeds) and 0.752-1.411 (8 of 20 off by more than 10%). The price: the sample's spend went from
+about $0.11 to $0.17 on BANKING77's 3,080 items (a fifth of the run's bill on a file this small; on 100,000 items
+the same sample is under 1% of it).
 
 The job `<pipeline>__estimate_job` (`build_estimate_job`, wired in pipeline_assets.pipeline_definitions) runs
 the same function from the Launchpad. No `from __future__ import annotations` here: Dagster resolves the op's
@@ -79,8 +103,10 @@ import hashlib
 import heapq
 import json
 import os
+import random
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -90,6 +116,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from llm_assets.datasets import RegisteredDataset, read_chunk
+from llm_assets.machine_probe import REFERENCE_PROBE_S, probe_s, speed_factor
 from llm_assets.pipeline_assets import build_llm_resource, stage_prompt, stage_values
 from llm_assets.spec import PipelineSpec, StageSpec
 from llm_assets.spec_template import render
@@ -111,16 +138,28 @@ DEFAULT_SAMPLE_SIZE = 400
 """Items sent for real when no size is given, capped at a quarter of the dataset (`default_sample_size`): the
 route rate's sampling error sets the accuracy (BANKING77: 200 items gave -7% on the billed cost, 400 -2%)."""
 DEFAULT_SEED = 0
-OVERHEAD_PER_CHUNK_S = 1.0
-"""Seconds of orchestration per chunk run executed in process, before the instance has any of the pipeline's own
-to measure, as `measured_overhead_per_chunk` measures it: bench/estimate_accuracy.py found medians of 0.84 s on a
-quiet machine and 1.1-1.6 s beside other jobs (docs/benchmarks.md, "Estimate vs the run")."""
-OVERHEAD_PER_LAUNCHED_CHUNK_S = 2.0
-"""The same for a chunk run a launcher starts in a process of its own (the daemon's, `make demo`'s, a deployment's),
-as `measured_overhead_per_chunk` measures it: 2.02 s median for 250-item BANKING77 chunks forked by the warm run
-launcher (llm_assets/run_launcher.py), 4 runs at once on 2 cores as `make demo` runs them (bench/overhead.py
---chunk-size 250). Dagster's default launcher (a fresh process per run) costs more: 5.22 s run alone
-(docs/benchmarks.md "Per-partition fixed cost"), 6.44 s at 4 at once for 500-item chunks (bench/overhead.py)."""
+OVERHEAD_PER_STEP_S = 0.42
+"""Seconds of orchestration per step of a chunk run executed in process (`chunk_run_steps`: the items step, each
+stage's step and its checks' step), before the instance has any chunk run of the pipeline's own to measure, as
+`measured_overhead_per_chunk` measures it, on the reference machine (llm_assets/machine_probe.py). Per step, not
+per run: BANKING77's 5-step runs took 2.10-2.34 s and reviews' 7-step runs 2.76-2.88 s on one machine (0.42 and
+0.40 s a step), 0.55-0.61 s and 0.72-0.82 s on a faster one (0.12 and 0.11 s), so the step count carries
+between pipelines and the machine probe between machines (bench/estimate_accuracy.py; docs/benchmarks.md,
+"Estimate vs the run")."""
+LAUNCH_OVERHEAD_S = 5.0
+"""What a chunk run a launcher starts in a process of its own (the daemon's, `make demo`'s, a deployment's) costs
+on top, as `measured_overhead_per_chunk` measures it from the launch, on the reference machine: 7.08 s a run in
+all for 250-item BANKING77 chunks forked by the warm run launcher (llm_assets/run_launcher.py), 4 runs at once on
+2 cores as `make demo` runs them (bench/overhead.py --rows 3080 --chunk-size 250), less its 5 steps x
+OVERHEAD_PER_STEP_S. (2.02 s in all on the faster machine: 3.5 times less, as its in-process overhead was 3.7
+times less.) Dagster's default launcher (a fresh process per run) costs more: 5.22 s run alone on the faster
+machine (docs/benchmarks.md "Per-partition fixed cost")."""
+
+
+def chunk_run_steps(spec: PipelineSpec) -> int:
+    """Steps of one chunk run: the items step, then each stage's asset and its checks (every stage has checks:
+    outputs valid, success rate, cost per item)."""
+    return 1 + 2 * len(spec.stages)
 
 
 class EstimateError(ValueError):
@@ -135,9 +174,18 @@ class StageEstimate(BaseModel):
     mode: str
     route: str
     sample_items_sent: int
-    sample_route_rate: float = Field(description="routed sample items / sample size")
+    route_sample_items: int = Field(
+        default=0,
+        description="sample items the route rate was measured on: the sample, or more for a route that reads only "
+        "the first stage's answers (`_widen_route_sample`)",
+    )
+    sample_route_rate: float = Field(description="routed sample items / route sample items")
     sample_route_rate_stderr: float = Field(
-        description="the route rate's standard error, sqrt(p(1-p)/n): the estimate's main source of error"
+        description="the route rate's standard error, sqrt(p(1-p)/n (N-n)/(N-1)): the estimate's main source of "
+        "error"
+    )
+    cost_per_item_stderr_usd: float = Field(
+        default=0.0, description="the standard error of the mean cost of an item sent to this stage (online)"
     )
     sample_cost_usd: float
     sample_requests: int
@@ -204,6 +252,16 @@ class Estimate(BaseModel):
     total_cost_usd: float = Field(description="online")
     total_cost_usd_batch: float
     total_cost_usd_in_mode: float = Field(description="each stage in its configured mode")
+    route_sample_size: int = Field(
+        default=0, description="items the first stage was sent to measure the later stages' routes"
+    )
+    total_cost_usd_stderr: float = Field(
+        default=0.0,
+        description="the in-mode total's standard error from sampling (the route rates' errors added up, the "
+        "per-item spreads in quadrature)",
+    )
+    total_cost_usd_low: float = Field(default=0.0, description="in mode, minus 1.96 standard errors")
+    total_cost_usd_high: float = Field(default=0.0, description="in mode, plus 1.96 standard errors")
     floor_s: float
     overhead_s: float
     overhead_per_chunk_s: float
@@ -358,7 +416,7 @@ def estimate_dataset(
             return known.model_copy(update={"reused": True, "path": str(path), "budget": verdict})
     if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 1:
         raise EstimateError(f"sample size must be a whole number of items, 1 or more, got {sample_size!r}")
-    scan = scan_dataset(spec, dataset, sample_size, seed, s3=s3)
+    scan = scan_dataset(spec, dataset, sample_size * ROUTE_POOL_FACTOR, seed, s3=s3)
     if scan.total_items == 0:
         raise EstimateError(
             f"dataset {dataset.dataset_id} ({dataset.uri}) has no valid item to estimate "
@@ -369,11 +427,13 @@ def estimate_dataset(
             f"sample of {sample_size} items is larger than dataset {dataset.dataset_id} ({scan.total_items} valid "
             f"items); give a sample of at most {scan.total_items} (an estimate that samples everything is a run)"
         )
-    overhead, overhead_source = (
-        (overhead_per_chunk_s, "given")
-        if overhead_per_chunk_s is not None
-        else measured_overhead_per_chunk(spec, instance, launched_runs=launched_runs)
-    )
+
+    def overhead() -> tuple[float, str]:
+        """Asked once the sample is known to be affordable: bad input stops before the machine probe runs."""
+        if overhead_per_chunk_s is not None:
+            return overhead_per_chunk_s, "given"
+        return measured_overhead_per_chunk(spec, instance, launched_runs=launched_runs)
+
     resources: dict[str, LLMResource] = {}
     for stage in spec.stages:
         resources[stage.name] = build_llm_resource(spec, stage, home)
@@ -382,7 +442,7 @@ def estimate_dataset(
     with dg.build_resources(resources, instance=instance) as built:
         llms = {name: getattr(built, name) for name in resources}
         return _estimate(spec, dataset, scan, llms, home, path, version, sample_size, seed, parallel_runs,
-                         (overhead, overhead_source), log)  # fmt: skip
+                         overhead, log)  # fmt: skip
 
 
 def _estimate(
@@ -396,32 +456,24 @@ def _estimate(
     sample_size: int,
     seed: int,
     parallel_runs: int,
-    overhead: tuple[float, str],
+    overhead: Callable[[], tuple[float, str]],
     log: Any,
 ) -> Estimate:
-    _check_sample_budget(spec, llms, scan.sample)
+    deep_rows, pool = scan.sample[:sample_size], scan.sample[sample_size:]
+    _check_sample_budget(spec, llms, deep_rows)
+    per_chunk = overhead()
+    pool = _affordable_pool(spec, llms, deep_rows, pool)
     scope = sample_scope(dataset.dataset_id)
-    items = pd.DataFrame(scan.sample)
+    items = pd.DataFrame(deep_rows)
     sample_text_mean = float(items["input_tokens"].mean())
     dataset_text_mean = scan.tokens_total / scan.total_items
     earlier: dict[str, pd.DataFrame] = {}
     reached = items
-    stages: list[StageEstimate] = []
+    sent: list[_StageSample] = []
     for stage in spec.stages:
         llm = llms[stage.name]
         values = stage_values(spec, reached, earlier)
-        chosen = stage.route_condition().evaluate(values) if len(values) else pd.Series(dtype=bool)
-        routed_ids = set(values.index[chosen.to_numpy(dtype=bool)]) if len(values) else set()
-        to_send = reached[reached["item_id"].astype(str).isin(routed_ids)]
-        prompt = stage_prompt(stage)
-        requests = [
-            LLMRequest(
-                key=idempotency_key(scope, str(row.item_id), stage.name, prompt.version, llm.model),
-                text=render(stage.user_template, values.loc[str(row.item_id)].to_dict()),
-                team=row.team if isinstance(row.team, str) else "",
-            )
-            for row in to_send.itertuples(index=False)
-        ]
+        requests = _stage_requests(stage, llm, scope, reached, values)
         levels_before = llm.bucket_levels() if _configures_limits(llm) else {}
         t0 = time.monotonic()
         results: list[ItemResult] = []
@@ -434,42 +486,193 @@ def _estimate(
                 continue
             if resource is llm:
                 timed = (time.monotonic(), len(results), time.process_time())
-            outcome = resource.run_prompts(
-                batch,
-                system_prompt=prompt.system_prompt,
-                schema=prompt.schema,
-                schema_name=prompt.schema_name,
-                scope=BudgetScope(run_id=scope, dataset_id=scope, partition_key="estimate"),
-                stage=stage.name,
-                log=log,
-                normalize=dict(stage.normalize) or None,
-            )
-            results += outcome.results
+            results += _send(resource, stage, scope, batch, log)
         elapsed = time.monotonic() - t0
         if log is not None:
             log.info(f"estimate {stage.name}: {len(requests)} sample items sent in {elapsed:.1f}s")
-        stages.append(
-            _project(
-                stage,
-                llm,
-                results,
-                len(items),
-                scan.total_items,
-                dataset_text_mean - sample_text_mean,
-                parallel_runs,
-                _SampleTiming(
-                    time.monotonic() - timed[0], time.process_time() - timed[2], timed[1], levels_before
-                ),
-            )
+        timing = _SampleTiming(
+            time.monotonic() - timed[0],
+            time.process_time() - timed[2],
+            timed[1],
+            levels_before,
+            len(results),
         )
-        key_to_item = {r.key: r.key.split("|")[1] for r in requests}
-        answers = [{"item_id": key_to_item[r.key], **(r.output or {})} for r in results if r.ok]
-        earlier[stage.name] = pd.DataFrame(answers, columns=["item_id", *stage.output_fields()])
+        sent.append(_StageSample(stage, llm, results, len(results), len(items), timing))
+        earlier[stage.name] = _answers(stage, results)
         # Items a stage dead-lettered leave the chunk; the rest go on (routed or carried through).
-        failed = {key_to_item[r.key] for r in results if not r.ok}
+        failed = _failed_items(results)
         reached = reached[~reached["item_id"].astype(str).isin(failed)]
+    _widen_route_sample(spec, llms, scope, scan.total_items, items, pool, sent, log)
+    text_delta = dataset_text_mean - sample_text_mean
+    retries = retry_profiles([(endpoint_of(x.llm), x.results) for x in sent])
+    stages = [
+        _project(
+            x.stage,
+            x.llm,
+            x.results,
+            x.routed,
+            x.sampled,
+            scan.total_items,
+            text_delta,
+            parallel_runs,
+            x.timing,
+            scan.chunk_items,
+            retries[endpoint_of(x.llm)],
+        )
+        for x in sent
+    ]
     return _finish(spec, dataset, scan, stages, home, path, version, sample_size, seed, parallel_runs,
-                   overhead)  # fmt: skip
+                   per_chunk)  # fmt: skip
+
+
+class _StageSample(NamedTuple):
+    """What one stage's sample sent and measured. `routed` of `sampled` sample items reached the stage and were
+    routed to it (the route rate); `results` are the items sent (the per-item means)."""
+
+    stage: StageSpec
+    llm: LLMResource
+    results: list[ItemResult]
+    routed: int
+    sampled: int
+    timing: "_SampleTiming"
+
+
+def _stage_requests(
+    stage: StageSpec, llm: LLMResource, scope: str, reached: pd.DataFrame, values: pd.DataFrame
+) -> list[LLMRequest]:
+    """The requests of the sample items in `reached` that the stage's route selects, as a chunk run builds them."""
+    chosen = stage.route_condition().evaluate(values) if len(values) else pd.Series(dtype=bool)
+    routed_ids = set(values.index[chosen.to_numpy(dtype=bool)]) if len(values) else set()
+    to_send = reached[reached["item_id"].astype(str).isin(routed_ids)]
+    prompt = stage_prompt(stage)
+    return [
+        LLMRequest(
+            key=idempotency_key(scope, str(row.item_id), stage.name, prompt.version, llm.model),
+            text=render(stage.user_template, values.loc[str(row.item_id)].to_dict()),
+            team=row.team if isinstance(row.team, str) else "",
+        )
+        for row in to_send.itertuples(index=False)
+    ]
+
+
+def _send(
+    resource: LLMResource, stage: StageSpec, scope: str, batch: list[LLMRequest], log: Any
+) -> list[ItemResult]:
+    prompt = stage_prompt(stage)
+    outcome = resource.run_prompts(
+        batch,
+        system_prompt=prompt.system_prompt,
+        schema=prompt.schema,
+        schema_name=prompt.schema_name,
+        scope=BudgetScope(run_id=scope, dataset_id=scope, partition_key="estimate"),
+        stage=stage.name,
+        log=log,
+        normalize=dict(stage.normalize) or None,
+    )
+    return list(outcome.results)
+
+
+def _item_of(key: str) -> str:
+    return key.split("|")[1]  # idempotency_key: scope|item|stage|prompt version|model
+
+
+def _answers(stage: StageSpec, results: list[ItemResult]) -> pd.DataFrame:
+    answers = [{"item_id": _item_of(r.key), **(r.output or {})} for r in results if r.ok]
+    return pd.DataFrame(answers, columns=["item_id", *stage.output_fields()])
+
+
+def _failed_items(results: list[ItemResult]) -> set[str]:
+    return {_item_of(r.key) for r in results if not r.ok}
+
+
+ROUTE_POOL_FACTOR = 4
+"""The first stage's wider sample (`_widen_route_sample`) draws on up to this many times the sample's items."""
+ROUTE_PRECISION = 0.035
+"""The route rates' share of the projected cost's relative standard error that the wider first-stage sample aims
+for: with the per-item spread added, the 10% target is about 2.5 standard errors away."""
+
+
+def _route_error(sent: list[_StageSample], total_items: int, n: int, widened: set[str]) -> float:
+    """The projected cost's relative standard error from the route rates of the `widened` stages (measured on n
+    items), added up (their routes read one stage's answers: they err together); the others as measured."""
+    costs = {x.stage.name: _sample_cost_per_routed(x) * x.routed / x.sampled * total_items for x in sent}
+    total = sum(costs.values())
+    if total <= 0:
+        return 0.0
+    error = 0.0
+    for x in sent:
+        if x.stage.name not in widened or not x.routed or x.routed == x.sampled:
+            continue
+        p = x.routed / x.sampled
+        error += costs[x.stage.name] * _stderr(round(p * n), n, total_items) / p
+    return error / total
+
+
+def _sample_cost_per_routed(x: _StageSample) -> float:
+    return sum(r.usage.cost_usd for r in x.results) / len(x.results) if x.results else 0.0
+
+
+def _widen_route_sample(
+    spec: PipelineSpec,
+    llms: dict[str, LLMResource],
+    scope: str,
+    total_items: int,
+    items: pd.DataFrame,
+    pool: list[dict[str, Any]],
+    sent: list[_StageSample],
+    log: Any,
+) -> None:
+    """Measure the route rates on more items than the sample, where that is cheap: the route rate is the
+    estimate's main error (a stage that sees 16% of the items, measured on 400, is +-11% off at one standard
+    error), and the routes that read only the first stage's answers (and input columns) need only the first
+    stage, the stage every item passes through (its price per item is the lowest of the pipeline's in the shipped
+    specs). So the first stage is sent the next items of the seeded order (`pool`: up to ROUTE_POOL_FACTOR x the
+    sample, within the budgets), as few as bring the route rates' error to ROUTE_PRECISION of the projected cost,
+    and those routes are evaluated on all of them. The later stages are still sent only the sample's routed items:
+    their per-item tokens vary far less than a route rate does. Updates `sent` in place (the first stage's results
+    and every widened stage's `routed`/`sampled`); the extra items are billed under the sample's scope and count in
+    its cost. Their time counts in the first stage's pace, as the sample's does (more requests timed, less noise)."""
+    first = sent[0]
+    widened = {x.stage.name for x in sent if set(x.stage.route_condition().stages()) <= {first.stage.name}}
+    later = widened - {first.stage.name}
+    n = len(items)
+    if not pool or not later or _route_error(sent, total_items, n, widened) <= ROUTE_PRECISION:
+        return
+    wanted = len(pool)
+    for extra in range(0, len(pool) + 1, max(1, n // 8)):
+        if _route_error(sent, total_items, n + extra, widened) <= ROUTE_PRECISION:
+            wanted = extra
+            break
+    if wanted == 0:
+        return
+    more = pd.DataFrame(pool[:wanted])
+    stage, llm = first.stage, first.llm
+    values = stage_values(spec, more, {})
+    requests = _stage_requests(stage, llm, scope, more, values)
+    t0, cpu0 = time.monotonic(), time.process_time()
+    results = _send(llm, stage, scope, requests, log) if requests else []
+    # Sent as the sample's were (the same client and concurrency): their time adds to the pace's measurement.
+    timing = first.timing._replace(
+        elapsed_s=first.timing.elapsed_s + time.monotonic() - t0,
+        cpu_s=first.timing.cpu_s + time.process_time() - cpu0,
+        timed_results=first.timing.timed_results + len(results),
+    )
+    if log is not None:
+        log.info(
+            f"estimate {stage.name}: {len(requests)} more items sent to measure the later stages' routes"
+        )
+    wide = pd.concat([items, more], ignore_index=True)
+    answers = pd.concat([_answers(stage, first.results), _answers(stage, results)], ignore_index=True)
+    failed = _failed_items(first.results) | _failed_items(results)
+    reached = wide[~wide["item_id"].astype(str).isin(failed)]
+    values = stage_values(spec, reached, {stage.name: answers})
+    for index, x in enumerate(sent):
+        if x is first:
+            sent[index] = x._replace(results=x.results + results, routed=x.routed + len(requests),
+                                     sampled=len(wide), timing=timing)  # fmt: skip
+        elif x.stage.name in widened:
+            chosen = x.stage.route_condition().evaluate(values) if len(values) else pd.Series(dtype=bool)
+            sent[index] = x._replace(routed=int(chosen.to_numpy(dtype=bool).sum()), sampled=len(wide))
 
 
 def measured_overhead_per_chunk(
@@ -478,8 +681,9 @@ def measured_overhead_per_chunk(
     """Seconds of orchestration per chunk run, and where the number comes from: the median, over the pipeline's
     last 10 successful chunk runs on this instance, of the run's duration (from its launch, RUN_STARTING, when
     a launcher started it in a process of its own) minus its stages' `duration_s` (the time spent sending
-    requests). When there are none: OVERHEAD_PER_LAUNCHED_CHUNK_S if the chunk runs will be `launched_runs`
-    (each in a process of its own), else OVERHEAD_PER_CHUNK_S."""
+    requests). When there are none: OVERHEAD_PER_STEP_S per step of a chunk run, plus LAUNCH_OVERHEAD_S if the
+    chunk runs will be `launched_runs` (each in a process of its own), scaled by this machine's speed against
+    the reference machine (llm_assets/machine_probe.py `speed_factor`)."""
     from llm_assets.pipeline_assets import PIPELINE_TAG, chunk_job_name
 
     records = instance.get_run_records(
@@ -508,15 +712,15 @@ def measured_overhead_per_chunk(
         started = min([record.start_time, *launched])
         overheads.append(max(0.0, record.end_time - started - sending))
     if not overheads:
-        if launched_runs:
-            return (
-                OVERHEAD_PER_LAUNCHED_CHUNK_S,
-                "bench/overhead.py, a run the warm run launcher started (no chunk run of this pipeline on the "
-                "instance yet)",
-            )
+        factor, steps = speed_factor(), chunk_run_steps(spec)
+        base = OVERHEAD_PER_STEP_S * steps + (LAUNCH_OVERHEAD_S if launched_runs else 0.0)
+        how = "a run the warm run launcher started" if launched_runs else "a run in process"
         return (
-            OVERHEAD_PER_CHUNK_S,
-            "bench/estimate_accuracy.py, a run in process (no chunk run of this pipeline on the instance yet)",
+            base * factor,
+            f"no chunk run of this pipeline on the instance yet: {base:.2f} s for {how} of {steps} steps on the "
+            f"reference machine (OVERHEAD_PER_STEP_S x steps{' + LAUNCH_OVERHEAD_S' if launched_runs else ''}), "
+            f"x {factor:.2f}, this machine's speed against it (llm_assets/machine_probe.py: {probe_s():.2f} s "
+            f"here, {REFERENCE_PROBE_S:.2f} s there)",
         )
     overheads.sort()
     return overheads[len(overheads) // 2], f"median of the pipeline's last {len(overheads)} chunk runs"
@@ -546,25 +750,34 @@ def _probe(llm: LLMResource) -> LLMResource:
     return type(llm)(**{**fields, "requests_per_minute": PROBE_RPM})
 
 
-def _check_sample_budget(spec: PipelineSpec, llms: dict[str, LLMResource], sample: list[dict]) -> None:
-    """Refuse before sending anything when the sample's worst case does not fit the run or dataset cap."""
+def _sample_caps(spec: PipelineSpec) -> dict[str, float]:
     caps = {
         "budgets.run_usd": spec.budgets.run_usd,
         "budgets.dataset_usd": spec.budgets.dataset_usd,
         "budgets.day_usd": spec.budgets.day_usd,
     }
-    caps = {k: v for k, v in caps.items() if v is not None}
+    return {k: v for k, v in caps.items() if v is not None}
+
+
+def _worst_case_usd(stages: list[StageSpec], llms: dict[str, LLMResource], rows: list[dict]) -> list[float]:
+    """Per row, the worst case of sending it to every stage in `stages` (one attempt each, max output tokens)."""
+    worst = [0.0] * len(rows)
+    for stage in stages:
+        price = llms[stage.name].price()
+        prompt = stage_prompt(stage)
+        out = stage.effective_max_output_tokens()
+        for i, row in enumerate(rows):
+            tokens = estimate_prompt_tokens([prompt.system_prompt, str(row["text"])], prompt.schema)
+            worst[i] += price.worst_case_usd(conservative_input_tokens(tokens), out)
+    return worst
+
+
+def _check_sample_budget(spec: PipelineSpec, llms: dict[str, LLMResource], sample: list[dict]) -> None:
+    """Refuse before sending anything when the sample's worst case does not fit the run or dataset cap."""
+    caps = _sample_caps(spec)
     if not caps:
         return
-    worst = 0.0
-    for stage in spec.stages:
-        llm = llms[stage.name]
-        prompt = stage_prompt(stage)
-        price = llm.price()
-        out = stage.effective_max_output_tokens()
-        for row in sample:  # every sample item may be routed; attempts as the profile allows
-            tokens = estimate_prompt_tokens([prompt.system_prompt, str(row["text"])], prompt.schema)
-            worst += price.worst_case_usd(conservative_input_tokens(tokens), out)
+    worst = sum(_worst_case_usd(spec.stages, llms, sample))  # every sample item may be routed everywhere
     for name, cap in caps.items():
         if worst > cap:
             raise EstimateError(
@@ -572,6 +785,24 @@ def _check_sample_budget(spec: PipelineSpec, llms: dict[str, LLMResource], sampl
                 f"every stage), more than `{name}` = ${cap:.4f}: nothing was sent; raise `{name}` or give a "
                 "smaller sample"
             )
+
+
+def _affordable_pool(
+    spec: PipelineSpec, llms: dict[str, LLMResource], sample: list[dict], pool: list[dict]
+) -> list[dict]:
+    """The first items of `pool` whose first-stage worst case still fits every cap beside the sample's worst
+    case (`_widen_route_sample` sends at most these): the wider route sample never makes an estimate refuse."""
+    caps = _sample_caps(spec)
+    if not caps or not pool:
+        return pool
+    room = min(caps.values()) - sum(_worst_case_usd(spec.stages, llms, sample))
+    fits = 0
+    for cost in _worst_case_usd(spec.stages[:1], llms, pool):
+        room -= cost
+        if room < 0:
+            break
+        fits += 1
+    return pool[:fits]
 
 
 class _SampleTiming(NamedTuple):
@@ -582,20 +813,27 @@ class _SampleTiming(NamedTuple):
     cpu_s: float  # this process's CPU time over the same span (the simulator or provider is elsewhere)
     skipped: int  # the first results, sent before the timing started (the probe's item)
     levels_before: dict[str, tuple[float, float, float]]
+    timed_results: int  # the stage's results of the sample itself (the wider route sample's come after)
 
 
 def _project(
     stage: StageSpec,
     llm: LLMResource,
     results: list[ItemResult],
-    sample_n: int,
+    routed: int,
+    sampled: int,
     total_items: int,
     text_delta: float,
     parallel_runs: int,
     timing: _SampleTiming,
+    chunks: list[int],
+    retries: "RetryProfile",
 ) -> StageEstimate:
+    """The stage projected to `total_items`: `routed` of `sampled` sample items routed to it, `results` the
+    items it was sent (their per-item means); `chunks`: the valid items of each chunk; `retries`: how often an
+    item at the stage's endpoint needed more than one attempt and what that cost in time."""
     price = llm.price()
-    items = round(total_items * len(results) / sample_n) if sample_n else 0
+    items = round(total_items * routed / sampled) if sampled else 0
     cold = [r for r in results if r.usage.cached_input_tokens == 0]
     warm = [r for r in results if r.usage.cached_input_tokens > 0] or cold
     n_cold = min(len(cold), items) if warm is not cold else items
@@ -614,7 +852,9 @@ def _project(
     output = total("output_tokens")
     usage = TokenUsage(round(input_tokens), round(cached), round(written), round(output))
     cost, cost_batch = price.cost_usd(usage), price.cost_usd(usage, batch=True)
-    floors, limits = _floors(llm, attempts, usage, results, parallel_runs, timing)
+    share = routed / sampled if sampled else 0.0
+    chunk_items = [round(share * n) for n in chunks]
+    floors, limits = _floors(llm, attempts, usage, results, parallel_runs, timing, chunk_items, retries)
     binding = max(floors, key=lambda k: floors[k])
     return StageEstimate(
         stage=stage.name,
@@ -622,8 +862,10 @@ def _project(
         mode=stage.mode,
         route=stage.route,
         sample_items_sent=len(results),
-        sample_route_rate=len(results) / sample_n if sample_n else 0.0,
-        sample_route_rate_stderr=_stderr(len(results), sample_n),
+        route_sample_items=sampled,
+        sample_route_rate=routed / sampled if sampled else 0.0,
+        sample_route_rate_stderr=_stderr(routed, sampled, total_items),
+        cost_per_item_stderr_usd=_mean_stderr([r.usage.cost_usd for r in results], items),
         sample_cost_usd=sum(r.usage.cost_usd for r in results),
         sample_requests=sum(r.usage.attempts for r in results),
         sample_cold_items=len(cold),
@@ -650,9 +892,24 @@ def _project(
     )
 
 
-def _stderr(hits: int, n: int) -> float:
-    p = hits / n if n else 0.0
-    return (p * (1 - p) / n) ** 0.5 if n else 0.0
+def _stderr(hits: int, n: int, population: int) -> float:
+    """The standard error of a rate measured on n of `population` items drawn without replacement."""
+    if not n:
+        return 0.0
+    p = hits / n
+    finite = (population - n) / (population - 1) if population > n > 0 and population > 1 else 0.0
+    return (p * (1 - p) / n * finite) ** 0.5
+
+
+def _mean_stderr(values: list[float], population: int) -> float:
+    """The standard error of the mean of `values`, a sample of `population` items drawn without replacement."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    finite = max(0.0, (population - n) / (population - 1)) if population > 1 else 0.0
+    return (variance / n * finite) ** 0.5
 
 
 def _floors(
@@ -662,9 +919,12 @@ def _floors(
     results: list[ItemResult],
     parallel_runs: int,
     timing: _SampleTiming,
+    chunk_items: list[int],
+    retries: "RetryProfile",
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds the stage needs at least under each rate limit ("<kind>_per_minute") and at the throughput the
-    sample showed ("throughput"), and the limits (module docstring, 5)."""
+    sample showed ("throughput"), and the limits (module docstring, 5). `chunk_items`: the stage's items in each
+    chunk run; `retries`: the endpoint's retry profile (`retry_profiles`)."""
     adapter = adapter_for(llm.provider, llm.dialect)
 
     def bucket_amounts(n: float, tokens: TokenUsage) -> dict[str, float]:
@@ -683,8 +943,8 @@ def _floors(
     if _configures_limits(llm):
         # Chunkwise's own admission governs (resources/llm/state_store.py): each bucket refills at its rate and
         # holds what it holds now (the sample just drew on it); the run needs what it does not hold.
-        sent = sum(r.usage.attempts for r in results)
-        sample_amounts = bucket_amounts(sent, _sum_usage(results))
+        own = results[: timing.timed_results]
+        sample_amounts = bucket_amounts(sum(r.usage.attempts for r in own), _sum_usage(own))
         for kind, (rate, capacity, level) in llm.bucket_levels().items():
             if kind in amounts and 0 < rate < PROBE_RPM / 60.0:
                 floors[f"{kind}_per_minute"] = max(0.0, amounts[kind] - level) / rate
@@ -707,16 +967,96 @@ def _floors(
     concurrency = llm.effective_max_concurrency()
     limits_out["concurrency"] = float(concurrency)
     # The sample ran at the stage's own concurrency, through the same client (prompt building, validation,
-    # retries and their backoff): its pace outside rate-limit waits, scaled to the run's requests.
-    # Parallel runs divide the waiting, but the client's CPU work only over the cores there are.
-    timed = sum(r.usage.attempts for r in results[timing.skipped :])
-    pace = max(0.0, timing.elapsed_s - sample_wait_s) / timed if timed else 0.0
+    # retries and their backoff). Each chunk run's stage lasts its makespan: its items, `concurrency` at a time,
+    # each as long as a sample item of the stage took at its first attempt, plus, as often as the endpoint's
+    # items needed a retry, what a retry took there. Parallel runs divide that waiting, but the client's CPU
+    # work only over the cores there are. (The sample's own elapsed time, scaled to the run, was the measure
+    # before: a sample of a few seconds holds one retry's backoff or none, which moved the floor by half.)
+    timed = sum(r.usage.attempts for r in results[timing.skipped : timing.timed_results])
     cpu_pace = timing.cpu_s / timed if timed else 0.0
     runs = max(1, parallel_runs)
-    floors["throughput"] = requests * max(
-        pace / runs, cpu_pace / min(runs, usable_cores()), latency / (concurrency * runs)
+    clean = [d for r, d in zip(results, item_durations(results), strict=True) if r.usage.attempts <= 1]
+    clean = clean or [r.usage.latency_s / r.usage.attempts for r in results if r.usage.attempts]
+    by_size = Counter(chunk_items)
+    floors["throughput"] = max(
+        requests * max(cpu_pace / min(runs, usable_cores()), latency / (concurrency * runs)),
+        sum(count * chunk_makespan(clean, n, concurrency, retries) for n, count in by_size.items()) / runs,
+        max(0.0, timing.elapsed_s - sample_wait_s) / timed * requests / runs / PACE_SLACK if timed else 0.0,
     )
     return floors, limits_out
+
+
+def item_durations(results: list[ItemResult]) -> list[float]:
+    """Each sample item's time from its first send to its answer: its attempts' latencies and the waits between
+    them (retry backoff, a 429's retry-after)."""
+    out = []
+    for r in results:
+        last_latency = r.usage.latency_s / r.usage.attempts if r.usage.attempts else 0.0
+        spread = (
+            (r.last_attempt_at - r.first_attempt_at).total_seconds()
+            if r.first_attempt_at is not None and r.last_attempt_at is not None
+            else 0.0
+        )
+        out.append(spread + last_latency)
+    return out
+
+
+MAKESPAN_DRAWS = 20
+PACE_SLACK = 2.0
+"""The sample's plain pace (its elapsed time over its requests, scaled to the run) bounds the floor from below
+at half its value: the makespan models the client's known behaviour, and this catches what it does not (a send
+window the provider's 429s narrowed, a client slower than its latencies) without letting one backoff in a
+few-second sample set the run's floor."""
+
+
+class RetryProfile(NamedTuple):
+    """How often an item at one endpoint (provider and base URL) needed more than one attempt (`rate`, over
+    every stage's sample items there) and how much longer each such item took (`extra_s`: from its first send
+    to its last, backoff and retry-after included). Faults are the endpoint's, not a stage's: pooled over the
+    stages, a later stage's few dozen items do not decide alone whether retries happen."""
+
+    rate: float = 0.0
+    extra_s: tuple[float, ...] = ()
+
+
+def endpoint_of(llm: LLMResource) -> str:
+    return f"{llm.provider}|{llm.base_url.rstrip('/')}"
+
+
+def retry_profiles(sent: list[tuple[str, list[ItemResult]]]) -> dict[str, RetryProfile]:
+    """Each endpoint's `RetryProfile` from the (endpoint, results) of every stage the sample sent."""
+    items: Counter[str] = Counter()
+    extra: dict[str, list[float]] = {}
+    for endpoint, results in sent:
+        items[endpoint] += len(results)
+        spreads = extra.setdefault(endpoint, [])
+        for r in results:
+            if r.usage.attempts > 1 and r.first_attempt_at is not None and r.last_attempt_at is not None:
+                spreads.append((r.last_attempt_at - r.first_attempt_at).total_seconds())
+    return {e: RetryProfile(len(extra[e]) / items[e] if items[e] else 0.0, tuple(extra[e])) for e in items}
+
+
+def chunk_makespan(
+    durations: list[float], items: int, concurrency: int, retries: RetryProfile = RetryProfile()
+) -> float:
+    """How long one chunk run's stage takes to answer `items` items, `concurrency` at a time, when each takes a
+    duration drawn from `durations` (answered at the first attempt) and, at the rate `retries` measured, a
+    retry's extra time on top: each item goes to the first free slot, and the stage ends with its slowest slot.
+    A chunk waits for its last item, so one retry's backoff is a chunk's tail. The mean of MAKESPAN_DRAWS
+    seeded draws."""
+    if not durations or items <= 0:
+        return 0.0
+    rng = random.Random(items)
+    total = 0.0
+    for _ in range(MAKESPAN_DRAWS):
+        slots = [0.0] * max(1, min(concurrency, items))
+        for _ in range(items):
+            took = rng.choice(durations)
+            if retries.extra_s and rng.random() < retries.rate:
+                took += rng.choice(retries.extra_s)
+            heapq.heapreplace(slots, slots[0] + took)
+        total += max(slots)
+    return total / MAKESPAN_DRAWS
 
 
 def usable_cores() -> int:
@@ -738,11 +1078,28 @@ def total_floor(stages: list[StageEstimate]) -> float:
     """The run's floor: the stages' throughput floors add up (a chunk runs its stages in order), while every
     rate-limit bucket refills the whole time, so the slowest bucket's need (its stages' needs added) bounds it
     on its own; the larger of the two."""
+    return max(sum(s.throughput_floor_s for s in stages), rate_limit_need(stages))
+
+
+def rate_limit_need(stages: list[StageEstimate]) -> float:
+    """Seconds the slowest rate-limit bucket needs, its stages' needs added (stages of one provider and model
+    share its buckets)."""
     by_bucket: dict[str, float] = {}
     for stage in stages:
         for bucket, seconds in stage.rate_floors_s.items():
             by_bucket[bucket] = by_bucket.get(bucket, 0.0) + seconds
-    return max(sum(s.throughput_floor_s for s in stages), max(by_bucket.values(), default=0.0))
+    return max(by_bucket.values(), default=0.0)
+
+
+def wall_clock(stages: list[StageEstimate], overhead_s: float, overhead_per_chunk_s: float) -> float:
+    """The run's wall time: the stages' throughput plus the orchestration, or the rate-limit buckets' need plus
+    one chunk run's orchestration, whichever is longer. A bucket refills while the runs start, write and check,
+    so orchestration does not add to its need; only the last chunk's, after its last request, does (counted
+    whole: how a run's orchestration splits around its requests is not measured). reviews, bound by its output
+    limit on a machine with 2.9 s of orchestration per chunk run: 1.24 and 1.15 of the wall time with the
+    orchestration added to the bucket's need."""
+    throughput = sum(s.throughput_floor_s for s in stages)
+    return max(throughput + overhead_s, rate_limit_need(stages) + min(overhead_s, overhead_per_chunk_s))
 
 
 def _finish(
@@ -764,6 +1121,7 @@ def _finish(
     # Mostly CPU (process start, imports, events, Parquet): parallel runs share the cores.
     overhead_s = chunks * overhead_per_chunk_s / min(max(1, parallel_runs), usable_cores())
     in_mode = sum(s.cost_usd_in_mode for s in stages)
+    stderr = cost_stderr(stages)
     largest = max(scan.chunk_items) if scan.chunk_items else 0
     largest_chunk = in_mode * largest / scan.total_items
     estimate = Estimate(
@@ -792,11 +1150,15 @@ def _finish(
         total_cost_usd=sum(s.cost_usd for s in stages),
         total_cost_usd_batch=sum(s.cost_usd_batch for s in stages),
         total_cost_usd_in_mode=in_mode,
+        route_sample_size=max((s.route_sample_items for s in stages), default=0),
+        total_cost_usd_stderr=stderr,
+        total_cost_usd_low=max(0.0, in_mode - 1.96 * stderr),
+        total_cost_usd_high=in_mode + 1.96 * stderr,
         floor_s=floor_s,
         overhead_s=overhead_s,
         overhead_per_chunk_s=overhead_per_chunk_s,
         overhead_source=overhead_source,
-        wall_clock_s=floor_s + overhead_s,
+        wall_clock_s=wall_clock(stages, overhead_s, overhead_per_chunk_s),
         cores=usable_cores(),
         parallel_runs=parallel_runs,
         budget=budget_verdict(spec, in_mode, largest_chunk),
@@ -804,6 +1166,20 @@ def _finish(
     )
     write_estimate(estimate, path)
     return estimate
+
+
+def cost_stderr(stages: list[StageEstimate]) -> float:
+    """The in-mode total's standard error from sampling: each stage's route-rate error (cost x stderr / rate),
+    added up (the routes read the same sample's answers: they err together), and each stage's per-item spread
+    (items x the mean's stderr), in quadrature."""
+    route = 0.0
+    spread = 0.0
+    for s in stages:
+        scale = s.cost_usd_in_mode / s.cost_usd if s.cost_usd else 1.0  # the batch price, for a batch stage
+        if 0 < s.sample_route_rate < 1:
+            route += s.cost_usd_in_mode * s.sample_route_rate_stderr / s.sample_route_rate
+        spread += (s.items * s.cost_per_item_stderr_usd * scale) ** 2
+    return (route**2 + spread) ** 0.5
 
 
 def budget_verdict(spec: PipelineSpec, cost_usd: float, largest_chunk_usd: float) -> BudgetVerdict:
@@ -886,6 +1262,9 @@ def estimate_metadata(estimate: Estimate) -> dict[str, dg.MetadataValue]:
         "total_items": dg.MetadataValue.int(estimate.total_items),
         "total_cost_usd": dg.MetadataValue.float(round(estimate.total_cost_usd, 6)),
         "total_cost_usd_batch": dg.MetadataValue.float(round(estimate.total_cost_usd_batch, 6)),
+        "total_cost_usd_low": dg.MetadataValue.float(round(estimate.total_cost_usd_low, 6)),
+        "total_cost_usd_high": dg.MetadataValue.float(round(estimate.total_cost_usd_high, 6)),
+        "route_sample_size": dg.MetadataValue.int(estimate.route_sample_size),
         "wall_clock_s": dg.MetadataValue.float(round(estimate.wall_clock_s, 2)),
         "sample_cost_usd": dg.MetadataValue.float(round(estimate.sample_cost_usd, 6)),
         "sample_size": dg.MetadataValue.int(estimate.sample_size),

@@ -387,6 +387,9 @@ class CompletionReport:
     """Stages priced at $0 because their model has no price row and their profile sets `allow_unpriced`."""
     estimated_cost_usd: float | None = None
     """The dataset's estimate (llm_assets/estimate.py, each stage in its mode) when one was made; None if not."""
+    estimated_cost_usd_low: float | None = None
+    estimated_cost_usd_high: float | None = None
+    """The estimate's 95% interval from sampling (its route rates and per-item spread), in the stages' modes."""
     estimated_wall_clock_s: float | None = None
     estimate_sample_cost_usd: float | None = None
     """What the estimate's sample cost (spend ledger scope `estimate-<dataset id>`, not in `total_cost_usd`)."""

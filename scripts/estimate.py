@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         clear_error,
         estimate_dataset,
         estimate_table,
+        rate_limit_need,
     )
     from llm_assets.location import s3_for
     from llm_assets.pipeline_assets import register
@@ -151,21 +152,26 @@ def _run(args: argparse.Namespace) -> int:
     print(estimate_table(estimate))
     print(
         f"cost: ${estimate.total_cost_usd:.4f} online, ${estimate.total_cost_usd_batch:.4f} batch "
-        f"(${estimate.total_cost_usd_in_mode:.4f} in the spec's modes)"
+        f"(${estimate.total_cost_usd_in_mode:.4f} in the spec's modes; 95% from sampling: "
+        f"${estimate.total_cost_usd_low:.4f}-${estimate.total_cost_usd_high:.4f})"
     )
+    throughput = sum(s.throughput_floor_s for s in estimate.stages)
     print(
-        f"wall clock: ~{estimate.wall_clock_s:.1f}s = {estimate.floor_s:.1f}s floor (throughput or rate limits) + "
+        f"wall clock: ~{estimate.wall_clock_s:.1f}s, the longer of {throughput:.1f}s throughput + "
         f"{estimate.overhead_s:.1f}s orchestration ({estimate.chunks} chunk runs x "
-        f"{estimate.overhead_per_chunk_s:.2f}s, {estimate.parallel_runs} at a time on {estimate.cores} cores: "
-        f"{estimate.overhead_source})"
+        f"{estimate.overhead_per_chunk_s:.2f}s, {estimate.parallel_runs} at a time on {estimate.cores} cores) and "
+        f"{rate_limit_need(estimate.stages):.1f}s of rate limits + one chunk run's orchestration (the limits "
+        "refill while runs orchestrate)"
     )
+    print(f"orchestration per chunk run: {estimate.overhead_source}")
     verdict = (
         "within budget" if estimate.budget.within_budget else "OVER BUDGET: chunks would not be launched"
     )
     print(f"budget: {verdict}: {estimate.budget.message}")
     reused = " (earlier estimate read back: nothing sent now)" if estimate.reused else ""
     print(
-        f"sample: {estimate.sample_size} items (seed {estimate.seed}), {estimate.sample_requests} requests, "
+        f"sample: {estimate.sample_size} items (seed {estimate.seed}; the first stage {estimate.route_sample_size}, "
+        f"to measure the routes), {estimate.sample_requests} requests, "
         f"${estimate.sample_cost_usd:.4f} billed, spend ledger scope {estimate.sample_scope}{reused}"
     )
     print(Path(estimate.path))

@@ -46,7 +46,7 @@ import dagster as dg
 from io_managers.parquet_files import is_s3_uri, parse_s3_uri, s3_client
 from io_managers.s3_config import S3_ENDPOINT_ENV, S3_ON_ENV
 from llm_assets.datasets import DatasetError, RegisteredDataset, load_dataset
-from llm_assets.estimate import estimate_job_name, estimate_run_config, load_estimate, verdict_for
+from llm_assets.estimate import Estimate, estimate_job_name, estimate_run_config, load_estimate, verdict_for
 from llm_assets.partitions import missing_partitions
 from llm_assets.pipeline_assets import spec_layout
 from llm_assets.settings import chunkwise_home
@@ -259,7 +259,9 @@ def build_new_dataset_sensor(
     `estimate.json` fits `budgets_usd` (the spec's dataset and run caps, as they are now); otherwise the chunks are held (`over_budget` in the cursor), the tick logs
     why, and the same notice goes to the webhook in `alert_webhook_env`. To go on after raising the budget, touch
     the file: it registers again (the same dataset) and its estimate is read back (nothing paid) and judged
-    against the new budget; or launch the chunks by hand (a backfill of their partitions in the UI)."""
+    against the new budget; or launch the chunks by hand (a backfill of their partitions in the UI). Without
+    `estimate_job`, an estimate made before (`make estimate`, the job from the Launchpad) is judged the same way at
+    registration: over budget, the chunks are held and the alert goes out; no estimate, they launch."""
     s3_watch = is_s3_uri(watch_uri)
     resource_keys = {"settings", "s3"} if s3_watch else {"settings"}
     chunk_job_name = chunk_job.name
@@ -331,7 +333,25 @@ def build_new_dataset_sensor(
                     f"launching them (`{estimate_job.name}`)"
                 )
                 return
+            if not judge_estimate(dataset.dataset_id, load_estimate(home, pipeline, dataset.dataset_id)):
+                return
             launch_chunks(dataset)
+
+        def judge_estimate(dataset_id: str, estimate: Estimate | None) -> bool:
+            """False (and the chunks held, with an alert) when the dataset's estimate is over budget. Without
+            `estimate.before_launch` an estimate exists only when someone made one (`make estimate`, the estimate
+            job from the Launchpad); none means nothing to judge."""
+            if estimate is None:
+                return True
+            # Judged against the budgets as they are now (estimate.json keeps the projection, not the caps).
+            verdict = verdict_for(
+                *budgets_usd, estimate.total_cost_usd_in_mode, estimate.budget.largest_chunk_cost_usd
+            )
+            if not verdict.within_budget:
+                hold(dataset_id, f"estimate over budget: {verdict.message}")
+                return False
+            context.log.info(f"{dataset_id}: estimate {verdict.message}")
+            return True
 
         def launch_chunks(dataset: RegisteredDataset) -> None:
             if stopped is not None:
@@ -391,14 +411,7 @@ def build_new_dataset_sensor(
             if estimate is None:
                 hold(dataset_id, f"its estimate run {run.run_id} wrote no estimate.json under {home}")
                 return
-            # Judged against the budgets as they are now (estimate.json keeps the projection, not the caps).
-            verdict = verdict_for(
-                *budgets_usd, estimate.total_cost_usd_in_mode, estimate.budget.largest_chunk_cost_usd
-            )
-            if not verdict.within_budget:
-                hold(dataset_id, f"estimate over budget: {verdict.message}")
-            else:
-                context.log.info(f"{dataset_id}: estimate {verdict.message}")
+            if judge_estimate(dataset_id, estimate):
                 launch_chunks(load_dataset(dataset_id, home))
 
         def reject(uri: str, entry: dict[str, Any], why: str) -> None:
@@ -434,14 +447,6 @@ def build_new_dataset_sensor(
 
         for dataset_id, entry in list(state.estimating.items()):
             follow_estimate(dataset_id, entry)
-        if state.alerts:
-            url = webhook_url(alert_webhook_env) if alert_webhook_env else None
-            if url is None:
-                state.alerts.clear()  # no webhook configured: the hold was logged above, and nothing waits for it
-            else:
-                _, problem = deliver(url, state.alerts)
-                if problem:
-                    context.log.warning(f"alert webhook failed ({problem}); {len(state.alerts)} notices kept")
         if state.held and stopped is None:
             chunk_runs += runs_of(state.held)
             context.log.info(
@@ -471,6 +476,14 @@ def build_new_dataset_sensor(
             registrations.append(register_request(seen.uri, state.registering[seen.uri]))
             registering += 1
         state.forget_missing({f.uri for f in files})
+        if state.alerts:  # holds from the estimates followed and the registrations just read
+            url = webhook_url(alert_webhook_env) if alert_webhook_env else None
+            if url is None:
+                state.alerts.clear()  # no webhook configured: the hold was logged above, and nothing waits for it
+            else:
+                _, problem = deliver(url, state.alerts)
+                if problem:
+                    context.log.warning(f"alert webhook failed ({problem}); {len(state.alerts)} notices kept")
         requests = registrations + chunk_runs
         summary = (
             f"{len(files)} data files, {writing} still being written, {registering} being registered, "

@@ -5,26 +5,35 @@ spends nothing, and the `<pipeline>__estimate_job` a user launches from the Laun
 Spend is counted on the simulator's side (`/_sim/stats`, its billing ledger), not by Chunkwise's counters."""
 
 import csv
+import datetime as dt
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from llm_assets.estimate import (
+    OVERHEAD_PER_STEP_S,
     EstimateError,
+    RetryProfile,
+    chunk_makespan,
+    chunk_run_steps,
     estimate_asset_key,
     estimate_dataset,
     estimate_job_name,
     estimate_path,
     estimate_run_config,
+    retry_profiles,
     sample_scope,
 )
+from llm_assets.machine_probe import REFERENCE_PROBE_S, probe_s
 from llm_assets.pipeline_assets import register
 from resources.llm.resource import spend_ledger_for
+from resources.llm.types import ItemResult, ItemUsage
 from tests.spec_pipelines import BANKING77_SPEC, ROOT, run_chunk, spec_defs, test_spec
 
 BANKING = ROOT / "data" / "banking77" / "test.csv"
@@ -67,8 +76,22 @@ def test_estimate_records_every_field_and_its_sample_is_billed_once_in_both_ledg
         assert saved["dataset_id"] == dataset.dataset_id and saved["total_items"] == 120
         assert [s["stage"] for s in saved["stages"]] == ["classified", "enriched"]
         classified, enriched = estimate.stages
-        assert classified.items == 120 and classified.sample_items_sent == 20
-        assert 0 < enriched.items < 120  # only the routed share of the sample, projected
+        assert classified.items == 120
+        # The later stage's route reads only the first stage's answers: the first stage was sent more items
+        # than the sample (the next of the seeded order) to measure it; the later stage only the sample's.
+        assert (
+            classified.sample_items_sent == classified.route_sample_items == enriched.route_sample_items > 20
+        )
+        assert estimate.route_sample_size == classified.route_sample_items and estimate.sample_size == 20
+        assert 0 < enriched.sample_items_sent <= 20
+        assert 0 < enriched.items < 120  # only the routed share, projected
+        assert estimate.total_cost_usd_low < estimate.total_cost_usd_in_mode < estimate.total_cost_usd_high
+        # Counted at the provider: each stage's model got what the estimate says it sent.
+        by_model = Counter(r["model"] for r in spec_sim.requests())
+        assert by_model == {
+            classified.model: classified.sample_requests,
+            enriched.model: enriched.sample_requests,
+        }
         assert estimate.total_cost_usd_batch == pytest.approx(estimate.total_cost_usd / 2, rel=1e-6)
         assert estimate.wall_clock_s > 0 and estimate.budget.within_budget
         assert estimate.text_tokens_p50 <= estimate.text_tokens_p95 <= estimate.text_tokens_max
@@ -85,7 +108,15 @@ def test_estimate_records_every_field_and_its_sample_is_billed_once_in_both_ledg
         again = estimate_dataset(spec, dataset, instance, tmp_path, sample_size=20, seed=3)
         assert again.reused and again.total_cost_usd == estimate.total_cost_usd
         assert billed(spec_sim) == (requests, sim_usd)
-        assert estimate.overhead_source.startswith("bench/estimate_accuracy.py, a run in process")
+        # Before any chunk run: the reference machine's per-step overhead, scaled by this machine's probe.
+        steps = chunk_run_steps(spec)
+        assert steps == 1 + 2 * len(spec.stages)
+        assert estimate.overhead_per_chunk_s == pytest.approx(
+            OVERHEAD_PER_STEP_S * steps * probe_s() / REFERENCE_PROBE_S, rel=1e-9
+        )
+        assert estimate.overhead_source.startswith("no chunk run of this pipeline on the instance yet")
+        assert "a run in process" in estimate.overhead_source
+        assert f"{probe_s():.2f} s here" in estimate.overhead_source
 
         # Once the pipeline has run chunks on the instance, their own orchestration time is the overhead.
         run_chunk(spec_defs(spec, tmp_path), spec, instance, dataset.partition_keys[0])
@@ -206,3 +237,36 @@ def test_the_estimate_job_runs_from_the_launchpad_and_records_numeric_metadata(s
             raise_on_error=False,
         )
         assert not bad.success and billed(spec_sim) == before
+
+
+def test_a_chunk_waits_for_its_slowest_item():
+    """The wall-time floor's per-chunk part (`chunk_makespan`): items go to the first free of `concurrency`
+    slots and a chunk's stage ends with its slowest slot, so one item's retry backoff is the whole chunk's tail."""
+    assert chunk_makespan([1.0], 64, 32) == 2.0  # two full waves
+    assert chunk_makespan([1.0], 10, 32) == 1.0  # one partial wave
+    assert chunk_makespan([0.1, 5.0], 250, 32) >= 5.0  # the slow item (a retry-after) bounds the chunk
+    assert chunk_makespan([], 250, 32) == chunk_makespan([1.0], 0, 32) == 0.0
+    # A retry's extra time lands on an item as often as the endpoint's items needed one.
+    assert chunk_makespan([0.1], 64, 32, RetryProfile(1.0, (5.0,))) == pytest.approx(10.2)
+    assert chunk_makespan([0.1], 64, 32, RetryProfile(0.0, (5.0,))) == pytest.approx(0.2)
+    sometimes = chunk_makespan([0.1], 250, 32, RetryProfile(0.02, (1.0,)))
+    assert 1.0 < sometimes < 2.0  # ~5 retried items in 250: the chunk ends with one of them
+
+
+def test_retries_are_the_endpoints_not_a_stages():
+    """`retry_profiles`: the stages sharing a provider and base URL pool their items, so a later stage's few
+    items (here none retried) get the rate the endpoint showed over all of them."""
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def item(attempts: int, spread_s: float) -> ItemResult:
+        usage = ItemUsage("k", "sim", "m", "s", attempts=attempts, latency_s=0.1 * attempts)
+        return ItemResult(
+            key="k", ok=True, output={}, error_class=None, error_message=None, attempts=attempts,
+            first_attempt_at=t0, last_attempt_at=t0 + dt.timedelta(seconds=spread_s), usage=usage,
+        )  # fmt: skip
+
+    first = [item(1, 0.0)] * 95 + [item(2, 1.1)] * 5
+    later = [item(1, 0.0)] * 20
+    profiles = retry_profiles([("sim|http://a", first), ("sim|http://a", later), ("other|http://b", later)])
+    assert profiles["sim|http://a"] == RetryProfile(5 / 120, (1.1,) * 5)
+    assert profiles["other|http://b"] == RetryProfile(0.0, ())

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sensors"))
 from recovery_support import launch, recovery_location, tick, write_labelled_dataset  # noqa: E402
 from webhook_receiver import WebhookReceiver  # noqa: E402
 
-from llm_assets.estimate import load_estimate  # noqa: E402
+from llm_assets.estimate import estimate_dataset, load_estimate  # noqa: E402
+from llm_assets.pipeline_assets import register  # noqa: E402
 from sensors.new_datasets import NewDatasetCursor  # noqa: E402
 from tests.spec_pipelines import point_at, test_spec  # noqa: E402
 
@@ -101,3 +102,50 @@ def test_a_dataset_within_budget_gets_its_chunk_runs_after_the_estimate(start_si
         dataset_id = requests[0].partition_key.split("__c")[0]
         assert load_estimate(home, spec.name, dataset_id).budget.within_budget
         assert NewDatasetCursor.from_json(cursor).over_budget == {}
+
+
+def _land(spec, home, inbox, instance):
+    """The sensor sees the file in `inbox` settle, registers it; the tick after (what it launches or holds)."""
+    defs, sensors = recovery_location(spec, home, watch=str(inbox))
+    watcher = sensors[WATCHER]
+    _, cursor, _ = tick(watcher, instance, defs, None)
+    [registration], cursor, _ = tick(watcher, instance, defs, cursor)
+    assert launch(defs, instance, watcher, registration).success
+    return tick(watcher, instance, defs, cursor)
+
+
+def test_an_estimate_made_by_hand_holds_an_over_budget_dataset_without_before_launch(
+    start_sim, monkeypatch, tmp_path
+):
+    """`make estimate` (or the estimate job from the Launchpad) before the file lands: the sensor judges that
+    estimate although the spec does not ask for one, holds the chunks and alerts; without an estimate it launches."""
+    sim = start_sim({"seed": 4})
+    point_at(sim, monkeypatch)
+    receiver = WebhookReceiver()
+    monkeypatch.setenv("CHUNKWISE_ALERT_WEBHOOK_URL", receiver.url)
+    spec = test_spec(budgets={"dataset_usd": 0.05})
+    assert not spec.estimate.before_launch
+    inbox, home = tmp_path / "inbox", tmp_path / "home"
+    inbox.mkdir()
+    landed = inbox / "tickets.csv"
+    write_labelled_dataset(landed, 200)
+    try:
+        with dg.instance_for_test() as instance:
+            dataset = register(spec, str(landed), instance, home)
+            estimate = estimate_dataset(spec, dataset, instance, home, sample_size=10)
+            assert not estimate.budget.within_budget
+            paid = sim.stats()["billed_usd"]
+            requests, cursor, skip = _land(spec, home, inbox, instance)
+            assert requests == [] and "1 datasets held by their estimate" in skip
+            assert NewDatasetCursor.from_json(cursor).over_budget.keys() == {dataset.dataset_id}
+            [alert] = receiver.received
+            assert alert["kind"] == "estimate_hold" and "budgets.dataset_usd" in alert["text"]
+            assert sim.stats()["billed_usd"] == paid  # the hold sent nothing
+
+        # The same file with no estimate on record: launched as before.
+        with dg.instance_for_test() as instance:
+            requests, cursor, _ = _land(spec, tmp_path / "fresh", inbox, instance)
+            assert {r.job_name for r in requests} == {"banking77__chunk_job"}
+            assert NewDatasetCursor.from_json(cursor).over_budget == {}
+    finally:
+        receiver.stop()

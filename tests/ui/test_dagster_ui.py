@@ -1,7 +1,8 @@
 """The Dagster UI on a demo instance, in a real browser (Chromium from Debian, driven by Playwright), as a person
 uses it after `make demo` and `make ui`: the lineage shows the stage assets; an asset's plots show its cost per
 partition; the checks tab shows the gates' results; a 1-partition materialization launched from the UI finishes
-with success; the Overview timeline shows the demo's runs. A screenshot of each step lands in
+with success; the Overview timeline shows the demo's runs; a model trial's asset plots accuracy and cost per
+candidate. A screenshot of each step lands in
 `<tmp_path>/screenshots` (the error of a failing step names the folder)."""
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 import pytest
 
 from llm_assets.partitions import chunk_key
+from llm_assets.spec import load_pipeline
+from llm_assets.trials import candidate_labels
+from tests.spec_pipelines import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -26,6 +30,13 @@ RUNS_QUERY = """{ runsOrError { ... on Runs { results { runId pipelineName statu
 RUN_QUERY = """query Run($runId: ID!) { runOrError(runId: $runId) { __typename
     ... on Run { status pipelineName assetSelection { path } tags { key value } } } }"""
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+LAUNCH_MUTATION = """mutation Launch($executionParams: ExecutionParams!) {
+    launchPipelineExecution(executionParams: $executionParams) { __typename
+        ... on LaunchRunSuccess { run { runId } }
+        ... on PythonError { message }
+        ... on RunConfigValidationInvalid { errors { message } }
+        ... on InvalidSubsetError { message } } }"""
+TRIAL_SAMPLE = 100  # of the demo's 300 rows
 
 
 def _operation(response: Any) -> str | None:
@@ -38,21 +49,12 @@ def _operation(response: Any) -> str | None:
         return None
 
 
-def _cost_points(events: list[dict[str, Any]]) -> dict[str, float]:
-    """partition -> `cost_usd` of the latest materialization: the points the partition plot draws."""
-    points = {}
-    for event in events:
-        for entry in event["metadataEntries"]:
-            if entry["label"] == "cost_usd" and entry["__typename"] == "FloatMetadataEntry":
-                points[event["partition"]] = entry["floatValue"]
-    return points
-
-
 @pytest.mark.timeout(1800)
 def test_the_ui_shows_the_demo_and_launches_a_chunk(demo_ui, page, screens):
     from playwright.sync_api import expect
 
     page.set_default_timeout(UI_TIMEOUT_MS)
+    expect.set_options(timeout=UI_TIMEOUT_MS)  # assertions wait as long as actions (their own default is 5 s)
     partitions = [chunk_key(demo_ui.dataset_id, n) for n in range(demo_ui.n_chunks)]
     assert demo_ui.demo_run_ids, "the demo left no runs in the instance"
 
@@ -70,7 +72,7 @@ def test_the_ui_shows_the_demo_and_launches_a_chunk(demo_ui, page, screens):
         with page.expect_response(lambda r: _operation(r) == "AssetPartitionEventsQuery") as answered:
             page.get_by_role("button", name="Plots").click()
         events = answered.value.json()["data"]["assetNodeOrError"]["latestMaterializationByPartition"]
-        points = _cost_points([e for e in events if e])
+        points = _float_points([e for e in events if e], "cost_usd")
         assert sorted(points) == partitions, (
             f"cost_usd plotted for {sorted(points)}, materialized {partitions}"
         )
@@ -113,6 +115,7 @@ def test_the_ui_shows_the_demo_and_launches_a_chunk(demo_ui, page, screens):
         with page.expect_response(lambda r: _operation(r) == "LaunchPipelineExecution") as launched:
             launch.click()
         result = launched.value.json()["data"]["launchPipelineExecution"]
+        ui_launch = launched.value.request.post_data_json["variables"]["executionParams"]
         assert "run" in result, f"the UI could not launch the run: {result}"
         run_id = result["run"]["id"]
         run = _wait_for_run(demo_ui, run_id)
@@ -147,6 +150,63 @@ def test_the_ui_shows_the_demo_and_launches_a_chunk(demo_ui, page, screens):
             assert run["repositoryOrigin"] == {"repositoryLocationName": "llm_assets.definitions"}, run
             assert tags.get("dagster/sensor_name") == "banking77__new_dataset_sensor", tags
             assert tags.get("dagster/partition", "").startswith(demo_ui.dataset_id), tags
+
+    with screens.step(6, "trial-plots"):
+        # The trial of `classified`'s candidates, one run per candidate partition, launched through the same
+        # GraphQL call the UI made in step 4 (the Launchpad's config editor is not what is tested here); the
+        # second run reuses the answers the first bought. Then its plots, in the browser: a point per candidate.
+        spec = load_pipeline(ROOT / "pipelines" / "banking77.yaml", require_secrets=False)
+        labels = candidate_labels(spec.stage("classified"))
+        key = ["trials", "banking77", "classified"]
+        for label in labels:
+            params = {
+                **ui_launch,
+                "selector": {**ui_launch["selector"], "assetSelection": [{"path": key}], "assetCheckSelection": []},
+                "runConfigData": {"ops": {"trials__banking77__classified": {"config": {
+                    "dataset_id": demo_ui.dataset_id, "sample_size": TRIAL_SAMPLE}}}},
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": label}]},
+            }  # fmt: skip
+            launched = demo_ui.graphql(LAUNCH_MUTATION, {"executionParams": params})[
+                "launchPipelineExecution"
+            ]
+            assert "run" in launched, f"the trial of {label} did not launch: {launched}"
+            run = _wait_for_run(demo_ui, launched["run"]["runId"])
+            assert run["status"] == "SUCCESS", f"the trial of {label} ended {run['status']}: {demo_ui.log}"
+        page.goto(demo_ui.url("/assets/trials/banking77/classified?view=overview"))
+        with page.expect_response(lambda r: _operation(r) == "AssetPartitionEventsQuery") as answered:
+            page.get_by_role("button", name="Plots").click()
+        events = [
+            e
+            for e in answered.value.json()["data"]["assetNodeOrError"]["latestMaterializationByPartition"]
+            if e
+        ]
+        accuracy = _float_points(events, "accuracy")
+        cost = _float_points(events, "cost_per_1k_usd")
+        assert sorted(accuracy) == sorted(cost) == sorted(labels), (accuracy, cost)
+        cheap, strong = labels  # the spec lists the cheap model first
+        # The simulator's answer key makes the cheap model 75% and the strong one 92% accurate.
+        assert 0.6 < accuracy[cheap] < accuracy[strong] <= 1.0 and 0 < cost[cheap] < cost[strong], (
+            accuracy,
+            cost,
+        )
+        for name in ("accuracy", "cost_per_1k_usd"):
+            plot = (
+                page.locator("div")
+                .filter(has=page.get_by_text(name, exact=True))
+                .filter(has=page.locator("canvas"))
+            )
+            expect(plot.last).to_be_visible()
+        page.get_by_text("accuracy", exact=True).first.scroll_into_view_if_needed()
+
+
+def _float_points(events: list[dict[str, Any]], label: str) -> dict[str, float]:
+    """partition -> the float metadata entry `label` of its latest materialization (what the plots draw)."""
+    points = {}
+    for event in events:
+        for entry in event["metadataEntries"]:
+            if entry["label"] == label and entry["__typename"] == "FloatMetadataEntry":
+                points[event["partition"]] = entry["floatValue"]
+    return points
 
 
 def _wait_for_run(demo_ui, run_id: str) -> dict[str, Any]:

@@ -831,7 +831,7 @@ def _project(
 ) -> StageEstimate:
     """The stage projected to `total_items`: `routed` of `sampled` sample items routed to it, `results` the
     items it was sent (their per-item means); `chunks`: the valid items of each chunk; `retries`: how often an
-    item at the stage's endpoint needed more than one attempt and what that cost in time."""
+    item at the stage's endpoint was sent more than once and what that cost in time."""
     price = llm.price()
     items = round(total_items * routed / sampled) if sampled else 0
     cold = [r for r in results if r.usage.cached_input_tokens == 0]
@@ -975,8 +975,10 @@ def _floors(
     timed = sum(r.usage.attempts for r in results[timing.skipped : timing.timed_results])
     cpu_pace = timing.cpu_s / timed if timed else 0.0
     runs = max(1, parallel_runs)
-    clean = [d for r, d in zip(results, item_durations(results), strict=True) if r.usage.attempts <= 1]
-    clean = clean or [r.usage.latency_s / r.usage.attempts for r in results if r.usage.attempts]
+    # An item answered at its first send took one latency; a retried one's extra time is in `retries`.
+    sent_items = [r for r in results if r.usage.attempts]
+    clean = [r.usage.latency_s / r.usage.attempts for r in sent_items if not retry_spread(r)]
+    clean = clean or [r.usage.latency_s / r.usage.attempts for r in sent_items]
     by_size = Counter(chunk_items)
     floors["throughput"] = max(
         requests * max(cpu_pace / min(runs, usable_cores()), latency / (concurrency * runs)),
@@ -986,19 +988,12 @@ def _floors(
     return floors, limits_out
 
 
-def item_durations(results: list[ItemResult]) -> list[float]:
-    """Each sample item's time from its first send to its answer: its attempts' latencies and the waits between
-    them (retry backoff, a 429's retry-after)."""
-    out = []
-    for r in results:
-        last_latency = r.usage.latency_s / r.usage.attempts if r.usage.attempts else 0.0
-        spread = (
-            (r.last_attempt_at - r.first_attempt_at).total_seconds()
-            if r.first_attempt_at is not None and r.last_attempt_at is not None
-            else 0.0
-        )
-        out.append(spread + last_latency)
-    return out
+def retry_spread(r: ItemResult) -> float:
+    """Seconds from an item's first send to its last: its retries' latencies and the waits between them (backoff,
+    a 429's retry-after, which is not an attempt); 0 for an item answered at its first send."""
+    if r.first_attempt_at is None or r.last_attempt_at is None:
+        return 0.0
+    return max(0.0, (r.last_attempt_at - r.first_attempt_at).total_seconds())
 
 
 MAKESPAN_DRAWS = 20
@@ -1010,7 +1005,7 @@ few-second sample set the run's floor."""
 
 
 class RetryProfile(NamedTuple):
-    """How often an item at one endpoint (provider and base URL) needed more than one attempt (`rate`, over
+    """How often an item at one endpoint (provider and base URL) was sent more than once (`rate`, over
     every stage's sample items there) and how much longer each such item took (`extra_s`: from its first send
     to its last, backoff and retry-after included). Faults are the endpoint's, not a stage's: pooled over the
     stages, a later stage's few dozen items do not decide alone whether retries happen."""
@@ -1030,9 +1025,7 @@ def retry_profiles(sent: list[tuple[str, list[ItemResult]]]) -> dict[str, RetryP
     for endpoint, results in sent:
         items[endpoint] += len(results)
         spreads = extra.setdefault(endpoint, [])
-        for r in results:
-            if r.usage.attempts > 1 and r.first_attempt_at is not None and r.last_attempt_at is not None:
-                spreads.append((r.last_attempt_at - r.first_attempt_at).total_seconds())
+        spreads += [spread for spread in map(retry_spread, results) if spread > 0]
     return {e: RetryProfile(len(extra[e]) / items[e] if items[e] else 0.0, tuple(extra[e])) for e in items}
 
 

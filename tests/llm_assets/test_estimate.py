@@ -265,8 +265,9 @@ def test_retries_are_the_endpoints_not_a_stages():
             first_attempt_at=t0, last_attempt_at=t0 + dt.timedelta(seconds=spread_s), usage=usage,
         )  # fmt: skip
 
-    first = [item(1, 0.0)] * 95 + [item(2, 1.1)] * 5
+    # 4 items retried after a backoff, 1 sent again after a 429's retry-after (a 429 is not an attempt).
+    first = [item(1, 0.0)] * 95 + [item(2, 1.1)] * 4 + [item(1, 0.5)]
     later = [item(1, 0.0)] * 20
     profiles = retry_profiles([("sim|http://a", first), ("sim|http://a", later), ("other|http://b", later)])
-    assert profiles["sim|http://a"] == RetryProfile(5 / 120, (1.1,) * 5)
+    assert profiles["sim|http://a"] == RetryProfile(5 / 120, (1.1,) * 4 + (0.5,))
     assert profiles["other|http://b"] == RetryProfile(0.0, ())
